@@ -1,0 +1,186 @@
+//! The cache's configuration, read from worker variables (`[vars]` in wrangler.toml,
+//! `.dev.vars` locally). Everything here is public: the worker holds no secret.
+
+use thiserror::Error;
+
+use crate::nix::keys::{KeyError, PublicKey};
+
+/// Variable names, in one place for the worker, wrangler.toml and the dev script.
+pub mod var {
+    pub const STORE_DIR: &str = "STORE_DIR";
+    pub const WANT_MASS_QUERY: &str = "WANT_MASS_QUERY";
+    pub const PRIORITY: &str = "PRIORITY";
+    /// Nix public keys (`name:base64`), separated by spaces or commas.
+    pub const PUBLIC_KEYS: &str = "PUBLIC_KEYS";
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConfigError {
+    #[error("{name} must be an absolute path without a trailing '/'")]
+    StoreDir { name: &'static str },
+    #[error("{name} must be 0, 1, true or false")]
+    Bool { name: &'static str },
+    #[error("{name} must be a whole number")]
+    Number { name: &'static str },
+    #[error("{name} entry {index}: {source}")]
+    Key {
+        name: &'static str,
+        index: usize,
+        source: KeyError,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    pub store_dir: String,
+    pub want_mass_query: bool,
+    pub priority: u32,
+    /// Keys whose narinfo signatures the cache accepts, and that it advertises.
+    pub public_keys: Vec<PublicKey>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            store_dir: "/nix/store".to_owned(),
+            want_mass_query: true,
+            priority: 40,
+            public_keys: Vec::new(),
+        }
+    }
+}
+
+impl CacheConfig {
+    /// Builds the config from a variable lookup; unset or empty variables keep their
+    /// defaults.
+    pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let mut config = Self::default();
+        if let Some(dir) = get(var::STORE_DIR) {
+            let dir = dir.trim();
+            let valid = dir.starts_with('/')
+                && (dir.len() == 1 || !dir.ends_with('/'))
+                && !dir.chars().any(char::is_control);
+            if !valid {
+                return Err(ConfigError::StoreDir {
+                    name: var::STORE_DIR,
+                });
+            }
+            config.store_dir = dir.to_owned();
+        }
+        if let Some(flag) = get(var::WANT_MASS_QUERY) {
+            config.want_mass_query = match flag.trim() {
+                "1" | "true" => true,
+                "0" | "false" => false,
+                _ => {
+                    return Err(ConfigError::Bool {
+                        name: var::WANT_MASS_QUERY,
+                    })
+                }
+            };
+        }
+        if let Some(priority) = get(var::PRIORITY) {
+            config.priority = priority.trim().parse().map_err(|_| ConfigError::Number {
+                name: var::PRIORITY,
+            })?;
+        }
+        if let Some(keys) = get(var::PUBLIC_KEYS) {
+            config.public_keys = keys
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|k| !k.is_empty())
+                .enumerate()
+                .map(|(index, key)| {
+                    key.parse().map_err(|source| ConfigError::Key {
+                        name: var::PUBLIC_KEYS,
+                        index,
+                        source,
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(config)
+    }
+
+    /// The body of `public-keys`: one key per line.
+    pub fn public_keys_text(&self) -> String {
+        self.public_keys
+            .iter()
+            .map(|key| format!("{key}\n"))
+            .collect()
+    }
+
+    /// The body of `nix-cache-info`.
+    pub fn nix_cache_info(&self) -> String {
+        format!(
+            "StoreDir: {}\nWantMassQuery: {}\nPriority: {}\n",
+            self.store_dir,
+            u8::from(self.want_mass_query),
+            self.priority
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<CacheConfig, ConfigError> {
+        CacheConfig::from_vars(|name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn defaults() {
+        let config = from(&[]).unwrap();
+        assert_eq!(
+            config.nix_cache_info(),
+            "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"
+        );
+        assert!(config.public_keys.is_empty());
+    }
+
+    #[test]
+    fn overrides() {
+        let config = from(&[
+            (var::STORE_DIR, "/gnu/store"),
+            (var::WANT_MASS_QUERY, "false"),
+            (var::PRIORITY, " 10 "),
+            (
+                var::PUBLIC_KEYS,
+                "a:Z5WfzIfU77kmab70KqLM6aL03xWvc39APCUCxXS0184=, b:Z5WfzIfU77kmab70KqLM6aL03xWvc39APCUCxXS0184=",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.nix_cache_info(),
+            "StoreDir: /gnu/store\nWantMassQuery: 0\nPriority: 10\n"
+        );
+        let names: Vec<_> = config.public_keys.iter().map(|k| k.name()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(
+            config.public_keys_text(),
+            "a:Z5WfzIfU77kmab70KqLM6aL03xWvc39APCUCxXS0184=\nb:Z5WfzIfU77kmab70KqLM6aL03xWvc39APCUCxXS0184=\n"
+        );
+    }
+
+    #[test]
+    fn rejects_with_the_variable_named() {
+        let err = |pairs| from(pairs).unwrap_err().to_string();
+        assert!(err(&[(var::STORE_DIR, "nix/store")]).starts_with("STORE_DIR"));
+        assert!(err(&[(var::STORE_DIR, "/nix/store/")]).starts_with("STORE_DIR"));
+        assert!(err(&[(var::STORE_DIR, "/nix\nEvil: 1")]).starts_with("STORE_DIR"));
+        assert!(err(&[(var::WANT_MASS_QUERY, "yes")]).starts_with("WANT_MASS_QUERY"));
+        assert!(err(&[(var::PRIORITY, "-1")]).starts_with("PRIORITY"));
+        assert_eq!(
+            err(&[(
+                var::PUBLIC_KEYS,
+                "ok:Z5WfzIfU77kmab70KqLM6aL03xWvc39APCUCxXS0184= broken"
+            )]),
+            "PUBLIC_KEYS entry 1: public key has no ':' between name and key"
+        );
+    }
+}

@@ -1,0 +1,185 @@
+//! HTTP semantics the read path needs, without I/O: `Range` (RFC 9110 §14) and
+//! `If-None-Match` (§13.1.2).
+//!
+//! Only single byte ranges are served as 206: that is what download resumption
+//! (curl, Nix) sends. Anything else is answered with the whole object, which RFC 9110
+//! allows for a Range header the server chooses to ignore.
+
+/// What to answer for a `Range` header, given the object's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeRequest {
+    /// No usable range: answer 200 with the whole object.
+    Full,
+    /// Answer 206 with bytes `start..=end` (inclusive, as in Content-Range).
+    Partial { start: u64, end: u64 },
+    /// Answer 416 with `Content-Range: bytes */size`.
+    Unsatisfiable,
+}
+
+impl RangeRequest {
+    /// Resolves a `Range` header value against an object of `size` bytes.
+    pub fn resolve(header: Option<&str>, size: u64) -> RangeRequest {
+        let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+            return RangeRequest::Full;
+        };
+        if spec.contains(',') {
+            return RangeRequest::Full;
+        }
+        let Some((first, last)) = spec.trim().split_once('-') else {
+            return RangeRequest::Full;
+        };
+        let (first, last) = (first.trim(), last.trim());
+        let parse = |s: &str| -> Option<u64> {
+            // u64::from_str accepts a leading '+'; RFC digits do not.
+            (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| s.parse().ok())
+                .flatten()
+        };
+        if first.is_empty() {
+            // Suffix range: the last N bytes.
+            return match parse(last) {
+                None => RangeRequest::Full,
+                Some(0) => RangeRequest::Unsatisfiable,
+                Some(_) if size == 0 => RangeRequest::Unsatisfiable,
+                Some(n) => RangeRequest::Partial {
+                    start: size.saturating_sub(n),
+                    end: size - 1,
+                },
+            };
+        }
+        let Some(start) = parse(first) else {
+            return RangeRequest::Full;
+        };
+        let end = if last.is_empty() {
+            None
+        } else {
+            match parse(last) {
+                Some(end) if end >= start => Some(end),
+                // A range with last < first is invalid syntax: ignore it.
+                _ => return RangeRequest::Full,
+            }
+        };
+        if start >= size {
+            return RangeRequest::Unsatisfiable;
+        }
+        let end = end.map_or(size - 1, |end| end.min(size - 1));
+        RangeRequest::Partial { start, end }
+    }
+}
+
+/// `Content-Range` value for a 206.
+pub fn content_range(start: u64, end: u64, size: u64) -> String {
+    format!("bytes {start}-{end}/{size}")
+}
+
+/// `Content-Range` value for a 416.
+pub fn unsatisfied_range(size: u64) -> String {
+    format!("bytes */{size}")
+}
+
+/// True when an `If-None-Match` header matches `etag` (a quoted entity tag), using
+/// the weak comparison RFC 9110 prescribes for this header.
+pub fn if_none_match_matches(header: &str, etag: &str) -> bool {
+    let opaque = |tag: &str| {
+        let tag = tag.trim();
+        tag.strip_prefix("W/").unwrap_or(tag).to_owned()
+    };
+    let wanted = opaque(etag);
+    header
+        .split(',')
+        .any(|candidate| candidate.trim() == "*" || opaque(candidate) == wanted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use RangeRequest::*;
+
+    #[test]
+    fn single_ranges() {
+        let size = 1000;
+        let cases = [
+            ("bytes=0-99", Partial { start: 0, end: 99 }),
+            (
+                "bytes=100-",
+                Partial {
+                    start: 100,
+                    end: 999,
+                },
+            ),
+            (
+                "bytes=-100",
+                Partial {
+                    start: 900,
+                    end: 999,
+                },
+            ),
+            ("bytes=-5000", Partial { start: 0, end: 999 }),
+            (
+                "bytes=990-5000",
+                Partial {
+                    start: 990,
+                    end: 999,
+                },
+            ),
+            (
+                "bytes=999-999",
+                Partial {
+                    start: 999,
+                    end: 999,
+                },
+            ),
+            (" bytes=0-0 ", Partial { start: 0, end: 0 }),
+            ("bytes=1000-", Unsatisfiable),
+            ("bytes=1000-2000", Unsatisfiable),
+            ("bytes=-0", Unsatisfiable),
+        ];
+        for (header, want) in cases {
+            assert_eq!(RangeRequest::resolve(Some(header), size), want, "{header}");
+        }
+    }
+
+    #[test]
+    fn ignored_ranges_serve_everything() {
+        for header in [
+            "bytes=0-1,5-6",
+            "items=0-1",
+            "bytes=",
+            "bytes=-",
+            "bytes=5-1",
+            "bytes=a-b",
+            "bytes=+1-2",
+            "bytes=1-+2",
+            "bytes=99999999999999999999999-",
+            "bytes 0-1",
+        ] {
+            assert_eq!(RangeRequest::resolve(Some(header), 1000), Full, "{header}");
+        }
+        assert_eq!(RangeRequest::resolve(None, 1000), Full);
+    }
+
+    #[test]
+    fn empty_object_has_no_satisfiable_range() {
+        assert_eq!(RangeRequest::resolve(Some("bytes=0-"), 0), Unsatisfiable);
+        assert_eq!(RangeRequest::resolve(Some("bytes=-1"), 0), Unsatisfiable);
+        assert_eq!(RangeRequest::resolve(None, 0), Full);
+    }
+
+    #[test]
+    fn content_range_values() {
+        assert_eq!(content_range(0, 99, 1000), "bytes 0-99/1000");
+        assert_eq!(unsatisfied_range(1000), "bytes */1000");
+    }
+
+    #[test]
+    fn etag_matching() {
+        let etag = "\"abc\"";
+        assert!(if_none_match_matches("\"abc\"", etag));
+        assert!(if_none_match_matches("W/\"abc\"", etag));
+        assert!(if_none_match_matches("\"x\", \"abc\"", etag));
+        assert!(if_none_match_matches("*", etag));
+        assert!(!if_none_match_matches("\"abd\"", etag));
+        assert!(!if_none_match_matches("abc", etag));
+        assert!(!if_none_match_matches("", etag));
+    }
+}

@@ -1,0 +1,286 @@
+//! Nix signing keys and narinfo signatures, in Nix's text formats.
+//!
+//! - secret key: `name:base64(seed[32] ++ public[32])` (`nix key generate-secret`)
+//! - public key: `name:base64(public[32])` (`nix key convert-secret-to-public`)
+//! - signature:  `name:base64(ed25519 signature[64])` (a narinfo `Sig:` value)
+//!
+//! See NixOS/nix `src/libutil/signature/local-keys.cc`. ed25519-compact's 64-byte
+//! `SecretKey` has exactly Nix's layout, so no conversion is needed.
+//!
+//! Secret keys never print by accident: `Debug` is redacted, errors never carry key
+//! text, and the only way out is [`SecretKey::to_nix_text`].
+
+use core::fmt;
+use core::str::FromStr;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use thiserror::Error;
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum KeyError {
+    #[error("{kind} has no ':' between name and key")]
+    MissingColon { kind: &'static str },
+    #[error("{kind} has an empty name")]
+    EmptyName { kind: &'static str },
+    #[error("{kind} is not valid base64")]
+    Base64 { kind: &'static str },
+    #[error("{kind} decodes to {actual} bytes, expected {expected}")]
+    Length {
+        kind: &'static str,
+        expected: usize,
+        actual: usize,
+    },
+    #[error("secret key's public half does not match its seed")]
+    Inconsistent,
+}
+
+/// Splits `name:base64` and decodes the base64 into exactly `N` bytes.
+fn split_named<const N: usize>(
+    kind: &'static str,
+    text: &str,
+) -> Result<(String, [u8; N]), KeyError> {
+    let (name, data) = text
+        .split_once(':')
+        .ok_or(KeyError::MissingColon { kind })?;
+    if name.is_empty() {
+        return Err(KeyError::EmptyName { kind });
+    }
+    let bytes = BASE64
+        .decode(data.trim_end())
+        .map_err(|_| KeyError::Base64 { kind })?;
+    let array: [u8; N] = bytes.as_slice().try_into().map_err(|_| KeyError::Length {
+        kind,
+        expected: N,
+        actual: bytes.len(),
+    })?;
+    Ok((name.to_owned(), array))
+}
+
+/// A public key a cache trusts: `name:base64(32 bytes)`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    name: String,
+    key: ed25519_compact::PublicKey,
+}
+
+impl PublicKey {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// True when `signature` is by this key (same name) and verifies over `message`.
+    pub fn verifies(&self, message: &[u8], signature: &Signature) -> bool {
+        signature.key_name == self.name
+            && self
+                .key
+                .verify(message, &ed25519_compact::Signature::new(signature.bytes))
+                .is_ok()
+    }
+}
+
+impl FromStr for PublicKey {
+    type Err = KeyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, bytes) = split_named::<32>("public key", s)?;
+        Ok(Self {
+            name,
+            key: ed25519_compact::PublicKey::new(bytes),
+        })
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.name, BASE64.encode(*self.key))
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({self})")
+    }
+}
+
+/// A signing key. Lives only in client-side tooling, never in the worker.
+#[derive(Clone)]
+pub struct SecretKey {
+    name: String,
+    key: ed25519_compact::SecretKey,
+}
+
+impl SecretKey {
+    /// A fresh key from the OS's entropy source (native builds only: the worker
+    /// never makes keys).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn generate(name: &str) -> Result<Self, KeyError> {
+        if name.is_empty() {
+            return Err(KeyError::EmptyName { kind: "key name" });
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            key: ed25519_compact::KeyPair::generate().sk,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey {
+            name: self.name.clone(),
+            key: self.key.public_key(),
+        }
+    }
+
+    pub fn sign(&self, message: &[u8]) -> Signature {
+        Signature {
+            key_name: self.name.clone(),
+            bytes: *self.key.sign(message, None),
+        }
+    }
+
+    /// The secret in Nix's key-file format. Named explicitly so that it is never
+    /// written by accident (there is no `Display`).
+    pub fn to_nix_text(&self) -> String {
+        format!("{}:{}", self.name, BASE64.encode(*self.key))
+    }
+}
+
+impl FromStr for SecretKey {
+    type Err = KeyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, bytes) = split_named::<64>("secret key", s)?;
+        let key = ed25519_compact::SecretKey::new(bytes);
+        // The file stores the public half too; a corrupt one would sign with a key
+        // nobody trusts, so check it against the seed.
+        let from_seed =
+            ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new(*key.seed()));
+        if from_seed.pk != key.public_key() {
+            return Err(KeyError::Inconsistent);
+        }
+        Ok(Self { name, key })
+    }
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretKey({}:<redacted>)", self.name)
+    }
+}
+
+/// A narinfo `Sig:` value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Signature {
+    key_name: String,
+    bytes: [u8; 64],
+}
+
+impl Signature {
+    pub fn key_name(&self) -> &str {
+        &self.key_name
+    }
+}
+
+impl FromStr for Signature {
+    type Err = KeyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (key_name, bytes) = split_named::<64>("signature", s)?;
+        Ok(Self { key_name, bytes })
+    }
+}
+
+impl fmt::Display for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.key_name, BASE64.encode(self.bytes))
+    }
+}
+
+impl fmt::Debug for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Signature({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Made with `nix key generate-secret --key-name test-1` and
+    // `nix key convert-secret-to-public` (Nix 2.8), for tests only.
+    const SECRET: &str = "test-1:tXPUeHfVCPFDNdxXYtkOyQAJi0Cx6Irm0YuTzpGNciuVkrxO90WjrIQ6nUPvJCR4vDGuyEM8XWLAMnqk1fXEcQ==";
+    const PUBLIC: &str = "test-1:lZK8TvdFo6yEOp1D7yQkeLwxrshDPF1iwDJ6pNX1xHE=";
+
+    #[test]
+    fn nix_made_key_pair_matches() {
+        let secret: SecretKey = SECRET.parse().unwrap();
+        assert_eq!(secret.public_key().to_string(), PUBLIC);
+        assert_eq!(secret.to_nix_text(), SECRET);
+        let public: PublicKey = PUBLIC.parse().unwrap();
+        assert_eq!(public, secret.public_key());
+    }
+
+    #[test]
+    fn sign_and_verify() {
+        let secret: SecretKey = SECRET.parse().unwrap();
+        let public = secret.public_key();
+        let sig = secret.sign(b"1;/nix/store/x;sha256:0;1;");
+        assert!(public.verifies(b"1;/nix/store/x;sha256:0;1;", &sig));
+        assert!(!public.verifies(b"1;/nix/store/y;sha256:0;1;", &sig));
+        let reparsed: Signature = sig.to_string().parse().unwrap();
+        assert_eq!(reparsed, sig);
+        // Same bytes under another key name do not count.
+        let renamed: Signature = sig
+            .to_string()
+            .replacen("test-1", "test-2", 1)
+            .parse()
+            .unwrap();
+        assert!(!public.verifies(b"1;/nix/store/x;sha256:0;1;", &renamed));
+    }
+
+    #[test]
+    fn generated_keys_work() {
+        let secret = SecretKey::generate("gen-1").unwrap();
+        let reparsed: SecretKey = secret.to_nix_text().parse().unwrap();
+        assert_eq!(reparsed.public_key(), secret.public_key());
+        assert!(SecretKey::generate("").is_err());
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_and_errors() {
+        let secret: SecretKey = SECRET.parse().unwrap();
+        let debug = format!("{secret:?}");
+        assert_eq!(debug, "SecretKey(test-1:<redacted>)");
+        // A corrupt key's error names the problem, not the key.
+        let corrupt = SECRET.replace('X', "Y");
+        let err = corrupt.parse::<SecretKey>().unwrap_err().to_string();
+        assert!(!err.contains("tXPUe") && !err.contains("PUeHf"), "{err}");
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        assert_eq!(
+            "nocolon".parse::<PublicKey>(),
+            Err(KeyError::MissingColon { kind: "public key" })
+        );
+        assert_eq!(
+            ":Z5WfzIfU77kmab70KqLM6aL03xWvc39APCUCxXS0184=".parse::<PublicKey>(),
+            Err(KeyError::EmptyName { kind: "public key" })
+        );
+        assert!(matches!(
+            "k:!!!".parse::<PublicKey>(),
+            Err(KeyError::Base64 { .. })
+        ));
+        assert!(matches!(
+            "k:AAAA".parse::<PublicKey>(),
+            Err(KeyError::Length {
+                expected: 32,
+                actual: 3,
+                ..
+            })
+        ));
+        // A public key is not a secret key.
+        assert!(PUBLIC.parse::<SecretKey>().is_err());
+    }
+}

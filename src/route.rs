@@ -1,0 +1,472 @@
+//! Typed routes of the binary-cache protocol.
+//!
+//! Every request path is parsed into a [`Route`] before anything else happens; a path
+//! that does not parse is a 404 and never reaches storage. The storage key is the
+//! route's canonical [`Display`](core::fmt::Display) form, rebuilt from parsed values,
+//! so no unchecked byte of the request ever becomes part of a key (workerd leaves
+//! `%2f` encoded: see FIELD-NOTES §1).
+//!
+//! Path shapes come from NixOS/nix `src/libstore/binary-cache-store.cc` and
+//! `http-binary-cache-store.cc`.
+
+use core::fmt;
+
+use crate::nix::nix32;
+use crate::nix::store_path::{check_name, StorePathBaseName, StorePathHash};
+
+/// How a NAR file is compressed, as named by its extension (Nix's `Compression:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Compression {
+    None,
+    Xz,
+    Bzip2,
+    Zstd,
+    Brotli,
+    Lz4,
+    Lzip,
+}
+
+impl Compression {
+    /// All variants with their file extension (after `.nar`) and narinfo name.
+    const TABLE: [(Compression, &'static str, &'static str); 7] = [
+        (Compression::None, "", "none"),
+        (Compression::Xz, ".xz", "xz"),
+        (Compression::Bzip2, ".bz2", "bzip2"),
+        (Compression::Zstd, ".zst", "zstd"),
+        (Compression::Brotli, ".br", "br"),
+        (Compression::Lz4, ".lz4", "lz4"),
+        (Compression::Lzip, ".lzip", "lzip"),
+    ];
+
+    pub fn extension(self) -> &'static str {
+        Self::TABLE
+            .iter()
+            .find(|row| row.0 == self)
+            .map_or("", |row| row.1)
+    }
+
+    /// The value Nix writes in a narinfo's `Compression:` field.
+    pub fn narinfo_name(self) -> &'static str {
+        Self::TABLE
+            .iter()
+            .find(|row| row.0 == self)
+            .map_or("none", |row| row.2)
+    }
+
+    fn from_extension(ext: &str) -> Option<Self> {
+        Self::TABLE.iter().find(|row| row.1 == ext).map(|row| row.0)
+    }
+}
+
+/// SHA-256 of a (compressed) NAR file: the name of its object under `nar/`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileHash(pub [u8; 32]);
+
+impl fmt::Display for FileHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&nix32::encode(&self.0))
+    }
+}
+
+impl fmt::Debug for FileHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FileHash({self})")
+    }
+}
+
+/// A derivation's base name, `<hash>-<name>.drv`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrvBaseName(StorePathBaseName);
+
+impl DrvBaseName {
+    fn parse(text: &str) -> Option<Self> {
+        let base: StorePathBaseName = text.parse().ok()?;
+        base.name().ends_with(".drv").then_some(Self(base))
+    }
+}
+
+impl fmt::Display for DrvBaseName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A derivation output name (`out`, `dev`, ...): store-name characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputName(String);
+
+impl OutputName {
+    fn parse(text: &str) -> Option<Self> {
+        check_name(text).ok().map(|()| Self(text.to_owned()))
+    }
+}
+
+impl fmt::Display for OutputName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Longest build id accepted under `debuginfo/` (GNU build ids are 20 bytes = 40 hex).
+const MAX_BUILD_ID_HEX: usize = 128;
+
+/// One file of the binary-cache protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `nix-cache-info`: rendered from configuration, not stored.
+    CacheInfo,
+    /// `public-keys`: the configured public keys, one per line (not a Nix file: for
+    /// the landing page and for scripts writing nix.conf).
+    PublicKeys,
+    /// `<hash>.narinfo`
+    Narinfo(StorePathHash),
+    /// `<hash>.ls`: a NAR listing (`write-nar-listing`).
+    Listing(StorePathHash),
+    /// `nar/<filehash>.nar[.ext]`
+    Nar {
+        file_hash: FileHash,
+        compression: Compression,
+    },
+    /// `log/<drv>`: a build log (`nix store copy-log`).
+    Log(DrvBaseName),
+    /// `realisations/sha256:<hex>!<output>.doi` (Nix <= 2.34, Lix).
+    Realisation {
+        drv_hash: [u8; 32],
+        output: OutputName,
+    },
+    /// `build-trace-v2/<drv>/<output>.doi` (Nix >= 2.35).
+    BuildTrace {
+        drv: DrvBaseName,
+        output: OutputName,
+    },
+    /// `debuginfo/<build-id>`: a JSON pointer into a NAR (`index-debug-info`).
+    DebugInfo(String),
+}
+
+/// What kind of object a route names: decides Content-Type and caching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    CacheInfo,
+    PublicKeys,
+    Narinfo,
+    Nar,
+    Json,
+    Log,
+}
+
+impl Kind {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Kind::CacheInfo => "text/x-nix-cache-info",
+            Kind::PublicKeys => "text/plain; charset=utf-8",
+            Kind::Narinfo => "text/x-nix-narinfo",
+            Kind::Nar => "application/x-nix-nar",
+            Kind::Json => "application/json",
+            Kind::Log => "text/plain; charset=utf-8",
+        }
+    }
+
+    /// Cache-Control for a successful read. A CDN in front (Workers Cache) serves hits
+    /// without running the worker.
+    pub fn cache_control(self) -> &'static str {
+        match self {
+            // Named by the SHA-256 of their bytes: can never change.
+            Kind::Nar => "public, max-age=31536000, immutable",
+            // Immutable once published, but an admin may delete a path: a day bounds
+            // how long a deleted path lingers at the edge. Nix itself keeps positive
+            // narinfo lookups for 30 days anyway.
+            Kind::Narinfo | Kind::Json | Kind::Log => "public, max-age=86400",
+            // Configuration: picked up within minutes of a redeploy.
+            Kind::CacheInfo | Kind::PublicKeys => "public, max-age=300",
+        }
+    }
+}
+
+/// Cache-Control for a 404: short, so a path pushed a moment later shows up soon
+/// (Nix's own negative cache is an hour).
+pub const NOT_FOUND_CACHE_CONTROL: &str = "public, max-age=60";
+
+impl Route {
+    /// Parses a raw request path (as the runtime hands it over, still percent-encoded).
+    /// `None` means 404.
+    pub fn parse(path: &str) -> Option<Route> {
+        let rest = path.strip_prefix('/')?;
+        let mut segments = Vec::with_capacity(3);
+        for raw in rest.split('/') {
+            segments.push(percent_decode(raw)?);
+        }
+        match segments.as_slice() {
+            [file] => Self::parse_top_level(file),
+            [dir, file] => Self::parse_in_dir(dir, file),
+            [dir, drv, file] if dir == "build-trace-v2" => Some(Route::BuildTrace {
+                drv: DrvBaseName::parse(drv)?,
+                output: OutputName::parse(file.strip_suffix(".doi")?)?,
+            }),
+            _ => None,
+        }
+    }
+
+    fn parse_top_level(file: &str) -> Option<Route> {
+        match file {
+            "nix-cache-info" => return Some(Route::CacheInfo),
+            "public-keys" => return Some(Route::PublicKeys),
+            _ => {}
+        }
+        if let Some(hash) = file.strip_suffix(".narinfo") {
+            return hash.parse().ok().map(Route::Narinfo);
+        }
+        if let Some(hash) = file.strip_suffix(".ls") {
+            return hash.parse().ok().map(Route::Listing);
+        }
+        None
+    }
+
+    fn parse_in_dir(dir: &str, file: &str) -> Option<Route> {
+        match dir {
+            "nar" => {
+                let (hash, ext) = file.split_once(".nar")?;
+                Some(Route::Nar {
+                    file_hash: FileHash(nix32::decode(hash).ok()?),
+                    compression: Compression::from_extension(ext)?,
+                })
+            }
+            "log" => DrvBaseName::parse(file).map(Route::Log),
+            "realisations" => {
+                let id = file.strip_suffix(".doi")?;
+                let (hash, output) = id.split_once('!')?;
+                Some(Route::Realisation {
+                    drv_hash: decode_lower_hex(hash.strip_prefix("sha256:")?)?,
+                    output: OutputName::parse(output)?,
+                })
+            }
+            "debuginfo" => {
+                let ok = (2..=MAX_BUILD_ID_HEX).contains(&file.len())
+                    && file.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+                ok.then(|| Route::DebugInfo(file.to_owned()))
+            }
+            _ => None,
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self {
+            Route::CacheInfo => Kind::CacheInfo,
+            Route::PublicKeys => Kind::PublicKeys,
+            Route::Narinfo(_) => Kind::Narinfo,
+            Route::Nar { .. } => Kind::Nar,
+            Route::Listing(_)
+            | Route::Realisation { .. }
+            | Route::BuildTrace { .. }
+            | Route::DebugInfo(_) => Kind::Json,
+            Route::Log(_) => Kind::Log,
+        }
+    }
+
+    /// The R2 key of the object this route names; `None` for routes not backed by
+    /// storage.
+    pub fn storage_key(&self) -> Option<String> {
+        match self {
+            Route::CacheInfo | Route::PublicKeys => None,
+            other => Some(other.to_string()),
+        }
+    }
+}
+
+/// The canonical path without the leading `/` (also the storage key).
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Route::CacheInfo => f.write_str("nix-cache-info"),
+            Route::PublicKeys => f.write_str("public-keys"),
+            Route::Narinfo(hash) => write!(f, "{hash}.narinfo"),
+            Route::Listing(hash) => write!(f, "{hash}.ls"),
+            Route::Nar {
+                file_hash,
+                compression,
+            } => write!(f, "nar/{file_hash}.nar{}", compression.extension()),
+            Route::Log(drv) => write!(f, "log/{drv}"),
+            Route::Realisation { drv_hash, output } => {
+                f.write_str("realisations/sha256:")?;
+                for byte in drv_hash {
+                    write!(f, "{byte:02x}")?;
+                }
+                write!(f, "!{output}.doi")
+            }
+            Route::BuildTrace { drv, output } => write!(f, "build-trace-v2/{drv}/{output}.doi"),
+            Route::DebugInfo(id) => write!(f, "debuginfo/{id}"),
+        }
+    }
+}
+
+/// Decodes `%XX` escapes once. `None` for a malformed escape or a result that is not
+/// ASCII (nothing in the protocol is). A decoded `%` is kept as a literal and then
+/// fails validation, so double encoding never sneaks through.
+fn percent_decode(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let value = u8::from_str_radix(core::str::from_utf8(hex).ok()?, 16).ok()?;
+            out.push(value);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    // A decoded '/' would smuggle a separator into a segment.
+    if !out.is_ascii() || out.contains(&b'/') {
+        return None;
+    }
+    String::from_utf8(out).ok()
+}
+
+fn decode_lower_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (slot, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        let digit = |b: u8| match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            _ => None,
+        };
+        *slot = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "7rjj86a15146cq1d3qy068lml7n8ykzm";
+    const FILE_HASH: &str = "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73";
+    const DRV_HEX: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    fn round_trip(path: &str) -> Route {
+        let route = Route::parse(path).unwrap_or_else(|| panic!("{path} should parse"));
+        assert_eq!(format!("/{route}"), path, "canonical form");
+        route
+    }
+
+    #[test]
+    fn every_protocol_path_round_trips() {
+        assert_eq!(round_trip("/nix-cache-info"), Route::CacheInfo);
+        assert_eq!(round_trip("/public-keys"), Route::PublicKeys);
+        assert_eq!(
+            round_trip(&format!("/{HASH}.narinfo")).kind(),
+            Kind::Narinfo
+        );
+        assert_eq!(round_trip(&format!("/{HASH}.ls")).kind(), Kind::Json);
+        for ext in ["", ".xz", ".bz2", ".zst", ".br", ".lz4", ".lzip"] {
+            let route = round_trip(&format!("/nar/{FILE_HASH}.nar{ext}"));
+            assert_eq!(route.kind(), Kind::Nar);
+        }
+        assert_eq!(
+            round_trip(&format!("/log/{HASH}-hello.drv")).kind(),
+            Kind::Log
+        );
+        assert_eq!(
+            round_trip(&format!("/realisations/sha256:{DRV_HEX}!out.doi")).kind(),
+            Kind::Json
+        );
+        assert_eq!(
+            round_trip(&format!("/build-trace-v2/{HASH}-hello.drv/dev.doi")).kind(),
+            Kind::Json
+        );
+        assert_eq!(
+            round_trip("/debuginfo/0123456789abcdef0123456789abcdef01234567").kind(),
+            Kind::Json
+        );
+    }
+
+    #[test]
+    fn storage_keys_are_canonical_paths() {
+        assert_eq!(Route::CacheInfo.storage_key(), None);
+        assert_eq!(Route::PublicKeys.storage_key(), None);
+        let route = Route::parse(&format!("/{HASH}.narinfo")).unwrap();
+        assert_eq!(route.storage_key().unwrap(), format!("{HASH}.narinfo"));
+        // An escaped character that is legal decodes to the same key as the plain one.
+        let escaped = Route::parse(&format!("/realisations/sha256%3A{DRV_HEX}%21out.doi")).unwrap();
+        assert_eq!(
+            escaped.storage_key().unwrap(),
+            format!("realisations/sha256:{DRV_HEX}!out.doi")
+        );
+    }
+
+    #[test]
+    fn rejects_everything_else() {
+        let bad = [
+            "",
+            "/",
+            "nix-cache-info",
+            "//nix-cache-info",
+            "/nix-cache-info/",
+            "/NIX-CACHE-INFO",
+            &format!("/{HASH}.NARINFO"),
+            &format!("/{}.narinfo", &HASH[1..]),
+            &format!("/{HASH}e.narinfo"),
+            "/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee.narinfo",
+            &format!("/{HASH}.narinfo.narinfo"),
+            &format!("/x/{HASH}.narinfo"),
+            &format!("/nar/{FILE_HASH}.nar.gz"),
+            &format!("/nar/{FILE_HASH}.nar.xz.xz"),
+            &format!("/nar/{FILE_HASH}"),
+            &format!("/nar/{HASH}.nar"),
+            &format!("/nar/../{HASH}.narinfo"),
+            &format!("/nar/..%2f{HASH}.narinfo"),
+            &format!("/nar%2f{FILE_HASH}.nar"),
+            &format!("/nar/%2e%2e/{FILE_HASH}.nar"),
+            &format!("/log/{HASH}-hello"),
+            &format!("/log/{HASH}-hello.drv/x"),
+            "/log/..%2f..%2fsecret",
+            &format!("/log/{HASH}-a%252fb.drv"),
+            &format!("/log/{HASH}-a%2fb.drv"),
+            &format!("/log/{HASH}-a%zzb.drv"),
+            &format!("/log/{HASH}-a%c3%a9.drv"),
+            &format!("/log/{HASH}-a%"),
+            &format!("/realisations/sha256:{DRV_HEX}.doi"),
+            &format!("/realisations/sha256:{DRV_HEX}!out"),
+            &format!("/realisations/sha1:{DRV_HEX}!out.doi"),
+            &format!("/realisations/sha256:{}!out.doi", DRV_HEX.to_uppercase()),
+            &format!("/realisations/sha256:{}!out.doi", &DRV_HEX[2..]),
+            &format!("/realisations/sha256:{DRV_HEX}!.doi"),
+            &format!("/build-trace-v2/{HASH}-hello/out.doi"),
+            &format!("/build-trace-v2/{HASH}-hello.drv/out"),
+            &format!("/build-trace-v2/{HASH}-hello.drv/a/out.doi"),
+            "/debuginfo/0",
+            "/debuginfo/ABCDEF",
+            "/debuginfo/xyz",
+            &format!("/debuginfo/{}", "a".repeat(MAX_BUILD_ID_HEX + 2)),
+            "/index.html",
+            "/nar/",
+        ];
+        for path in bad {
+            assert_eq!(Route::parse(path), None, "{path:?} must not parse");
+        }
+    }
+
+    #[test]
+    fn content_types_and_caching() {
+        assert_eq!(Kind::Narinfo.content_type(), "text/x-nix-narinfo");
+        assert_eq!(Kind::Nar.content_type(), "application/x-nix-nar");
+        assert_eq!(Kind::CacheInfo.content_type(), "text/x-nix-cache-info");
+        assert!(Kind::Nar.cache_control().contains("immutable"));
+        assert!(!Kind::Narinfo.cache_control().contains("immutable"));
+    }
+
+    #[test]
+    fn compression_names() {
+        let route = Route::parse(&format!("/nar/{FILE_HASH}.nar.zst")).unwrap();
+        let Route::Nar { compression, .. } = route else {
+            panic!("not a NAR route")
+        };
+        assert_eq!(compression.narinfo_name(), "zstd");
+        assert_eq!(Compression::None.extension(), "");
+    }
+}
