@@ -1,0 +1,159 @@
+//! The worker: binds the pure core to workers-rs Requests, Responses and R2.
+//!
+//! Kept thin on purpose. Everything decided here is decided by the core
+//! ([`Route::parse`], [`RangeRequest::resolve`], [`CacheConfig`]); this module only moves
+//! headers and streams. Object bodies go from R2 to the client as the runtime's own
+//! stream and never enter wasm (FIELD-NOTES §2).
+
+mod error;
+
+use worker::{event, Context, Env, Headers, Method, Request, Response, ResponseBody};
+
+use crate::config::CacheConfig;
+use crate::http::{content_range, if_none_match_matches, unsatisfied_range, RangeRequest};
+use crate::route::{Kind, Route};
+use error::EdgeError;
+
+/// The R2 binding in wrangler.toml.
+const BUCKET_BINDING: &str = "BUCKET";
+
+#[event(start)]
+fn start() {
+    console_error_panic_hook::set_once();
+}
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+    let head_only = req.method() == Method::Head;
+    match handle(&req, &env, head_only).await {
+        Ok(response) => Ok(response),
+        Err(err) => err.into_response(head_only),
+    }
+}
+
+async fn handle(req: &Request, env: &Env, head_only: bool) -> Result<Response, EdgeError> {
+    let path = req.path();
+    // Routing first: a path that does not parse never reaches storage.
+    let route = Route::parse(&path).ok_or(EdgeError::NotFound)?;
+    match req.method() {
+        Method::Get | Method::Head => read(req, env, &route, head_only).await,
+        _ => Err(EdgeError::MethodNotAllowed),
+    }
+}
+
+fn config(env: &Env) -> Result<CacheConfig, EdgeError> {
+    CacheConfig::from_vars(|name| env.var(name).ok().map(|v| v.to_string()))
+        .map_err(EdgeError::Misconfigured)
+}
+
+/// GET and HEAD of every protocol file.
+async fn read(
+    req: &Request,
+    env: &Env,
+    route: &Route,
+    head_only: bool,
+) -> Result<Response, EdgeError> {
+    let kind = route.kind();
+    let Some(key) = route.storage_key() else {
+        let config = config(env)?;
+        let text = match route {
+            Route::PublicKeys => config.public_keys_text(),
+            _ => config.nix_cache_info(),
+        };
+        return generated(kind, text, head_only);
+    };
+    let bucket = env.bucket(BUCKET_BINDING)?;
+    let range_header = req.headers().get("Range")?;
+    let if_none_match = req.headers().get("If-None-Match")?;
+
+    // The common case (Nix fetching a file) costs one R2 read. Conditional, ranged and
+    // HEAD requests need size and ETag first, so they look at the metadata first.
+    if !head_only && range_header.is_none() && if_none_match.is_none() {
+        let object = bucket
+            .get(&key)
+            .execute()
+            .await?
+            .ok_or(EdgeError::NotFound)?;
+        let headers = object_headers(kind, &object.http_etag())?;
+        headers.set("Content-Length", &object.size().to_string())?;
+        return stream(object, headers, 200);
+    }
+
+    let meta = bucket.head(&key).await?.ok_or(EdgeError::NotFound)?;
+    let (size, etag) = (meta.size(), meta.http_etag());
+    let headers = object_headers(kind, &etag)?;
+    if if_none_match.is_some_and(|header| if_none_match_matches(&header, &etag)) {
+        return Ok(Response::empty()?.with_status(304).with_headers(headers));
+    }
+    if head_only {
+        headers.set("Content-Length", &size.to_string())?;
+        return Ok(Response::empty()?.with_headers(headers));
+    }
+    match RangeRequest::resolve(range_header.as_deref(), size) {
+        RangeRequest::Full => {
+            let object = bucket
+                .get(&key)
+                .execute()
+                .await?
+                .ok_or(EdgeError::NotFound)?;
+            headers.set("Content-Length", &object.size().to_string())?;
+            stream(object, headers, 200)
+        }
+        RangeRequest::Partial { start, end } => {
+            let length = end - start + 1;
+            let object = bucket
+                .get(&key)
+                .range(worker::Range::OffsetWithLength {
+                    offset: start,
+                    length,
+                })
+                .execute()
+                .await?
+                .ok_or(EdgeError::NotFound)?;
+            // Built from what was asked and the size seen: Object::range() panics in
+            // workers-rs 0.8.7 (FIELD-NOTES §2).
+            headers.set("Content-Range", &content_range(start, end, size))?;
+            headers.set("Content-Length", &length.to_string())?;
+            stream(object, headers, 206)
+        }
+        RangeRequest::Unsatisfiable => {
+            headers.set("Content-Range", &unsatisfied_range(size))?;
+            // A 416 is about this request, not the object: do not cache it.
+            headers.set("Cache-Control", "no-store")?;
+            Ok(Response::empty()?.with_status(416).with_headers(headers))
+        }
+    }
+}
+
+/// Headers shared by every answer about a stored object.
+fn object_headers(kind: Kind, etag: &str) -> Result<Headers, EdgeError> {
+    let headers = Headers::new();
+    headers.set("Content-Type", kind.content_type())?;
+    headers.set("Cache-Control", kind.cache_control())?;
+    headers.set("ETag", etag)?;
+    // Lets Nix resume an interrupted download (it checks for this header).
+    headers.set("Accept-Ranges", "bytes")?;
+    Ok(headers)
+}
+
+/// Hands the object's body to the runtime as a stream: its bytes never enter wasm.
+fn stream(object: worker::Object, headers: Headers, status: u16) -> Result<Response, EdgeError> {
+    let body = object.body().ok_or(EdgeError::MissingBody)?;
+    Ok(Response::from_body(body.response_body()?)?
+        .with_status(status)
+        .with_headers(headers))
+}
+
+/// A small file rendered from configuration rather than read from R2.
+fn generated(kind: Kind, text: String, head_only: bool) -> Result<Response, EdgeError> {
+    let headers = Headers::new();
+    headers.set("Content-Type", kind.content_type())?;
+    headers.set("Cache-Control", kind.cache_control())?;
+    headers.set("Content-Length", &text.len().to_string())?;
+    let body = if head_only {
+        ResponseBody::Empty
+    } else {
+        ResponseBody::Body(text.into_bytes())
+    };
+    Ok(Response::from_body(body)?.with_headers(headers))
+}
