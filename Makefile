@@ -1,0 +1,52 @@
+# nixflare: the two commands a new user needs are `make dev` and `make test`.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+# worker-build would download these from GitHub; use the pinned local ones instead.
+export WASM_BINDGEN_BIN := $(HOME)/.cargo/bin/wasm-bindgen
+export ESBUILD_BIN := $(CURDIR)/node_modules/@esbuild/linux-x64/bin/esbuild
+export WASM_OPT_BIN := $(CURDIR)/node_modules/.bin/wasm-opt
+# Offline: skip wrangler's Request.cf lookup and telemetry.
+export CLOUDFLARE_CF_FETCH_ENABLED := false
+export WRANGLER_SEND_METRICS := false
+
+WORKER := build/worker/shim.mjs
+WORKER_SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
+
+.PHONY: help setup worker dev test lint unit e2e deploy
+
+help:
+	@echo "make dev     start the cache locally on http://127.0.0.1:8787 (installs what it needs)"
+	@echo "make test    run every test (installs what it needs)"
+	@echo "make deploy  build and deploy to your Cloudflare account (see README)"
+
+setup:
+	@scripts/setup.sh
+
+# Rebuilt only when a Rust source changed (wrangler also runs this as its build command).
+worker: $(WORKER)
+$(WORKER): $(WORKER_SOURCES)
+	worker-build --release
+	@touch $@
+
+dev: setup
+	@scripts/dev.sh
+
+lint:
+	cargo fmt --check
+	cargo clippy --quiet --all-targets -- -D warnings
+	cargo clippy --quiet --lib --target wasm32-unknown-unknown -- -D warnings
+
+unit:
+	cargo test --quiet
+
+e2e: worker
+	.venv/bin/pytest tests/e2e
+
+test: setup
+	@$(MAKE) --no-print-directory lint unit e2e
+
+deploy: setup worker
+	npx wrangler deploy

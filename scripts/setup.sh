@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs everything nixflare needs to build, run and test, offline-safe (package
+# registries only) and idempotent: each step checks what is there first, so a second
+# run takes seconds. Versions are pinned here and in package.json / Cargo.lock.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WORKER_BUILD_VERSION=0.8.7
+# Must equal the wasm-bindgen crate version pinned in Cargo.toml / Cargo.lock.
+WASM_BINDGEN_VERSION=0.2.130
+PYTEST_VERSION=8.3.5
+APT_PACKAGES=(nix-bin chromium)
+
+step() { printf '==> %s\n' "$*" >&2; }
+
+export PATH="$HOME/.cargo/bin:$PATH"
+
+missing_apt=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing_apt+=("$pkg")
+done
+if ((${#missing_apt[@]})); then
+  step "apt-get install ${missing_apt[*]}"
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing_apt[@]}" >/dev/null
+fi
+
+if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+  step "rustup target add wasm32-unknown-unknown"
+  rustup target add wasm32-unknown-unknown
+fi
+
+cargo_tool() { # binary, crate, version: installs unless that exact version is there
+  local bin=$1 crate=$2 version=$3
+  if ! "$bin" --version 2>/dev/null | grep -qw "$version"; then
+    step "cargo install $crate $version (a few minutes, once)"
+    # Not --locked: wasm-bindgen-cli's lock file does not build here (FIELD-NOTES §1).
+    cargo install --quiet "$crate" --version "$version" --force
+  fi
+}
+cargo_tool worker-build worker-build "$WORKER_BUILD_VERSION"
+cargo_tool wasm-bindgen wasm-bindgen-cli "$WASM_BINDGEN_VERSION"
+
+# npm ci only when the lock file changed since the last install.
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  step "npm ci (wrangler, esbuild, binaryen)"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+if ! .venv/bin/pytest --version 2>/dev/null | grep -qw "$PYTEST_VERSION"; then
+  step "python venv with pytest $PYTEST_VERSION"
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check "pytest==$PYTEST_VERSION"
+fi
