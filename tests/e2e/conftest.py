@@ -1,0 +1,241 @@
+"""End-to-end fixtures: a real Nix (Debian nix-bin) and the real worker under workerd
+(`wrangler dev`) with R2 simulated on disk.
+
+One worker is started per test session. Its R2 is filled before it starts with the
+files a stock `nix copy --to file://` wrote, exactly as they would sit in a bucket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+WRANGLER = REPO / "node_modules" / ".bin" / "wrangler"
+BUCKET = "nixflare"  # bucket_name in wrangler.toml
+
+
+def run(cmd: list[str], *, env: dict | None = None, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd[0]} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@dataclass
+class Nix:
+    """Runs Nix commands isolated from the machine's settings and caches."""
+
+    env: dict
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run(["nix", *args], env=self.env, check=check)
+
+    def store(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run(["nix-store", *args], env=self.env, check=check)
+
+
+@pytest.fixture(scope="session")
+def nix(tmp_path_factory) -> Nix:
+    home = tmp_path_factory.mktemp("nix-home")
+    env = dict(os.environ)
+    env.update(
+        # A private HOME: Nix's narinfo disk cache must not remember other runs.
+        HOME=str(home),
+        XDG_CACHE_HOME=str(home / ".cache"),
+        NIX_CONFIG="\n".join(
+            [
+                "experimental-features = nix-command",
+                # No network here: never try cache.nixos.org.
+                "substituters =",
+                # Root builds without the nixbld group (Debian's single-user nix-bin).
+                "build-users-group =",
+            ]
+        ),
+    )
+    return Nix(env)
+
+
+@dataclass
+class Keys:
+    secret_file: Path
+    public: str
+    wrong_public: str
+
+
+@pytest.fixture(scope="session")
+def keys(nix: Nix, tmp_path_factory) -> Keys:
+    """Signing keys made by Nix itself."""
+    d = tmp_path_factory.mktemp("keys")
+    secret = nix("key", "generate-secret", "--key-name", "e2e-test-1").stdout
+    (d / "sk").write_text(secret)
+    public = run(["nix", "key", "convert-secret-to-public"], env=nix.env, input=secret).stdout
+    other = nix("key", "generate-secret", "--key-name", "e2e-test-1").stdout
+    wrong = run(["nix", "key", "convert-secret-to-public"], env=nix.env, input=other).stdout
+    return Keys(d / "sk", public.strip(), wrong.strip())
+
+
+CLOSURE_EXPR = r"""
+let
+  mk = name: script: derivation {
+    inherit name;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" script ];
+    # Debian's nix-bin builds without a sandbox: the host's coreutils are at hand.
+    PATH = "/usr/bin:/bin";
+  };
+  leaf = mk "nixflare-e2e-leaf" "echo leaf > $out";
+  middle = mk "nixflare-e2e-middle" "echo ${leaf} > $out";
+  # A directory with a reference to both others, a symlink, an executable and a
+  # file big enough (1.6 MB) that reads span several network chunks.
+  top = mk "nixflare-e2e-top" ''
+    read -r line < ${middle}
+    mkdir -p $out/bin $out/share
+    echo "$line ${middle}" > $out/share/refs
+    ln -s ${leaf} $out/share/leaf
+    printf '#!/bin/sh\necho hello from nixflare\n' > $out/bin/hello
+    chmod +x $out/bin/hello
+    i=0; while [ $i -lt 40000 ]; do echo "line $i of a file that compresses well"; i=$((i+1)); done > $out/share/big
+  '';
+in top
+"""
+
+
+@dataclass
+class Closure:
+    top: str
+    paths: list[str]  # every path of the closure, top included
+    nar_hashes: dict[str, str]  # path -> NarHash as Nix reports it
+
+
+@pytest.fixture(scope="session")
+def closure(nix: Nix) -> Closure:
+    top = run(
+        ["nix-build", "--no-out-link", "-E", CLOSURE_EXPR],
+        env=nix.env,
+    ).stdout.strip()
+    info = json.loads(nix("path-info", "--json", "--recursive", top).stdout)
+    # Nix 2.8 prints a list of objects; newer Nix prints an object keyed by path.
+    items = info if isinstance(info, list) else [dict(v, path=k) for k, v in info.items()]
+    hashes = {item["path"]: item["narHash"] for item in items}
+    assert len(hashes) >= 3, f"closure too small: {sorted(hashes)}"
+    return Closure(top=top, paths=sorted(hashes), nar_hashes=hashes)
+
+
+@pytest.fixture(scope="session")
+def file_cache(nix: Nix, keys: Keys, closure: Closure, tmp_path_factory) -> Path:
+    """A binary cache written by stock Nix: what the worker must serve as it is."""
+    d = tmp_path_factory.mktemp("file-cache")
+    nix(
+        "copy",
+        "--to",
+        f"file://{d}?secret-key={keys.secret_file}&compression=xz&write-nar-listing=true",
+        closure.top,
+    )
+    return d
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wrangler_env() -> dict:
+    env = dict(os.environ)
+    env.update(CLOUDFLARE_CF_FETCH_ENABLED="false", WRANGLER_SEND_METRICS="false", CI="true")
+    return env
+
+
+@dataclass
+class Worker:
+    url: str
+    host: str
+    port: int
+    persist: Path
+
+
+R2_LOCAL = Path(__file__).with_name("r2_local.mjs")
+
+
+def put_objects(persist: Path, items: list[tuple[str, Path]]) -> None:
+    """Stores files in the local R2 under exactly these keys."""
+    payload = json.dumps([{"key": key, "file": str(file)} for key, file in items])
+    run(["node", str(R2_LOCAL), str(persist), BUCKET, "put"], input=payload, cwd=REPO)
+
+
+def get_object(persist: Path, key: str) -> bytes | None:
+    proc = subprocess.run(["node", str(R2_LOCAL), str(persist), BUCKET, "get", key], capture_output=True, cwd=REPO)
+    return proc.stdout if proc.returncode == 0 else None
+
+
+# Objects stored under keys a raw-path worker could be tricked into reading.
+# Each is the raw path (less its leading '/') of a request in test_http that must 404.
+DECOY_KEYS = [
+    "secret.txt",
+    "nar/secret.txt",
+    "nar/..%2fsecret.txt",
+    "nar/%2e%2e%2fsecret.txt",
+    "nar/../secret.txt",
+    "../secret.txt",
+    "log/..%2f..%2fsecret.txt",
+    "log/..%252f..%252fsecret.txt",
+]
+
+
+@pytest.fixture(scope="session")
+def worker(file_cache: Path, keys: Keys, tmp_path_factory) -> Worker:
+    persist = tmp_path_factory.mktemp("r2")
+    items = [
+        (f.relative_to(file_cache).as_posix(), f)
+        for f in sorted(file_cache.rglob("*"))
+        # nix-cache-info is rendered by the worker from its config.
+        if f.is_file() and f.name != "nix-cache-info"
+    ]
+    decoy = tmp_path_factory.mktemp("decoy") / "secret.txt"
+    decoy.write_text("must never be served\n")
+    put_objects(persist, items + [(key, decoy) for key in DECOY_KEYS])
+
+    port, inspector = free_port(), free_port()
+    log = open(persist / "wrangler.log", "w")
+    proc = subprocess.Popen(
+        [str(WRANGLER), "dev", "--ip", "127.0.0.1", "--port", str(port),
+         "--inspector-port", str(inspector), "--persist-to", str(persist),
+         "--var", f"PUBLIC_KEYS:{keys.public}", "--show-interactive-dev-session=false"],
+        cwd=REPO, env=wrangler_env(), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, so teardown kills workerd too
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"wrangler dev exited:\n{(persist / 'wrangler.log').read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/nix-cache-info", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"wrangler dev not ready:\n{(persist / 'wrangler.log').read_text()[-4000:]}")
+            time.sleep(0.5)
+        yield Worker(url=url, host="127.0.0.1", port=port, persist=persist)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
