@@ -10,6 +10,7 @@ pub mod config;
 pub mod http;
 pub mod nix;
 pub mod route;
+pub mod token;
 
 #[cfg(target_arch = "wasm32")]
 mod edge;

@@ -69,6 +69,14 @@ impl PublicKey {
         &self.name
     }
 
+    /// True when the 64 signature bytes verify over `message` (name not involved: for
+    /// signatures that carry no key name, such as upload tokens).
+    pub fn verifies_raw(&self, message: &[u8], signature: &[u8; 64]) -> bool {
+        self.key
+            .verify(message, &ed25519_compact::Signature::new(*signature))
+            .is_ok()
+    }
+
     /// True when `signature` is by this key (same name) and verifies over `message`.
     pub fn verifies(&self, message: &[u8], signature: &Signature) -> bool {
         signature.key_name == self.name
@@ -137,8 +145,13 @@ impl SecretKey {
     pub fn sign(&self, message: &[u8]) -> Signature {
         Signature {
             key_name: self.name.clone(),
-            bytes: *self.key.sign(message, None),
+            bytes: self.sign_raw(message),
         }
+    }
+
+    /// The bare 64-byte ed25519 signature.
+    pub fn sign_raw(&self, message: &[u8]) -> [u8; 64] {
+        *self.key.sign(message, None)
     }
 
     /// The secret in Nix's key-file format. Named explicitly so that it is never
