@@ -1,5 +1,7 @@
 //! Nix's own formats, one module each.
 
+pub mod hash;
 pub mod keys;
+pub mod narinfo;
 pub mod nix32;
 pub mod store_path;

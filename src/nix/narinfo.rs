@@ -1,0 +1,315 @@
+//! The `.narinfo` file: `Key: value` lines describing one store path.
+//!
+//! Parsed the way NixOS/nix `src/libstore/nar-info.cc` does, but stricter where Nix
+//! would only fail later: every line ends in `\n` (Nix requires it too), a known key
+//! may appear once (`Sig` may repeat), unknown keys are ignored (Nix ignores them).
+//! Quirk tolerated: Nix itself writes `References: ` with a trailing space when the
+//! list is empty.
+//!
+//! The fingerprint a `Sig:` signs is rebuilt from parsed values, so NarHash may
+//! arrive in any spelling ([`Sha256`]): `1;<store path>;<sha256:nix32>;<NarSize>;<refs>`
+//! with references as full store paths, sorted, comma-separated
+//! (`ValidPathInfo::fingerprint` in libstore/path-info.cc).
+
+use thiserror::Error;
+
+use super::hash::Sha256;
+use super::keys::{PublicKey, Signature};
+use super::store_path::StorePathBaseName;
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum NarInfoError {
+    #[error("narinfo is not UTF-8")]
+    Utf8,
+    #[error("narinfo line {0} is not 'Key: value' ending in a newline")]
+    Line(usize),
+    #[error("narinfo has {0} more than once")]
+    Duplicate(&'static str),
+    #[error("narinfo has no {0}")]
+    Missing(&'static str),
+    #[error("narinfo {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl ToString) -> NarInfoError {
+    NarInfoError::Invalid {
+        field,
+        reason: reason.to_string(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NarInfo {
+    pub store_path: StorePathBaseName,
+    pub url: String,
+    /// As written; `bzip2` when absent (Nix's historical default).
+    pub compression: String,
+    pub file_hash: Option<Sha256>,
+    pub file_size: Option<u64>,
+    pub nar_hash: Sha256,
+    pub nar_size: u64,
+    pub references: Vec<StorePathBaseName>,
+    pub deriver: Option<StorePathBaseName>,
+    pub signatures: Vec<Signature>,
+    /// Content address (`fixed:…`, `text:…`): such paths need no signature.
+    pub ca: Option<String>,
+}
+
+/// Fields the parser knows; each may appear once except `Sig`.
+const SINGLE_FIELDS: [&str; 11] = [
+    "StorePath",
+    "URL",
+    "Compression",
+    "FileHash",
+    "FileSize",
+    "NarHash",
+    "NarSize",
+    "References",
+    "Deriver",
+    "System",
+    "CA",
+];
+
+impl NarInfo {
+    /// Parses narinfo bytes; `store_dir` is the cache's (e.g. `/nix/store`).
+    pub fn parse(bytes: &[u8], store_dir: &str) -> Result<NarInfo, NarInfoError> {
+        let text = core::str::from_utf8(bytes).map_err(|_| NarInfoError::Utf8)?;
+        let mut values: [Option<&str>; SINGLE_FIELDS.len()] = [None; SINGLE_FIELDS.len()];
+        let mut signatures = Vec::new();
+        let mut rest = text;
+        let mut line_no = 0;
+        while !rest.is_empty() {
+            line_no += 1;
+            let (line, after) = rest.split_once('\n').ok_or(NarInfoError::Line(line_no))?;
+            rest = after;
+            let (key, value) = line.split_once(": ").ok_or(NarInfoError::Line(line_no))?;
+            if key == "Sig" {
+                let sig = value.parse().map_err(|e| invalid("Sig", e))?;
+                signatures.push(sig);
+            } else if let Some(i) = SINGLE_FIELDS.iter().position(|f| *f == key) {
+                if values[i].replace(value).is_some() {
+                    return Err(NarInfoError::Duplicate(SINGLE_FIELDS[i]));
+                }
+            }
+        }
+        let get = |name: &'static str| -> Option<&str> {
+            let i = SINGLE_FIELDS.iter().position(|f| *f == name)?;
+            values[i]
+        };
+        let require = |name: &'static str| get(name).ok_or(NarInfoError::Missing(name));
+
+        let store_path = parse_store_path(require("StorePath")?, store_dir)?;
+        let url = require("URL")?;
+        if url.is_empty() {
+            return Err(invalid("URL", "is empty"));
+        }
+        let nar_size: u64 = parse_number("NarSize", require("NarSize")?)?;
+        if nar_size == 0 {
+            return Err(invalid("NarSize", "is zero"));
+        }
+        let references = require("References")?
+            .split(' ')
+            .filter(|r| !r.is_empty())
+            .enumerate()
+            .map(|(i, r)| {
+                r.parse()
+                    .map_err(|e| invalid("References", format!("entry {i}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(NarInfo {
+            store_path,
+            url: url.to_owned(),
+            compression: get("Compression").unwrap_or("bzip2").to_owned(),
+            file_hash: get("FileHash")
+                .map(|h| h.parse().map_err(|e| invalid("FileHash", e)))
+                .transpose()?,
+            file_size: get("FileSize")
+                .map(|s| parse_number("FileSize", s))
+                .transpose()?,
+            nar_hash: require("NarHash")?
+                .parse()
+                .map_err(|e| invalid("NarHash", e))?,
+            nar_size,
+            references,
+            deriver: get("Deriver")
+                .filter(|d| !d.is_empty())
+                .map(|d| d.parse().map_err(|e| invalid("Deriver", e)))
+                .transpose()?,
+            signatures,
+            ca: get("CA").filter(|ca| !ca.is_empty()).map(str::to_owned),
+        })
+    }
+
+    /// What a `Sig:` signs.
+    pub fn fingerprint(&self, store_dir: &str) -> String {
+        let mut refs: Vec<String> = self
+            .references
+            .iter()
+            .map(|r| format!("{store_dir}/{r}"))
+            .collect();
+        refs.sort();
+        format!(
+            "1;{store_dir}/{};{};{};{}",
+            self.store_path,
+            self.nar_hash,
+            self.nar_size,
+            refs.join(",")
+        )
+    }
+
+    /// True when some `Sig:` verifies under one of `keys`.
+    pub fn signed_by_any(&self, keys: &[PublicKey], store_dir: &str) -> bool {
+        let fingerprint = self.fingerprint(store_dir);
+        self.signatures.iter().any(|sig| {
+            keys.iter()
+                .any(|key| key.verifies(fingerprint.as_bytes(), sig))
+        })
+    }
+}
+
+fn parse_store_path(value: &str, store_dir: &str) -> Result<StorePathBaseName, NarInfoError> {
+    let base = value
+        .strip_prefix(store_dir)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .ok_or_else(|| invalid("StorePath", format!("is not in {store_dir}")))?;
+    base.parse().map_err(|e| invalid("StorePath", e))
+}
+
+fn parse_number(field: &'static str, value: &str) -> Result<u64, NarInfoError> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid(field, "is not a whole number"));
+    }
+    value.parse().map_err(|_| invalid(field, "is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nix::keys::SecretKey;
+
+    const TOP: &[u8] = include_bytes!("testdata/top.narinfo");
+    const LEAF: &[u8] = include_bytes!("testdata/leaf.narinfo");
+    const STORE: &str = "/nix/store";
+    const SECRET: &str = "test-1:tXPUeHfVCPFDNdxXYtkOyQAJi0Cx6Irm0YuTzpGNciuVkrxO90WjrIQ6nUPvJCR4vDGuyEM8XWLAMnqk1fXEcQ==";
+
+    fn key() -> PublicKey {
+        SECRET.parse::<SecretKey>().unwrap().public_key()
+    }
+
+    #[test]
+    fn parses_nix_written_narinfos() {
+        let top = NarInfo::parse(TOP, STORE).unwrap();
+        assert_eq!(
+            top.store_path.to_string(),
+            "9s6ymh891cip8bvxjfkb8qpx4dz0hdj7-nixflare-e2e-top"
+        );
+        assert_eq!(top.compression, "xz");
+        assert_eq!(top.file_size, Some(14724));
+        assert_eq!(top.nar_size, 1670328);
+        assert_eq!(top.references.len(), 2);
+        assert_eq!(top.signatures.len(), 1);
+        let leaf = NarInfo::parse(LEAF, STORE).unwrap();
+        assert!(
+            leaf.references.is_empty(),
+            "empty References with trailing space"
+        );
+    }
+
+    #[test]
+    fn nix_signatures_verify_over_rebuilt_fingerprint() {
+        for bytes in [TOP, LEAF] {
+            let info = NarInfo::parse(bytes, STORE).unwrap();
+            assert!(info.signed_by_any(&[key()], STORE));
+        }
+        let top = NarInfo::parse(TOP, STORE).unwrap();
+        assert_eq!(
+            top.fingerprint(STORE),
+            "1;/nix/store/9s6ymh891cip8bvxjfkb8qpx4dz0hdj7-nixflare-e2e-top;\
+             sha256:0n9mkxv19xc62j57rr25lmy09nakpq6lncrrd964ga55620lpkhc;1670328;\
+             /nix/store/anfizv71z26rnrvkpdwsc1f5wwyd9kw6-nixflare-e2e-middle,\
+             /nix/store/pv22kc2dhm5j5lyk2z2dkpj4xnhpx9ys-nixflare-e2e-leaf"
+        );
+    }
+
+    #[test]
+    fn a_signature_made_here_verifies_like_nix_s() {
+        let secret: SecretKey = SECRET.parse().unwrap();
+        let info = NarInfo::parse(TOP, STORE).unwrap();
+        let ours = secret.sign(info.fingerprint(STORE).as_bytes());
+        // ed25519 is deterministic: the same key over the same fingerprint gives Nix's bytes.
+        assert_eq!(ours, info.signatures[0]);
+    }
+
+    #[test]
+    fn any_hash_spelling_signs_the_same_fingerprint() {
+        let text = String::from_utf8(TOP.to_vec()).unwrap().replace(
+            "NarHash: sha256:0n9mkxv19xc62j57rr25lmy09nakpq6lncrrd964ga55620lpkhc",
+            "NarHash: sha256-DM5LgTClqEdMajkzSw2+U9kEfKVF5HyKFIb1FHafNVk=",
+        );
+        let info = NarInfo::parse(text.as_bytes(), STORE).unwrap();
+        assert!(info.signed_by_any(&[key()], STORE));
+    }
+
+    #[test]
+    fn tampering_breaks_the_signature() {
+        let text = String::from_utf8(TOP.to_vec()).unwrap();
+        for (from, to) in [
+            ("NarSize: 1670328", "NarSize: 1670329"),
+            (
+                "References: anfizv71z26rnrvkpdwsc1f5wwyd9kw6-nixflare-e2e-middle ",
+                "References: ",
+            ),
+            ("-nixflare-e2e-top\n", "-nixflare-e2e-evil\n"),
+        ] {
+            let info = NarInfo::parse(text.replacen(from, to, 1).as_bytes(), STORE).unwrap();
+            assert!(!info.signed_by_any(&[key()], STORE), "{from} -> {to}");
+        }
+        let other = SecretKey::generate("test-1").unwrap().public_key();
+        let info = NarInfo::parse(TOP, STORE).unwrap();
+        assert!(!info.signed_by_any(&[other], STORE), "same name, other key");
+    }
+
+    #[test]
+    fn rejects_naming_the_field() {
+        let text = String::from_utf8(TOP.to_vec()).unwrap();
+        let err = |t: String| NarInfo::parse(t.as_bytes(), STORE).unwrap_err().to_string();
+        assert_eq!(
+            err(text.trim_end().to_owned()),
+            "narinfo line 10 is not 'Key: value' ending in a newline"
+        );
+        assert_eq!(
+            err(format!("{text}NarSize: 1\n")),
+            "narinfo has NarSize more than once"
+        );
+        assert_eq!(
+            err(text.replace("NarSize: 1670328\n", "")),
+            "narinfo has no NarSize"
+        );
+        assert_eq!(
+            err(text.replace("NarSize: 1670328", "NarSize: 0")),
+            "narinfo NarSize: is zero"
+        );
+        assert_eq!(
+            err(text.replace("NarSize: 1670328", "NarSize: -1")),
+            "narinfo NarSize: is not a whole number"
+        );
+        assert!(err(text.replace("/nix/store/9s6", "/gnu/store/9s6"))
+            .starts_with("narinfo StorePath: is not in /nix/store"));
+        assert!(err(text.replace("Sig: test-1:", "Sig: test-1")).starts_with("narinfo Sig:"));
+        assert!(err(text.replace("Sig: test-1:eD6k", "Sig: test-1:!!")).starts_with("narinfo Sig:"));
+        assert!(
+            err(text.replace("References: anfiz", "References: ../x anfiz"))
+                .starts_with("narinfo References: entry 0")
+        );
+        assert!(
+            err(text.replace("NarHash: sha256:", "NarHash: md5:")).starts_with("narinfo NarHash:")
+        );
+        assert_eq!(
+            err(format!("{text}no colon here\n")),
+            "narinfo line 11 is not 'Key: value' ending in a newline"
+        );
+        assert_eq!(NarInfo::parse(b"\xff\n", STORE), Err(NarInfoError::Utf8));
+        // Unknown keys are fine.
+        assert!(NarInfo::parse(format!("{text}Future: 1\n").as_bytes(), STORE).is_ok());
+    }
+}
