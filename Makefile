@@ -43,6 +43,7 @@ unit:
 	cargo test --quiet
 
 e2e: worker
+	cargo build --quiet --bin nixflare
 	.venv/bin/pytest tests/e2e
 
 test: setup

@@ -9,13 +9,17 @@ HOST=127.0.0.1
 PORT=${PORT:-8787}
 URL="http://$HOST:$PORT"
 KEY=.dev/signing-key.sec
+TOKEN_KEY=.dev/token-key.sec
 
 mkdir -p .dev
 cargo build --quiet --bin nixflare
-if [ ! -f "$KEY" ]; then
-  target/debug/nixflare keygen nixflare-local-1 --out "$KEY" >/dev/null
-fi
+[ -f "$KEY" ] || target/debug/nixflare keygen nixflare-local-1 --out "$KEY" >/dev/null 2>&1
+[ -f "$TOKEN_KEY" ] || target/debug/nixflare keygen nixflare-local-tokens-1 --out "$TOKEN_KEY" >/dev/null 2>&1
 PUBLIC_KEY=$(cat "$KEY.pub")
+TOKEN=$(target/debug/nixflare token mint --key "$TOKEN_KEY" --subject local-dev \
+  --permissions read,write --expires-in 30d 2>/dev/null)
+printf 'machine %s login nixflare password %s\n' "$HOST" "$TOKEN" > .dev/netrc
+chmod 600 .dev/netrc
 
 cat <<TXT
 
@@ -24,14 +28,21 @@ cat <<TXT
   Substituter URL:  $URL
   Public key:       $PUBLIC_KEY
   Signing key:      $PWD/$KEY   (secret: stays on this machine)
+  Write token:      $TOKEN
+                    (30 days; also in $PWD/.dev/netrc)
 
   Use it from Nix (nix.conf, or --option on the command line):
     extra-substituters = $URL
     extra-trusted-public-keys = $PUBLIC_KEY
+
+  Push a store path with stock Nix:
+    nix copy --option netrc-file $PWD/.dev/netrc \\
+      --to '$URL?secret-key=$PWD/$KEY' /nix/store/...
 
   Stored objects live in $PWD/.dev/r2. Stop with Ctrl-C.
 
 TXT
 
 exec npx wrangler dev --ip "$HOST" --port "$PORT" --persist-to .dev/r2 \
-  --var "PUBLIC_KEYS:$PUBLIC_KEY" --show-interactive-dev-session=false
+  --var "PUBLIC_KEYS:$PUBLIC_KEY" --var "TOKEN_PUBLIC_KEYS:$(cat "$TOKEN_KEY.pub")" \
+  --show-interactive-dev-session=false

@@ -12,6 +12,10 @@ pub mod var {
     pub const PRIORITY: &str = "PRIORITY";
     /// Nix public keys (`name:base64`), separated by spaces or commas.
     pub const PUBLIC_KEYS: &str = "PUBLIC_KEYS";
+    /// Public keys whose upload tokens the cache accepts (same format).
+    pub const TOKEN_PUBLIC_KEYS: &str = "TOKEN_PUBLIC_KEYS";
+    /// Largest request body, in bytes: Cloudflare's plan limit (100 MB on Free/Pro).
+    pub const MAX_REQUEST_BYTES: &str = "MAX_REQUEST_BYTES";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -37,6 +41,10 @@ pub struct CacheConfig {
     pub priority: u32,
     /// Keys whose narinfo signatures the cache accepts, and that it advertises.
     pub public_keys: Vec<PublicKey>,
+    /// Keys whose upload tokens the cache accepts.
+    pub token_keys: Vec<PublicKey>,
+    /// Bodies above this are refused with 413 before a byte is read.
+    pub max_request_bytes: u64,
 }
 
 impl Default for CacheConfig {
@@ -46,6 +54,8 @@ impl Default for CacheConfig {
             want_mass_query: true,
             priority: 40,
             public_keys: Vec::new(),
+            token_keys: Vec::new(),
+            max_request_bytes: 100_000_000,
         }
     }
 }
@@ -84,20 +94,13 @@ impl CacheConfig {
                 name: var::PRIORITY,
             })?;
         }
-        if let Some(keys) = get(var::PUBLIC_KEYS) {
-            config.public_keys = keys
-                .split(|c: char| c == ',' || c.is_whitespace())
-                .filter(|k| !k.is_empty())
-                .enumerate()
-                .map(|(index, key)| {
-                    key.parse().map_err(|source| ConfigError::Key {
-                        name: var::PUBLIC_KEYS,
-                        index,
-                        source,
-                    })
-                })
-                .collect::<Result<_, _>>()?;
+        if let Some(limit) = get(var::MAX_REQUEST_BYTES) {
+            config.max_request_bytes = limit.trim().parse().map_err(|_| ConfigError::Number {
+                name: var::MAX_REQUEST_BYTES,
+            })?;
         }
+        config.public_keys = parse_keys(var::PUBLIC_KEYS, get(var::PUBLIC_KEYS))?;
+        config.token_keys = parse_keys(var::TOKEN_PUBLIC_KEYS, get(var::TOKEN_PUBLIC_KEYS))?;
         Ok(config)
     }
 
@@ -118,6 +121,21 @@ impl CacheConfig {
             self.priority
         )
     }
+}
+
+fn parse_keys(name: &'static str, value: Option<String>) -> Result<Vec<PublicKey>, ConfigError> {
+    let Some(value) = value else {
+        return Ok(Vec::new());
+    };
+    value
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|k| !k.is_empty())
+        .enumerate()
+        .map(|(index, key)| {
+            key.parse()
+                .map_err(|source| ConfigError::Key { name, index, source })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -175,6 +193,8 @@ mod tests {
         assert!(err(&[(var::STORE_DIR, "/nix\nEvil: 1")]).starts_with("STORE_DIR"));
         assert!(err(&[(var::WANT_MASS_QUERY, "yes")]).starts_with("WANT_MASS_QUERY"));
         assert!(err(&[(var::PRIORITY, "-1")]).starts_with("PRIORITY"));
+        assert!(err(&[(var::MAX_REQUEST_BYTES, "100MB")]).starts_with("MAX_REQUEST_BYTES"));
+        assert!(err(&[(var::TOKEN_PUBLIC_KEYS, "x")]).starts_with("TOKEN_PUBLIC_KEYS entry 0"));
         assert_eq!(
             err(&[(
                 var::PUBLIC_KEYS,

@@ -11,6 +11,7 @@ pub mod http;
 pub mod nix;
 pub mod route;
 pub mod token;
+pub mod upload;
 
 #[cfg(target_arch = "wasm32")]
 mod edge;

@@ -13,6 +13,7 @@ use core::fmt;
 
 use crate::nix::nix32;
 use crate::nix::store_path::{check_name, StorePathBaseName, StorePathHash};
+use crate::token::TokenId;
 
 /// How a NAR file is compressed, as named by its extension (Nix's `Compression:`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -141,6 +142,8 @@ pub enum Route {
     },
     /// `debuginfo/<build-id>`: a JSON pointer into a NAR (`index-debug-info`).
     DebugInfo(String),
+    /// `_nixflare/revocations/<token id>`: PUT revokes a token. Not a Nix file.
+    Revocation(TokenId),
 }
 
 /// What kind of object a route names: decides Content-Type and caching.
@@ -152,6 +155,8 @@ pub enum Kind {
     Nar,
     Json,
     Log,
+    /// Worker-internal bookkeeping (revocations): never served.
+    Internal,
 }
 
 impl Kind {
@@ -162,7 +167,7 @@ impl Kind {
             Kind::Narinfo => "text/x-nix-narinfo",
             Kind::Nar => "application/x-nix-nar",
             Kind::Json => "application/json",
-            Kind::Log => "text/plain; charset=utf-8",
+            Kind::Log | Kind::Internal => "text/plain; charset=utf-8",
         }
     }
 
@@ -178,6 +183,7 @@ impl Kind {
             Kind::Narinfo | Kind::Json | Kind::Log => "public, max-age=86400",
             // Configuration: picked up within minutes of a redeploy.
             Kind::CacheInfo | Kind::PublicKeys => "public, max-age=300",
+            Kind::Internal => "no-store",
         }
     }
 }
@@ -202,6 +208,9 @@ impl Route {
                 drv: DrvBaseName::parse(drv)?,
                 output: OutputName::parse(file.strip_suffix(".doi")?)?,
             }),
+            [top, dir, id] if top == "_nixflare" && dir == "revocations" => {
+                id.parse().ok().map(Route::Revocation)
+            }
             _ => None,
         }
     }
@@ -259,6 +268,7 @@ impl Route {
             | Route::BuildTrace { .. }
             | Route::DebugInfo(_) => Kind::Json,
             Route::Log(_) => Kind::Log,
+            Route::Revocation(_) => Kind::Internal,
         }
     }
 
@@ -294,6 +304,7 @@ impl fmt::Display for Route {
             }
             Route::BuildTrace { drv, output } => write!(f, "build-trace-v2/{drv}/{output}.doi"),
             Route::DebugInfo(id) => write!(f, "debuginfo/{id}"),
+            Route::Revocation(id) => write!(f, "_nixflare/revocations/{id}"),
         }
     }
 }
@@ -383,6 +394,10 @@ mod tests {
             round_trip("/debuginfo/0123456789abcdef0123456789abcdef01234567").kind(),
             Kind::Json
         );
+        assert_eq!(
+            round_trip("/_nixflare/revocations/0123456789abcdef0123456789abcdef").kind(),
+            Kind::Internal
+        );
     }
 
     #[test]
@@ -444,6 +459,9 @@ mod tests {
             "/debuginfo/xyz",
             &format!("/debuginfo/{}", "a".repeat(MAX_BUILD_ID_HEX + 2)),
             "/index.html",
+            "/_nixflare/revocations/0123",
+            "/_nixflare/revocations/0123456789ABCDEF0123456789ABCDEF",
+            "/_nixflare/other/0123456789abcdef0123456789abcdef",
             "/nar/",
         ];
         for path in bad {

@@ -9,8 +9,22 @@ use crate::route::NOT_FOUND_CACHE_CONTROL;
 pub enum EdgeError {
     /// Unknown path, malformed path, or no such object.
     NotFound,
-    /// A method this path does not take.
-    MethodNotAllowed,
+    /// A method this path does not take; `allow` lists those it does.
+    MethodNotAllowed { allow: &'static str },
+    /// No usable token: missing, malformed, badly signed, expired or revoked.
+    Unauthorized(String),
+    /// A valid token without the permission this request needs.
+    Forbidden(String),
+    /// The upload itself is wrong (malformed, unverifiable, inconsistent).
+    BadRequest(String),
+    /// A different object already sits where this one would go.
+    Conflict(String),
+    /// The body has no Content-Length (chunked): R2 needs the length up front.
+    LengthRequired,
+    /// The body is larger than this kind of upload may be.
+    TooLarge(String),
+    /// A Content-Encoding the worker cannot undo.
+    UnsupportedEncoding(String),
     /// A worker variable is invalid: the operator's fault, not the client's.
     Misconfigured(ConfigError),
     /// R2 returned an object without a body where one was asked for.
@@ -27,37 +41,49 @@ impl From<worker::Error> for EdgeError {
 
 impl EdgeError {
     /// Status and a one-line reason for the client. Details stay in the log.
-    fn status_and_reason(&self) -> (u16, &'static str) {
+    fn status_and_reason(&self) -> (u16, String) {
         match self {
             // Nix reads 404 as "absent": the one answer for anything missing.
-            EdgeError::NotFound => (404, "not found"),
-            EdgeError::MethodNotAllowed => (
-                405,
-                "method not allowed: this path is read-only (GET, HEAD)",
-            ),
-            EdgeError::Misconfigured(_) => (500, "cache misconfigured: see the worker log"),
+            EdgeError::NotFound => (404, "not found".into()),
+            EdgeError::MethodNotAllowed { allow } => {
+                (405, format!("method not allowed here (allowed: {allow})"))
+            }
+            EdgeError::Unauthorized(why) => (401, format!("unauthorized: {why}")),
+            EdgeError::Forbidden(why) => (403, format!("forbidden: {why}")),
+            EdgeError::BadRequest(why) => (400, format!("rejected: {why}")),
+            EdgeError::Conflict(why) => (409, format!("conflict: {why}")),
+            EdgeError::LengthRequired => (411, "a Content-Length is required".into()),
+            EdgeError::TooLarge(why) => (413, format!("too large: {why}")),
+            EdgeError::UnsupportedEncoding(why) => (415, format!("unsupported: {why}")),
+            EdgeError::Misconfigured(_) => (500, "cache misconfigured: see the worker log".into()),
             // 502 lets Nix retry: the storage behind us failed, not the request.
-            EdgeError::MissingBody | EdgeError::Runtime(_) => (502, "storage error, try again"),
+            EdgeError::MissingBody | EdgeError::Runtime(_) => {
+                (502, "storage error, try again".into())
+            }
         }
     }
 
     pub fn into_response(self, head_only: bool) -> worker::Result<Response> {
         let (status, reason) = self.status_and_reason();
         match &self {
-            EdgeError::NotFound | EdgeError::MethodNotAllowed => {}
             EdgeError::Misconfigured(err) => console_error!("misconfigured: {err}"),
             EdgeError::MissingBody => console_error!("R2 returned an object without a body"),
             EdgeError::Runtime(err) => console_error!("runtime error: {err}"),
+            _ => {}
         }
         let headers = Headers::new();
         headers.set("Content-Type", "text/plain; charset=utf-8")?;
-        let cache_control = match self {
-            EdgeError::NotFound => NOT_FOUND_CACHE_CONTROL,
-            _ => "no-store",
-        };
-        headers.set("Cache-Control", cache_control)?;
-        if let EdgeError::MethodNotAllowed = self {
-            headers.set("Allow", "GET, HEAD")?;
+        match &self {
+            EdgeError::NotFound => headers.set("Cache-Control", NOT_FOUND_CACHE_CONTROL)?,
+            _ => headers.set("Cache-Control", "no-store")?,
+        }
+        match &self {
+            EdgeError::MethodNotAllowed { allow } => headers.set("Allow", allow)?,
+            // Makes curl (and so Nix) send netrc credentials if it did not already.
+            EdgeError::Unauthorized(_) => {
+                headers.set("WWW-Authenticate", "Basic realm=\"nixflare\"")?
+            }
+            _ => {}
         }
         let body = if head_only {
             ResponseBody::Empty

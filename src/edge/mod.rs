@@ -6,6 +6,7 @@
 //! stream and never enter wasm (FIELD-NOTES §2).
 
 mod error;
+mod write;
 
 use worker::{event, Context, Env, Headers, Method, Request, Response, ResponseBody};
 
@@ -25,19 +26,28 @@ fn start() {
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
     let head_only = req.method() == Method::Head;
-    match handle(&req, &env, head_only).await {
+    match handle(req, &env, head_only).await {
         Ok(response) => Ok(response),
         Err(err) => err.into_response(head_only),
     }
 }
 
-async fn handle(req: &Request, env: &Env, head_only: bool) -> Result<Response, EdgeError> {
+async fn handle(req: Request, env: &Env, head_only: bool) -> Result<Response, EdgeError> {
     let path = req.path();
     // Routing first: a path that does not parse never reaches storage.
     let route = Route::parse(&path).ok_or(EdgeError::NotFound)?;
     match req.method() {
-        Method::Get | Method::Head => read(req, env, &route, head_only).await,
-        _ => Err(EdgeError::MethodNotAllowed),
+        Method::Get | Method::Head if route.kind() != Kind::Internal => {
+            read(&req, env, &route, head_only).await
+        }
+        Method::Put | Method::Delete => {
+            let config = config(env)?;
+            let bucket = env.bucket(BUCKET_BINDING)?;
+            write::handle(req, route, &config, &bucket).await
+        }
+        _ => Err(EdgeError::MethodNotAllowed {
+            allow: write::allowed_methods(&route),
+        }),
     }
 }
 

@@ -1,0 +1,228 @@
+//! PUT and DELETE: authenticated, verified, then stored. Nothing reaches R2 under a
+//! protocol name before it has been checked (see `crate::upload` for the rules).
+
+use worker::{console_log, Bucket, Data, Method, Request, Response};
+
+use super::error::EdgeError;
+use crate::config::CacheConfig;
+use crate::route::{Kind, Route};
+use crate::token::{self, Claims, Permissions};
+use crate::upload::{self, MAX_JSON_BYTES, MAX_NARINFO_BYTES};
+
+/// Routes that take writes, and what each accepts (for 405's Allow header).
+pub fn allowed_methods(route: &Route) -> &'static str {
+    match route {
+        Route::Narinfo(_) | Route::Nar { .. } => "GET, HEAD, PUT, DELETE",
+        Route::Revocation(_) => "PUT",
+        Route::PublicKeys => "GET, HEAD",
+        _ => "GET, HEAD, PUT",
+    }
+}
+
+pub async fn handle(
+    mut req: Request,
+    route: Route,
+    config: &CacheConfig,
+    bucket: &Bucket,
+) -> Result<Response, EdgeError> {
+    let method = req.method();
+    let not_allowed = || EdgeError::MethodNotAllowed {
+        allow: allowed_methods(&route),
+    };
+    let needed = match (&method, &route) {
+        (Method::Put, Route::PublicKeys) => return Err(not_allowed()),
+        (Method::Put, Route::Revocation(_)) => Permissions::REVOKE,
+        (Method::Put, _) => Permissions::WRITE,
+        (Method::Delete, Route::Narinfo(_) | Route::Nar { .. }) => Permissions::DELETE,
+        _ => return Err(not_allowed()),
+    };
+    let claims = authorize(&req, config, bucket, needed).await?;
+    let key = route.storage_key();
+    let outcome = match (method, &route, key) {
+        (Method::Delete, _, Some(key)) => {
+            bucket.delete(&key).await?;
+            Stored::Deleted
+        }
+        (Method::Put, Route::CacheInfo, _) => Stored::Unchanged, // Nix PUTs it when it sees none; ours is config.
+        (Method::Put, Route::Nar { file_hash, .. }, Some(key)) => {
+            let length = body_length(&req, config.max_request_bytes, "a NAR in one request")?;
+            if bucket.head(&key).await?.is_some() {
+                // Named by its SHA-256: what is stored is already these bytes.
+                Stored::Unchanged
+            } else {
+                let body = req.inner().body().ok_or_else(|| {
+                    EdgeError::BadRequest(format!("empty body ({length} bytes announced)"))
+                })?;
+                // R2 hashes the stream and refuses a mismatch: no hashing in wasm.
+                bucket
+                    .put(&key, Data::ReadableStream(body))
+                    .sha256(file_hash.0.to_vec())
+                    .execute()
+                    .await
+                    .map_err(|err| match err.to_string().contains("10037") {
+                        true => EdgeError::BadRequest("NAR bytes do not hash to the name in the URL".into()),
+                        false => EdgeError::Runtime(err),
+                    })?;
+                Stored::Created
+            }
+        }
+        (Method::Put, Route::Narinfo(hash), Some(key)) => {
+            let bytes = small_body(&mut req, MAX_NARINFO_BYTES, "a narinfo").await?;
+            let checked = upload::check_narinfo(&bytes, hash, config)
+                .map_err(|e| EdgeError::BadRequest(e.to_string()))?;
+            let nar_key = checked.nar.storage_key().unwrap_or_default();
+            let nar = bucket.head(&nar_key).await?.ok_or_else(|| {
+                EdgeError::BadRequest(format!("{nar_key} is not in the cache: upload the NAR first"))
+            })?;
+            if let Some(size) = checked.file_size.filter(|&size| size != nar.size()) {
+                return Err(EdgeError::BadRequest(format!(
+                    "narinfo FileSize {size} but the stored NAR has {} bytes",
+                    nar.size()
+                )));
+            }
+            put_unless_different(bucket, &key, bytes, &claims).await?
+        }
+        (Method::Put, Route::Revocation(_), Some(key)) => {
+            bucket.put(&key, Data::Empty).execute().await?;
+            Stored::Created
+        }
+        (Method::Put, Route::Log(_), Some(key)) => {
+            reject_content_encoding(&req)?;
+            let length = body_length(&req, config.max_request_bytes, "a build log")?;
+            let body = req.inner().body().ok_or_else(|| {
+                EdgeError::BadRequest(format!("empty body ({length} bytes announced)"))
+            })?;
+            bucket.put(&key, Data::ReadableStream(body)).execute().await?;
+            Stored::Created
+        }
+        (Method::Put, _, Some(key)) if route.kind() == Kind::Json => {
+            let bytes = small_body(&mut req, MAX_JSON_BYTES, "a JSON file").await?;
+            serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+                .map_err(|e| EdgeError::BadRequest(format!("not valid JSON: {e}")))?;
+            bucket.put(&key, bytes).execute().await?;
+            Stored::Created
+        }
+        _ => return Err(not_allowed()),
+    };
+    // Subject and path only: the token itself never reaches a log.
+    console_log!("{} /{route} by {}: {outcome:?}", req.method().as_ref(), claims.subject);
+    outcome.into_response()
+}
+
+#[derive(Debug)]
+enum Stored {
+    Created,
+    Unchanged,
+    Deleted,
+}
+
+impl Stored {
+    fn into_response(self) -> Result<Response, EdgeError> {
+        Ok(match self {
+            Stored::Created => Response::ok("stored\n")?.with_status(201),
+            Stored::Unchanged => Response::ok("already stored\n")?,
+            // 204 must have no body at all.
+            Stored::Deleted => Response::empty()?.with_status(204),
+        })
+    }
+}
+
+/// Checks the token: present, well-formed, signed by a token key, unexpired, carrying
+/// `needed`, and not revoked (one R2 HEAD).
+async fn authorize(
+    req: &Request,
+    config: &CacheConfig,
+    bucket: &Bucket,
+    needed: Permissions,
+) -> Result<Claims, EdgeError> {
+    let header = req.headers().get("Authorization")?.ok_or_else(|| {
+        EdgeError::Unauthorized(
+            "a token is required (Authorization: Bearer TOKEN, or the token as netrc password)".into(),
+        )
+    })?;
+    let token = token::from_authorization(&header)
+        .ok_or_else(|| EdgeError::Unauthorized("Authorization must be Bearer or Basic".into()))?;
+    let now = worker::Date::now().as_millis() / 1000;
+    let claims = token::verify(&token, &config.token_keys, now)
+        .map_err(|e| EdgeError::Unauthorized(e.to_string()))?;
+    if !claims.permissions.contains(needed) {
+        return Err(EdgeError::Forbidden(format!(
+            "token for {:?} lacks {needed} permission",
+            claims.subject
+        )));
+    }
+    let revocation = Route::Revocation(claims.id).to_string();
+    if bucket.head(&revocation).await?.is_some() {
+        return Err(EdgeError::Unauthorized(format!("token {} is revoked", claims.id)));
+    }
+    Ok(claims)
+}
+
+/// The announced body length, refused above `limit` before a byte is read.
+fn body_length(req: &Request, limit: u64, what: &str) -> Result<u64, EdgeError> {
+    let length = req
+        .headers()
+        .get("Content-Length")?
+        .ok_or(EdgeError::LengthRequired)?
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| EdgeError::BadRequest("Content-Length is not a number".into()))?;
+    if length > limit {
+        let hint = if what.starts_with("a NAR") {
+            "; push large NARs in parts with `nixflare push`"
+        } else {
+            ""
+        };
+        return Err(EdgeError::TooLarge(format!(
+            "{length} bytes is over the {limit}-byte limit for {what}{hint}"
+        )));
+    }
+    Ok(length)
+}
+
+/// Metadata files are stored decoded; compressed uploads (Nix's
+/// `narinfo-compression`, `ls-compression`, `log-compression`) are refused for now.
+fn reject_content_encoding(req: &Request) -> Result<(), EdgeError> {
+    match req.headers().get("Content-Encoding")? {
+        Some(encoding) if !encoding.trim().eq_ignore_ascii_case("identity") => {
+            Err(EdgeError::UnsupportedEncoding(format!(
+                "Content-Encoding {encoding:?}: upload metadata uncompressed (unset Nix's narinfo-compression, ls-compression and log-compression)"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Reads a small body into wasm (narinfos, JSON), bounded by `limit`.
+async fn small_body(req: &mut Request, limit: u64, what: &str) -> Result<Vec<u8>, EdgeError> {
+    reject_content_encoding(req)?;
+    body_length(req, limit, what)?;
+    let bytes = req.bytes().await?;
+    if bytes.len() as u64 > limit {
+        return Err(EdgeError::TooLarge(format!("over the {limit}-byte limit for {what}")));
+    }
+    Ok(bytes)
+}
+
+/// Stores `bytes` at `key` unless a different object is there, which only a token
+/// with overwrite permission may replace.
+async fn put_unless_different(
+    bucket: &Bucket,
+    key: &str,
+    bytes: Vec<u8>,
+    claims: &Claims,
+) -> Result<Stored, EdgeError> {
+    if let Some(existing) = bucket.get(key).execute().await? {
+        let old = existing.body().ok_or(EdgeError::MissingBody)?.bytes().await?;
+        if old == bytes {
+            return Ok(Stored::Unchanged);
+        }
+        if !claims.permissions.contains(Permissions::OVERWRITE) {
+            return Err(EdgeError::Conflict(format!(
+                "a different /{key} is already published; a token with overwrite permission may replace it"
+            )));
+        }
+    }
+    bucket.put(key, bytes).execute().await?;
+    Ok(Stored::Created)
+}

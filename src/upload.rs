@@ -1,0 +1,160 @@
+//! What an upload must prove before it is published. Pure: the edge layer supplies
+//! what storage knows (does the NAR exist, how big is it) and acts on the verdict.
+
+use thiserror::Error;
+
+use crate::config::CacheConfig;
+use crate::nix::narinfo::{NarInfo, NarInfoError};
+use crate::nix::store_path::StorePathHash;
+use crate::route::{Compression, FileHash, Route};
+
+/// Largest narinfo accepted. Real ones are a few hundred bytes; a path with thousands
+/// of references stays well below this.
+pub const MAX_NARINFO_BYTES: u64 = 1 << 20;
+/// Largest JSON side file (`.ls` listings of huge trees, realisations, debuginfo).
+pub const MAX_JSON_BYTES: u64 = 32 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum NarinfoRejection {
+    #[error(transparent)]
+    Parse(#[from] NarInfoError),
+    #[error("narinfo StorePath hash {found} does not match the URL's {expected}")]
+    HashMismatch { expected: String, found: String },
+    #[error("narinfo URL must be nar/<filehash>.nar[.xz|.zst|.bz2|.br|.lz4|.lzip]")]
+    NarUrl,
+    #[error("narinfo Compression {field:?} does not match its URL's extension {extension:?}")]
+    Compression { field: String, extension: &'static str },
+    #[error("narinfo FileHash does not match the hash in its URL")]
+    FileHash,
+    #[error("narinfo has no FileHash and its uncompressed NAR is not named by NarHash")]
+    NarHash,
+    #[error("no Sig verifies under this cache's public keys ({keys})")]
+    Signature { keys: String },
+}
+
+/// A narinfo that passed every check that needs no storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedNarinfo {
+    pub info: NarInfo,
+    /// The NAR it points at, which must already be stored...
+    pub nar: Route,
+    /// ...with exactly this size, when the narinfo says.
+    pub file_size: Option<u64>,
+}
+
+/// Checks a narinfo uploaded as `<url_hash>.narinfo`.
+pub fn check_narinfo(
+    bytes: &[u8],
+    url_hash: &StorePathHash,
+    config: &CacheConfig,
+) -> Result<CheckedNarinfo, NarinfoRejection> {
+    let info = NarInfo::parse(bytes, &config.store_dir)?;
+    if info.store_path.hash() != url_hash {
+        return Err(NarinfoRejection::HashMismatch {
+            expected: url_hash.to_string(),
+            found: info.store_path.hash().to_string(),
+        });
+    }
+    let nar = Route::parse(&format!("/{}", info.url)).ok_or(NarinfoRejection::NarUrl)?;
+    let Route::Nar {
+        file_hash,
+        compression,
+    } = nar
+    else {
+        return Err(NarinfoRejection::NarUrl);
+    };
+    if info.compression != compression.narinfo_name() {
+        return Err(NarinfoRejection::Compression {
+            field: info.compression.clone(),
+            extension: compression.extension(),
+        });
+    }
+    match info.file_hash {
+        Some(hash) if FileHash(hash.0) != file_hash => return Err(NarinfoRejection::FileHash),
+        None if compression == Compression::None && FileHash(info.nar_hash.0) != file_hash => {
+            return Err(NarinfoRejection::NarHash)
+        }
+        _ => {}
+    }
+    // Content-addressed paths prove themselves: Nix recomputes the path from the CA
+    // field on substitution and needs no signature (as in Nix's own checks).
+    if info.ca.is_none() && !info.signed_by_any(&config.public_keys, &config.store_dir) {
+        let keys: Vec<&str> = config.public_keys.iter().map(|k| k.name()).collect();
+        return Err(NarinfoRejection::Signature {
+            keys: if keys.is_empty() {
+                "none configured".to_owned()
+            } else {
+                keys.join(", ")
+            },
+        });
+    }
+    Ok(CheckedNarinfo {
+        file_size: info.file_size,
+        nar,
+        info,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOP: &str = include_str!("nix/testdata/top.narinfo");
+    const TOP_HASH: &str = "9s6ymh891cip8bvxjfkb8qpx4dz0hdj7";
+    const PUBLIC: &str = "test-1:lZK8TvdFo6yEOp1D7yQkeLwxrshDPF1iwDJ6pNX1xHE=";
+
+    fn config() -> CacheConfig {
+        CacheConfig {
+            public_keys: vec![PUBLIC.parse().unwrap()],
+            ..CacheConfig::default()
+        }
+    }
+
+    fn check(text: &str) -> Result<CheckedNarinfo, NarinfoRejection> {
+        check_narinfo(text.as_bytes(), &TOP_HASH.parse().unwrap(), &config())
+    }
+
+    #[test]
+    fn accepts_a_nix_written_narinfo() {
+        let checked = check(TOP).unwrap();
+        assert_eq!(
+            checked.nar.storage_key().unwrap(),
+            "nar/1ijb57b4fq0j7vvxgbxrl0bwranndf7nzc9xp03iq1d83alflb3w.nar.xz"
+        );
+        assert_eq!(checked.file_size, Some(14724));
+    }
+
+    #[test]
+    fn rejections() {
+        let other_hash: StorePathHash = "0".repeat(32).parse().unwrap();
+        assert!(matches!(
+            check_narinfo(TOP.as_bytes(), &other_hash, &config()),
+            Err(NarinfoRejection::HashMismatch { .. })
+        ));
+        let url = "nar/1ijb57b4fq0j7vvxgbxrl0bwranndf7nzc9xp03iq1d83alflb3w.nar.xz";
+        for bad_url in ["../secret", "nar/x.nar", "nix-cache-info", &format!("{url}/x")] {
+            assert_eq!(check(&TOP.replace(url, bad_url)), Err(NarinfoRejection::NarUrl), "{bad_url}");
+        }
+        assert!(matches!(
+            check(&TOP.replace("Compression: xz", "Compression: zstd")),
+            Err(NarinfoRejection::Compression { .. })
+        ));
+        assert!(matches!(
+            check(&TOP.replace("Compression: xz\n", "")),
+            Err(NarinfoRejection::Compression { .. })
+        ));
+        assert_eq!(
+            check(&TOP.replace("FileHash: sha256:1ijb", "FileHash: sha256:0ijb")),
+            Err(NarinfoRejection::FileHash)
+        );
+        let unsigned = TOP.lines().filter(|l| !l.starts_with("Sig:")).collect::<Vec<_>>().join("\n") + "\n";
+        assert_eq!(
+            check(&unsigned),
+            Err(NarinfoRejection::Signature { keys: "test-1".into() })
+        );
+        let err = check_narinfo(TOP.as_bytes(), &TOP_HASH.parse().unwrap(), &CacheConfig::default()).unwrap_err();
+        assert_eq!(err.to_string(), "no Sig verifies under this cache's public keys (none configured)");
+        // A CA path needs no signature.
+        assert!(check(&format!("{unsigned}CA: fixed:r:sha256:1ijb57b4fq0j7vvxgbxrl0bwranndf7nzc9xp03iq1d83alflb3w\n")).is_ok());
+    }
+}
