@@ -132,8 +132,11 @@ fn parse_keys(name: &'static str, value: Option<String>) -> Result<Vec<PublicKey
         .filter(|k| !k.is_empty())
         .enumerate()
         .map(|(index, key)| {
-            key.parse()
-                .map_err(|source| ConfigError::Key { name, index, source })
+            key.parse().map_err(|source| ConfigError::Key {
+                name,
+                index,
+                source,
+            })
         })
         .collect()
 }

@@ -23,7 +23,10 @@ pub enum NarinfoRejection {
     #[error("narinfo URL must be nar/<filehash>.nar[.xz|.zst|.bz2|.br|.lz4|.lzip]")]
     NarUrl,
     #[error("narinfo Compression {field:?} does not match its URL's extension {extension:?}")]
-    Compression { field: String, extension: &'static str },
+    Compression {
+        field: String,
+        extension: &'static str,
+    },
     #[error("narinfo FileHash does not match the hash in its URL")]
     FileHash,
     #[error("narinfo has no FileHash and its uncompressed NAR is not named by NarHash")]
@@ -132,8 +135,17 @@ mod tests {
             Err(NarinfoRejection::HashMismatch { .. })
         ));
         let url = "nar/1ijb57b4fq0j7vvxgbxrl0bwranndf7nzc9xp03iq1d83alflb3w.nar.xz";
-        for bad_url in ["../secret", "nar/x.nar", "nix-cache-info", &format!("{url}/x")] {
-            assert_eq!(check(&TOP.replace(url, bad_url)), Err(NarinfoRejection::NarUrl), "{bad_url}");
+        for bad_url in [
+            "../secret",
+            "nar/x.nar",
+            "nix-cache-info",
+            &format!("{url}/x"),
+        ] {
+            assert_eq!(
+                check(&TOP.replace(url, bad_url)),
+                Err(NarinfoRejection::NarUrl),
+                "{bad_url}"
+            );
         }
         assert!(matches!(
             check(&TOP.replace("Compression: xz", "Compression: zstd")),
@@ -147,14 +159,32 @@ mod tests {
             check(&TOP.replace("FileHash: sha256:1ijb", "FileHash: sha256:0ijb")),
             Err(NarinfoRejection::FileHash)
         );
-        let unsigned = TOP.lines().filter(|l| !l.starts_with("Sig:")).collect::<Vec<_>>().join("\n") + "\n";
+        let unsigned = TOP
+            .lines()
+            .filter(|l| !l.starts_with("Sig:"))
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n";
         assert_eq!(
             check(&unsigned),
-            Err(NarinfoRejection::Signature { keys: "test-1".into() })
+            Err(NarinfoRejection::Signature {
+                keys: "test-1".into()
+            })
         );
-        let err = check_narinfo(TOP.as_bytes(), &TOP_HASH.parse().unwrap(), &CacheConfig::default()).unwrap_err();
-        assert_eq!(err.to_string(), "no Sig verifies under this cache's public keys (none configured)");
+        let err = check_narinfo(
+            TOP.as_bytes(),
+            &TOP_HASH.parse().unwrap(),
+            &CacheConfig::default(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no Sig verifies under this cache's public keys (none configured)"
+        );
         // A CA path needs no signature.
-        assert!(check(&format!("{unsigned}CA: fixed:r:sha256:1ijb57b4fq0j7vvxgbxrl0bwranndf7nzc9xp03iq1d83alflb3w\n")).is_ok());
+        assert!(check(&format!(
+            "{unsigned}CA: fixed:r:sha256:1ijb57b4fq0j7vvxgbxrl0bwranndf7nzc9xp03iq1d83alflb3w\n"
+        ))
+        .is_ok());
     }
 }

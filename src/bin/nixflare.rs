@@ -124,11 +124,13 @@ mod cli {
         let n: u64 = number
             .parse()
             .map_err(|_| anyhow!("duration {text:?} is not a number with a unit (e.g. 90d)"))?;
-        n.checked_mul(scale).ok_or_else(|| anyhow!("duration {text:?} is too long"))
+        n.checked_mul(scale)
+            .ok_or_else(|| anyhow!("duration {text:?} is too long"))
     }
 
     fn read_secret_key(path: &Path) -> Result<SecretKey> {
-        let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         // The error names the problem, never the key text.
         text.trim()
             .parse()

@@ -60,7 +60,9 @@ pub async fn handle(
                     .execute()
                     .await
                     .map_err(|err| match err.to_string().contains("10037") {
-                        true => EdgeError::BadRequest("NAR bytes do not hash to the name in the URL".into()),
+                        true => EdgeError::BadRequest(
+                            "NAR bytes do not hash to the name in the URL".into(),
+                        ),
                         false => EdgeError::Runtime(err),
                     })?;
                 Stored::Created
@@ -72,7 +74,9 @@ pub async fn handle(
                 .map_err(|e| EdgeError::BadRequest(e.to_string()))?;
             let nar_key = checked.nar.storage_key().unwrap_or_default();
             let nar = bucket.head(&nar_key).await?.ok_or_else(|| {
-                EdgeError::BadRequest(format!("{nar_key} is not in the cache: upload the NAR first"))
+                EdgeError::BadRequest(format!(
+                    "{nar_key} is not in the cache: upload the NAR first"
+                ))
             })?;
             if let Some(size) = checked.file_size.filter(|&size| size != nar.size()) {
                 return Err(EdgeError::BadRequest(format!(
@@ -92,7 +96,10 @@ pub async fn handle(
             let body = req.inner().body().ok_or_else(|| {
                 EdgeError::BadRequest(format!("empty body ({length} bytes announced)"))
             })?;
-            bucket.put(&key, Data::ReadableStream(body)).execute().await?;
+            bucket
+                .put(&key, Data::ReadableStream(body))
+                .execute()
+                .await?;
             Stored::Created
         }
         (Method::Put, _, Some(key)) if route.kind() == Kind::Json => {
@@ -105,7 +112,11 @@ pub async fn handle(
         _ => return Err(not_allowed()),
     };
     // Subject and path only: the token itself never reaches a log.
-    console_log!("{} /{route} by {}: {outcome:?}", req.method().as_ref(), claims.subject);
+    console_log!(
+        "{} /{route} by {}: {outcome:?}",
+        req.method().as_ref(),
+        claims.subject
+    );
     outcome.into_response()
 }
 
@@ -137,7 +148,8 @@ async fn authorize(
 ) -> Result<Claims, EdgeError> {
     let header = req.headers().get("Authorization")?.ok_or_else(|| {
         EdgeError::Unauthorized(
-            "a token is required (Authorization: Bearer TOKEN, or the token as netrc password)".into(),
+            "a token is required (Authorization: Bearer TOKEN, or the token as netrc password)"
+                .into(),
         )
     })?;
     let token = token::from_authorization(&header)
@@ -153,7 +165,10 @@ async fn authorize(
     }
     let revocation = Route::Revocation(claims.id).to_string();
     if bucket.head(&revocation).await?.is_some() {
-        return Err(EdgeError::Unauthorized(format!("token {} is revoked", claims.id)));
+        return Err(EdgeError::Unauthorized(format!(
+            "token {} is revoked",
+            claims.id
+        )));
     }
     Ok(claims)
 }
@@ -199,7 +214,9 @@ async fn small_body(req: &mut Request, limit: u64, what: &str) -> Result<Vec<u8>
     body_length(req, limit, what)?;
     let bytes = req.bytes().await?;
     if bytes.len() as u64 > limit {
-        return Err(EdgeError::TooLarge(format!("over the {limit}-byte limit for {what}")));
+        return Err(EdgeError::TooLarge(format!(
+            "over the {limit}-byte limit for {what}"
+        )));
     }
     Ok(bytes)
 }
@@ -213,7 +230,11 @@ async fn put_unless_different(
     claims: &Claims,
 ) -> Result<Stored, EdgeError> {
     if let Some(existing) = bucket.get(key).execute().await? {
-        let old = existing.body().ok_or(EdgeError::MissingBody)?.bytes().await?;
+        let old = existing
+            .body()
+            .ok_or(EdgeError::MissingBody)?
+            .bytes()
+            .await?;
         if old == bytes {
             return Ok(Stored::Unchanged);
         }

@@ -7,6 +7,7 @@ files a stock `nix copy --to file://` wrote, exactly as they would sit in a buck
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -21,6 +22,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 WRANGLER = REPO / "node_modules" / ".bin" / "wrangler"
+CLI = REPO / "target" / "debug" / "nixflare"  # built by `make e2e`
+# Small in tests so "too large" is cheap to reach; real deployments use 100 MB.
+MAX_REQUEST_BYTES = 4 << 20
 BUCKET = "nixflare"  # bucket_name in wrangler.toml
 
 
@@ -69,6 +73,7 @@ def nix(tmp_path_factory) -> Nix:
 class Keys:
     secret_file: Path
     public: str
+    wrong_secret_file: Path  # a key the cache does not trust
     wrong_public: str
 
 
@@ -80,11 +85,37 @@ def keys(nix: Nix, tmp_path_factory) -> Keys:
     (d / "sk").write_text(secret)
     public = run(["nix", "key", "convert-secret-to-public"], env=nix.env, input=secret).stdout
     other = nix("key", "generate-secret", "--key-name", "e2e-test-1").stdout
+    (d / "wrong-sk").write_text(other)
     wrong = run(["nix", "key", "convert-secret-to-public"], env=nix.env, input=other).stdout
-    return Keys(d / "sk", public.strip(), wrong.strip())
+    return Keys(d / "sk", public.strip(), d / "wrong-sk", wrong.strip())
+
+
+@dataclass
+class Tokens:
+    """Mints upload tokens with an admin key made by `nixflare keygen`."""
+
+    key_file: Path
+    public: str
+
+    def mint(self, permissions: str = "read,write", *, subject: str = "e2e", expires_at: int | None = None) -> str:
+        args = [str(CLI), "token", "mint", "--key", str(self.key_file), "--subject", subject, "--permissions", permissions]
+        args += ["--expires-at", str(expires_at)] if expires_at is not None else ["--expires-in", "1h"]
+        return run(args).stdout.strip()
+
+    def id_of(self, token: str) -> str:
+        out = run([str(CLI), "token", "inspect", token]).stdout
+        return next(line.split(": ")[1] for line in out.splitlines() if line.startswith("id: "))
+
+
+@pytest.fixture(scope="session")
+def tokens(tmp_path_factory) -> Tokens:
+    d = tmp_path_factory.mktemp("token-key")
+    public = run([str(CLI), "keygen", "e2e-tokens-1", "--out", str(d / "admin.sec")]).stdout.strip()
+    return Tokens(d / "admin.sec", public)
 
 
 CLOSURE_EXPR = r"""
+{ salt ? "" }:
 let
   mk = name: script: derivation {
     inherit name;
@@ -94,11 +125,11 @@ let
     # Debian's nix-bin builds without a sandbox: the host's coreutils are at hand.
     PATH = "/usr/bin:/bin";
   };
-  leaf = mk "nixflare-e2e-leaf" "echo leaf > $out";
-  middle = mk "nixflare-e2e-middle" "echo ${leaf} > $out";
+  leaf = mk "nixflare-e2e-leaf${salt}" "echo leaf > $out";
+  middle = mk "nixflare-e2e-middle${salt}" "echo ${leaf} > $out";
   # A directory with a reference to both others, a symlink, an executable and a
   # file big enough (1.6 MB) that reads span several network chunks.
-  top = mk "nixflare-e2e-top" ''
+  top = mk "nixflare-e2e-top${salt}" ''
     read -r line < ${middle}
     mkdir -p $out/bin $out/share
     echo "$line ${middle}" > $out/share/refs
@@ -118,10 +149,9 @@ class Closure:
     nar_hashes: dict[str, str]  # path -> NarHash as Nix reports it
 
 
-@pytest.fixture(scope="session")
-def closure(nix: Nix) -> Closure:
+def build_closure(nix: Nix, salt: str = "") -> Closure:
     top = run(
-        ["nix-build", "--no-out-link", "-E", CLOSURE_EXPR],
+        ["nix-build", "--no-out-link", "-E", CLOSURE_EXPR, "--argstr", "salt", salt],
         env=nix.env,
     ).stdout.strip()
     info = json.loads(nix("path-info", "--json", "--recursive", top).stdout)
@@ -130,6 +160,18 @@ def closure(nix: Nix) -> Closure:
     hashes = {item["path"]: item["narHash"] for item in items}
     assert len(hashes) >= 3, f"closure too small: {sorted(hashes)}"
     return Closure(top=top, paths=sorted(hashes), nar_hashes=hashes)
+
+
+@pytest.fixture(scope="session")
+def closure(nix: Nix) -> Closure:
+    """Served from R2 pre-filled by the fixture below."""
+    return build_closure(nix)
+
+
+@pytest.fixture(scope="session")
+def fresh_closure(nix: Nix) -> Closure:
+    """Never seen by any cache before this session: for upload tests."""
+    return build_closure(nix, salt="-" + os.urandom(6).hex())
 
 
 @pytest.fixture(scope="session")
@@ -194,7 +236,7 @@ DECOY_KEYS = [
 
 
 @pytest.fixture(scope="session")
-def worker(file_cache: Path, keys: Keys, tmp_path_factory) -> Worker:
+def worker(file_cache: Path, keys: Keys, tokens: Tokens, tmp_path_factory) -> Worker:
     persist = tmp_path_factory.mktemp("r2")
     items = [
         (f.relative_to(file_cache).as_posix(), f)
@@ -211,7 +253,8 @@ def worker(file_cache: Path, keys: Keys, tmp_path_factory) -> Worker:
     proc = subprocess.Popen(
         [str(WRANGLER), "dev", "--ip", "127.0.0.1", "--port", str(port),
          "--inspector-port", str(inspector), "--persist-to", str(persist),
-         "--var", f"PUBLIC_KEYS:{keys.public}", "--show-interactive-dev-session=false"],
+         "--var", f"PUBLIC_KEYS:{keys.public}", "--var", f"TOKEN_PUBLIC_KEYS:{tokens.public}",
+         "--var", f"MAX_REQUEST_BYTES:{MAX_REQUEST_BYTES}", "--show-interactive-dev-session=false"],
         cwd=REPO, env=wrangler_env(), stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, so teardown kills workerd too
     )
@@ -239,3 +282,20 @@ def worker(file_cache: Path, keys: Keys, tmp_path_factory) -> Worker:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+
+
+def request(worker: Worker, method: str, path: str, headers: dict | None = None, body: bytes | None = None):
+    """Sends `path` byte for byte (no client-side normalisation) and reads the reply."""
+    conn = http.client.HTTPConnection(worker.host, worker.port, timeout=30)
+    try:
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        for name, value in (headers or {}).items():
+            conn.putheader(name, value)
+        if body is not None:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+    finally:
+        conn.close()
