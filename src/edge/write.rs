@@ -104,8 +104,10 @@ pub async fn handle(
         }
         (Method::Put, _, Some(key)) if route.kind() == Kind::Json => {
             let bytes = small_body(&mut req, MAX_JSON_BYTES, "a JSON file").await?;
-            serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
-                .map_err(|e| EdgeError::BadRequest(format!("not valid JSON: {e}")))?;
+            let text = core::str::from_utf8(&bytes)
+                .map_err(|_| EdgeError::BadRequest("not valid JSON: not UTF-8".into()))?;
+            js_sys::JSON::parse(text)
+                .map_err(|_| EdgeError::BadRequest("not valid JSON".into()))?;
             bucket.put(&key, bytes).execute().await?;
             Stored::Created
         }
