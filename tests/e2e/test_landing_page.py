@@ -28,3 +28,4 @@ def test_page_shows_this_caches_url_and_key(worker: Worker, keys: Keys, tmp_path
     assert f"extra-trusted-public-keys = <span class=\"public-keys\">{keys.public}</span>" in dom
     assert f"\"{keys.public}\"" in dom
     assert "loading…" not in dom
+    assert f"machine <span class=\"cache-host\">{worker.host}</span> login" in dom
