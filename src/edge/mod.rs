@@ -5,6 +5,7 @@
 //! headers and streams. Object bodies go from R2 to the client as the runtime's own
 //! stream and never enter wasm (FIELD-NOTES §2).
 
+mod decode;
 mod error;
 mod write;
 

@@ -3,6 +3,7 @@
 
 use worker::{console_log, Bucket, Data, Method, Request, Response};
 
+use super::decode;
 use super::error::EdgeError;
 use crate::config::CacheConfig;
 use crate::route::{Kind, Route};
@@ -197,22 +198,22 @@ fn body_length(req: &Request, limit: u64, what: &str) -> Result<u64, EdgeError> 
     Ok(length)
 }
 
-/// Metadata files are stored decoded; compressed uploads (Nix's
-/// `narinfo-compression`, `ls-compression`, `log-compression`) are refused for now.
+/// Logs stream straight into R2 (R2 needs the stored length up front, which a
+/// decompressed stream does not have), so a compressed log (`log-compression`) is refused.
 fn reject_content_encoding(req: &Request) -> Result<(), EdgeError> {
     match req.headers().get("Content-Encoding")? {
         Some(encoding) if !encoding.trim().eq_ignore_ascii_case("identity") => {
             Err(EdgeError::UnsupportedEncoding(format!(
-                "Content-Encoding {encoding:?}: upload metadata uncompressed (unset Nix's narinfo-compression, ls-compression and log-compression)"
+                "Content-Encoding {encoding:?} on a build log: upload logs uncompressed (unset Nix's log-compression)"
             )))
         }
         _ => Ok(()),
     }
 }
 
-/// Reads a small body into wasm (narinfos, JSON), bounded by `limit`.
+/// Reads a small body into wasm (narinfos, JSON), bounded by `limit`, and undoes a
+/// Content-Encoding: such files are stored and served decoded.
 async fn small_body(req: &mut Request, limit: u64, what: &str) -> Result<Vec<u8>, EdgeError> {
-    reject_content_encoding(req)?;
     body_length(req, limit, what)?;
     let bytes = req.bytes().await?;
     if bytes.len() as u64 > limit {
@@ -220,7 +221,12 @@ async fn small_body(req: &mut Request, limit: u64, what: &str) -> Result<Vec<u8>
             "over the {limit}-byte limit for {what}"
         )));
     }
-    Ok(bytes)
+    match req.headers().get("Content-Encoding")? {
+        Some(encoding) if !encoding.trim().eq_ignore_ascii_case("identity") => {
+            decode::decode(bytes, &encoding, limit).await
+        }
+        _ => Ok(bytes),
+    }
 }
 
 /// Stores `bytes` at `key` unless a different object is there, which only a token

@@ -211,7 +211,9 @@ def tamper_sig(narinfo: str) -> str:
         ("malformed-line", 400, b"not 'Key: value'"),
         ("duplicate-field", 400, b"more than once"),
         ("url-traversal", 400, b"narinfo URL"),
-        ("gzip-encoded", 415, b"Content-Encoding"),
+        ("br-encoded", 415, b"Content-Encoding"),
+        ("invalid-gzip", 400, b"not valid gzip"),
+        ("gzip-bomb", 413, b"decodes to over"),
         ("oversize", 413, b"limit for a narinfo"),
     ],
 )
@@ -246,13 +248,47 @@ def test_bad_narinfos_are_refused(worker: Worker, tokens: Tokens, signed, leaf, 
     elif case == "oversize":
         text += "X: " + "y" * (1 << 20) + "\n"
     body = text.encode()
-    if case == "gzip-encoded":
+    if case == "br-encoded":
+        headers["Content-Encoding"] = "br"
+    elif case == "invalid-gzip":
         headers["Content-Encoding"] = "gzip"
-        body = gzip.compress(body)
+        body = b"\x1f\x8b" + os.urandom(200)
+    elif case == "gzip-bomb":
+        headers["Content-Encoding"] = "gzip"
+        body = gzip.compress(text.encode() + b"X: " + b"y" * (64 << 20) + b"\n")
+        assert len(body) < 1 << 20, "the bomb itself is under the narinfo limit"
     status, _, resp = request(worker, "PUT", target, headers, body)
     assert status == expected, resp
     assert reason in resp, resp
     assert status_of(worker, target) == 404, "nothing published"
+
+
+def test_compressed_metadata_is_stored_decoded(worker: Worker, tokens: Tokens, signed):
+    """Nix >= 2.32 with narinfo-compression / ls-compression sends Content-Encoding."""
+    import zlib
+
+    closure, good, _ = signed
+    middle = next(p for p in closure.paths if "-middle-" in p)
+    path, text = narinfo_of(good, middle)
+    write = bearer(tokens.mint())
+    nar = (good / field(text, "URL")).read_bytes()
+    assert request(worker, "PUT", "/" + field(text, "URL"), write, nar)[0] in (200, 201)
+    gz = dict(write, **{"Content-Encoding": "gzip"})
+    assert request(worker, "PUT", path, gz, gzip.compress(text.encode()))[0] == 201
+    status, headers, body = request(worker, "GET", path)
+    assert (status, body) == (200, text.encode())
+    assert "content-encoding" not in headers
+
+    listing = b'{"version":1,"root":{"type":"directory","entries":{}}}'
+    ls = f"/{'4' * 32}.ls"
+    deflate = dict(write, **{"Content-Encoding": "deflate"})
+    assert request(worker, "PUT", ls, deflate, zlib.compress(listing))[0] == 201
+    assert request(worker, "GET", ls)[2] == listing
+
+    log = f"/log/{'4' * 32}-x.drv"
+    status, _, body = request(worker, "PUT", log, gz, gzip.compress(b"log\n"))
+    assert status == 415 and b"log-compression" in body
+    assert status_of(worker, log) == 404
 
 
 def test_publish_then_conflict_then_overwrite(worker: Worker, tokens: Tokens, leaf):
