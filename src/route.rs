@@ -296,11 +296,10 @@ impl fmt::Display for Route {
             } => write!(f, "nar/{file_hash}.nar{}", compression.extension()),
             Route::Log(drv) => write!(f, "log/{drv}"),
             Route::Realisation { drv_hash, output } => {
-                f.write_str("realisations/sha256:")?;
-                for byte in drv_hash {
-                    write!(f, "{byte:02x}")?;
-                }
-                write!(f, "!{output}.doi")
+                let mut hex = [0u8; 64];
+                hex::encode_to_slice(drv_hash, &mut hex).map_err(|_| fmt::Error)?;
+                let hex = core::str::from_utf8(&hex).map_err(|_| fmt::Error)?;
+                write!(f, "realisations/sha256:{hex}!{output}.doi")
             }
             Route::BuildTrace { drv, output } => write!(f, "build-trace-v2/{drv}/{output}.doi"),
             Route::DebugInfo(id) => write!(f, "debuginfo/{id}"),
@@ -334,20 +333,13 @@ fn percent_decode(segment: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn decode_lower_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
-    let bytes = text.as_bytes();
-    if bytes.len() != 2 * N {
+/// Lowercase hex only: Nix prints lowercase, and one spelling keeps keys canonical.
+pub(crate) fn decode_lower_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.bytes().any(|b| b.is_ascii_uppercase()) {
         return None;
     }
     let mut out = [0u8; N];
-    for (slot, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-        let digit = |b: u8| match b {
-            b'0'..=b'9' => Some(b - b'0'),
-            b'a'..=b'f' => Some(b - b'a' + 10),
-            _ => None,
-        };
-        *slot = digit(pair[0])? << 4 | digit(pair[1])?;
-    }
+    hex::decode_to_slice(text, &mut out).ok()?;
     Some(out)
 }
 

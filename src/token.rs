@@ -139,7 +139,9 @@ pub struct TokenId(pub [u8; 16]);
 
 impl fmt::Display for TokenId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+        let mut hex = [0u8; 32];
+        hex::encode_to_slice(self.0, &mut hex).map_err(|_| fmt::Error)?;
+        f.write_str(core::str::from_utf8(&hex).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -152,19 +154,7 @@ impl fmt::Debug for TokenId {
 impl core::str::FromStr for TokenId {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
-        let bytes = s.as_bytes();
-        if bytes.len() != 32 {
-            return Err(());
-        }
-        let mut id = [0u8; 16];
-        for (slot, pair) in id.iter_mut().zip(bytes.chunks_exact(2)) {
-            let text = core::str::from_utf8(pair).map_err(|_| ())?;
-            if !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-                return Err(());
-            }
-            *slot = u8::from_str_radix(text, 16).map_err(|_| ())?;
-        }
-        Ok(TokenId(id))
+        crate::route::decode_lower_hex(s).map(TokenId).ok_or(())
     }
 }
 

@@ -39,22 +39,14 @@ impl FromStr for Sha256 {
             52 => nix32::decode(digest)
                 .map(Sha256)
                 .map_err(|_| HashError::Digest),
-            64 => decode_hex(digest).map(Sha256).ok_or(HashError::Digest),
+            64 => {
+                let mut bytes = [0u8; 32];
+                hex::decode_to_slice(digest, &mut bytes).map_err(|_| HashError::Digest)?;
+                Ok(Sha256(bytes))
+            }
             _ => Err(HashError::Digest),
         }
     }
-}
-
-fn decode_hex(text: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    for (slot, pair) in out.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
-        let pair = core::str::from_utf8(pair).ok()?;
-        if !pair.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        *slot = u8::from_str_radix(pair, 16).ok()?;
-    }
-    Some(out)
 }
 
 impl fmt::Display for Sha256 {
