@@ -46,14 +46,11 @@ pub async fn handle(
         }
         (Method::Put, Route::CacheInfo, _) => Stored::Unchanged, // Nix PUTs it when it sees none; ours is config.
         (Method::Put, Route::Nar { file_hash, .. }, Some(key)) => {
-            let length = body_length(&req, config.max_request_bytes, "a NAR in one request")?;
+            let body = stream_body(&req, config.max_request_bytes, "a NAR in one request")?;
             if bucket.head(&key).await?.is_some() {
                 // Named by its SHA-256: what is stored is already these bytes.
                 Stored::Unchanged
             } else {
-                let body = req.inner().body().ok_or_else(|| {
-                    EdgeError::BadRequest(format!("empty body ({length} bytes announced)"))
-                })?;
                 // R2 hashes the stream and refuses a mismatch: no hashing in wasm.
                 bucket
                     .put(&key, Data::ReadableStream(body))
@@ -93,10 +90,7 @@ pub async fn handle(
         }
         (Method::Put, Route::Log(_), Some(key)) => {
             reject_content_encoding(&req)?;
-            let length = body_length(&req, config.max_request_bytes, "a build log")?;
-            let body = req.inner().body().ok_or_else(|| {
-                EdgeError::BadRequest(format!("empty body ({length} bytes announced)"))
-            })?;
+            let body = stream_body(&req, config.max_request_bytes, "a build log")?;
             bucket
                 .put(&key, Data::ReadableStream(body))
                 .execute()
@@ -196,6 +190,19 @@ fn body_length(req: &Request, limit: u64, what: &str) -> Result<u64, EdgeError> 
         )));
     }
     Ok(length)
+}
+
+/// The request body as the runtime's stream, for R2 to read directly (never through
+/// wasm); its announced length is checked against `limit` first.
+fn stream_body(
+    req: &Request,
+    limit: u64,
+    what: &str,
+) -> Result<web_sys::ReadableStream, EdgeError> {
+    let length = body_length(req, limit, what)?;
+    req.inner()
+        .body()
+        .ok_or_else(|| EdgeError::BadRequest(format!("empty body ({length} bytes announced)")))
 }
 
 /// Logs stream straight into R2 (R2 needs the stored length up front, which a

@@ -122,6 +122,9 @@ def test_nar_put_authorization(worker: Worker, tokens: Tokens, tmp_path, auth, e
         revoke = f"/_nixflare/revocations/{tokens.id_of(token)}"
         assert request(worker, "PUT", revoke, bearer(tokens.mint("write")), b"")[0] == 403  # needs revoke
         assert request(worker, "PUT", revoke, bearer(tokens.mint("revoke")), b"")[0] == 201
+        # Revocations are bookkeeping, not cache content: never readable.
+        status_get, allow, _ = request(worker, "GET", revoke)
+        assert (status_get, allow["allow"]) == (405, "PUT")
         headers = bearer(token)
     elif auth == "read-only":
         headers = bearer(tokens.mint("read"))
