@@ -16,6 +16,8 @@ pub mod var {
     pub const TOKEN_PUBLIC_KEYS: &str = "TOKEN_PUBLIC_KEYS";
     /// Largest request body, in bytes: Cloudflare's plan limit (100 MB on Free/Pro).
     pub const MAX_REQUEST_BYTES: &str = "MAX_REQUEST_BYTES";
+    /// Age in seconds after which the cron aborts an unfinished multipart upload.
+    pub const ABANDONED_UPLOAD_SECONDS: &str = "ABANDONED_UPLOAD_SECONDS";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -45,6 +47,8 @@ pub struct CacheConfig {
     pub token_keys: Vec<PublicKey>,
     /// Bodies above this are refused with 413 before a byte is read.
     pub max_request_bytes: u64,
+    /// Unfinished multipart uploads older than this are aborted by the cron.
+    pub abandoned_upload_seconds: u64,
 }
 
 impl Default for CacheConfig {
@@ -56,6 +60,9 @@ impl Default for CacheConfig {
             public_keys: Vec::new(),
             token_keys: Vec::new(),
             max_request_bytes: 100_000_000,
+            // A day: long enough to resume after a laptop sleeps, far below R2's own
+            // seven-day expiry of unfinished uploads.
+            abandoned_upload_seconds: 86_400,
         }
     }
 }
@@ -99,6 +106,12 @@ impl CacheConfig {
                 name: var::MAX_REQUEST_BYTES,
             })?;
         }
+        if let Some(age) = get(var::ABANDONED_UPLOAD_SECONDS) {
+            config.abandoned_upload_seconds =
+                age.trim().parse().map_err(|_| ConfigError::Number {
+                    name: var::ABANDONED_UPLOAD_SECONDS,
+                })?;
+        }
         config.public_keys = parse_keys(var::PUBLIC_KEYS, get(var::PUBLIC_KEYS))?;
         config.token_keys = parse_keys(var::TOKEN_PUBLIC_KEYS, get(var::TOKEN_PUBLIC_KEYS))?;
         Ok(config)
@@ -110,6 +123,24 @@ impl CacheConfig {
             .iter()
             .map(|key| format!("{key}\n"))
             .collect()
+    }
+
+    /// The body of `_nixflare/info`: what a client needs to plan an upload.
+    pub fn client_info_json(&self) -> String {
+        let keys: Vec<String> = self
+            .public_keys
+            .iter()
+            .map(|k| crate::multipart::json_string(&k.to_string()))
+            .collect();
+        format!(
+            "{{\"storeDir\":{},\"maxRequestBytes\":{},\"minPartBytes\":{},\"maxParts\":{},\"maxObjectBytes\":{},\"publicKeys\":[{}]}}",
+            crate::multipart::json_string(&self.store_dir),
+            self.max_request_bytes,
+            crate::multipart::MIN_PART_BYTES,
+            crate::multipart::MAX_PARTS,
+            crate::multipart::MAX_OBJECT_BYTES,
+            keys.join(",")
+        )
     }
 
     /// The body of `nix-cache-info`.
@@ -162,6 +193,11 @@ mod tests {
             "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"
         );
         assert!(config.public_keys.is_empty());
+        assert_eq!(config.abandoned_upload_seconds, 86_400);
+        assert_eq!(
+            config.client_info_json(),
+            "{\"storeDir\":\"/nix/store\",\"maxRequestBytes\":100000000,\"minPartBytes\":5242880,\"maxParts\":10000,\"maxObjectBytes\":5368709120,\"publicKeys\":[]}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod http;
+pub mod multipart;
 pub mod nix;
 pub mod route;
 pub mod token;

@@ -144,6 +144,16 @@ pub enum Route {
     DebugInfo(String),
     /// `_nixflare/revocations/<token id>`: PUT revokes a token. Not a Nix file.
     Revocation(TokenId),
+    /// `_nixflare/uploads/nar/<filehash>.nar[.ext]`: a multipart NAR upload
+    /// (`crate::multipart`); its storage key is the never-served staging object.
+    Upload {
+        file_hash: FileHash,
+        compression: Compression,
+    },
+    /// `_nixflare/info`: JSON for clients (limits, keys). Not a Nix file.
+    Info,
+    /// `_nixflare/whoami`: what the worker makes of the request's token.
+    Whoami,
 }
 
 /// What kind of object a route names: decides Content-Type and caching.
@@ -155,8 +165,10 @@ pub enum Kind {
     Nar,
     Json,
     Log,
-    /// Worker-internal bookkeeping (revocations): never served.
+    /// Worker-internal bookkeeping (revocations, staged uploads): never served.
     Internal,
+    /// JSON answers for the `nixflare` client, computed per request.
+    Api,
 }
 
 impl Kind {
@@ -166,7 +178,7 @@ impl Kind {
             Kind::PublicKeys => "text/plain; charset=utf-8",
             Kind::Narinfo => "text/x-nix-narinfo",
             Kind::Nar => "application/x-nix-nar",
-            Kind::Json => "application/json",
+            Kind::Json | Kind::Api => "application/json",
             Kind::Log | Kind::Internal => "text/plain; charset=utf-8",
         }
     }
@@ -183,7 +195,7 @@ impl Kind {
             Kind::Narinfo | Kind::Json | Kind::Log => "public, max-age=86400",
             // Configuration: picked up within minutes of a redeploy.
             Kind::CacheInfo | Kind::PublicKeys => "public, max-age=300",
-            Kind::Internal => "no-store",
+            Kind::Internal | Kind::Api => "no-store",
         }
     }
 }
@@ -203,6 +215,11 @@ impl Route {
         }
         match segments.as_slice() {
             [file] => Self::parse_top_level(file),
+            [top, file] if top == "_nixflare" => match file.as_str() {
+                "info" => Some(Route::Info),
+                "whoami" => Some(Route::Whoami),
+                _ => None,
+            },
             [dir, file] => Self::parse_in_dir(dir, file),
             [dir, drv, file] if dir == "build-trace-v2" => Some(Route::BuildTrace {
                 drv: DrvBaseName::parse(drv)?,
@@ -210,6 +227,18 @@ impl Route {
             }),
             [top, dir, id] if top == "_nixflare" && dir == "revocations" => {
                 id.parse().ok().map(Route::Revocation)
+            }
+            [top, dir, nar, file] if top == "_nixflare" && dir == "uploads" && nar == "nar" => {
+                match Self::parse_in_dir(nar, file)? {
+                    Route::Nar {
+                        file_hash,
+                        compression,
+                    } => Some(Route::Upload {
+                        file_hash,
+                        compression,
+                    }),
+                    _ => None,
+                }
             }
             _ => None,
         }
@@ -268,7 +297,8 @@ impl Route {
             | Route::BuildTrace { .. }
             | Route::DebugInfo(_) => Kind::Json,
             Route::Log(_) => Kind::Log,
-            Route::Revocation(_) => Kind::Internal,
+            Route::Revocation(_) | Route::Upload { .. } => Kind::Internal,
+            Route::Info | Route::Whoami => Kind::Api,
         }
     }
 
@@ -276,7 +306,7 @@ impl Route {
     /// storage.
     pub fn storage_key(&self) -> Option<String> {
         match self {
-            Route::CacheInfo | Route::PublicKeys => None,
+            Route::CacheInfo | Route::PublicKeys | Route::Info | Route::Whoami => None,
             other => Some(other.to_string()),
         }
     }
@@ -304,6 +334,12 @@ impl fmt::Display for Route {
             Route::BuildTrace { drv, output } => write!(f, "build-trace-v2/{drv}/{output}.doi"),
             Route::DebugInfo(id) => write!(f, "debuginfo/{id}"),
             Route::Revocation(id) => write!(f, "_nixflare/revocations/{id}"),
+            Route::Upload {
+                file_hash,
+                compression,
+            } => f.write_str(&crate::multipart::staging_key(file_hash, *compression)),
+            Route::Info => f.write_str("_nixflare/info"),
+            Route::Whoami => f.write_str("_nixflare/whoami"),
         }
     }
 }
@@ -390,6 +426,12 @@ mod tests {
             round_trip("/_nixflare/revocations/0123456789abcdef0123456789abcdef").kind(),
             Kind::Internal
         );
+        assert_eq!(
+            round_trip(&format!("/_nixflare/uploads/nar/{FILE_HASH}.nar.zst")).kind(),
+            Kind::Internal
+        );
+        assert_eq!(round_trip("/_nixflare/info"), Route::Info);
+        assert_eq!(round_trip("/_nixflare/whoami").kind(), Kind::Api);
     }
 
     #[test]
@@ -454,6 +496,10 @@ mod tests {
             "/_nixflare/revocations/0123",
             "/_nixflare/revocations/0123456789ABCDEF0123456789ABCDEF",
             "/_nixflare/other/0123456789abcdef0123456789abcdef",
+            "/_nixflare/other",
+            &format!("/_nixflare/uploads/{FILE_HASH}.nar"),
+            &format!("/_nixflare/uploads/nar/{HASH}.narinfo"),
+            &format!("/_nixflare/uploads/log/{HASH}-hello.drv"),
             "/nar/",
         ];
         for path in bad {

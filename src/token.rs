@@ -72,6 +72,8 @@ pub enum TokenError {
 pub struct Permissions(u8);
 
 impl Permissions {
+    /// No permission: what any valid token has (e.g. to ask the worker who it is).
+    pub const NONE: Permissions = Permissions(0);
     pub const READ: Permissions = Permissions(1);
     pub const WRITE: Permissions = Permissions(2);
     /// Replace a narinfo that already exists with a different one.

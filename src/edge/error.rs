@@ -17,6 +17,8 @@ pub enum EdgeError {
     Forbidden(String),
     /// The upload itself is wrong (malformed, unverifiable, inconsistent).
     BadRequest(String),
+    /// A multipart upload id R2 does not know: completed, aborted or expired.
+    UploadNotFound,
     /// A different object already sits where this one would go.
     Conflict(String),
     /// The body has no Content-Length (chunked): R2 needs the length up front.
@@ -45,6 +47,10 @@ impl EdgeError {
         match self {
             // Nix reads 404 as "absent": the one answer for anything missing.
             EdgeError::NotFound => (404, "not found".into()),
+            EdgeError::UploadNotFound => (
+                404,
+                "no such upload (completed, aborted or expired): start a new one".into(),
+            ),
             EdgeError::MethodNotAllowed { allow } => {
                 (405, format!("method not allowed here (allowed: {allow})"))
             }

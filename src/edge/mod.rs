@@ -7,13 +7,19 @@
 
 mod decode;
 mod error;
+mod multipart;
 mod write;
 
-use worker::{event, Context, Env, Headers, Method, Request, Response, ResponseBody};
+use worker::{
+    console_error, event, Context, Env, Headers, Method, Request, Response, ResponseBody,
+    ScheduleContext, ScheduledEvent,
+};
 
 use crate::config::CacheConfig;
 use crate::http::{content_range, if_none_match_matches, unsatisfied_range, RangeRequest};
+use crate::multipart::json_string;
 use crate::route::{Kind, Route};
+use crate::token::Permissions;
 use error::EdgeError;
 
 /// The R2 binding in wrangler.toml.
@@ -37,18 +43,61 @@ async fn handle(req: Request, env: &Env, head_only: bool) -> Result<Response, Ed
     let path = req.path();
     // Routing first: a path that does not parse never reaches storage.
     let route = Route::parse(&path).ok_or(EdgeError::NotFound)?;
-    match req.method() {
-        Method::Get | Method::Head if route.kind() != Kind::Internal => {
+    match (req.method(), &route) {
+        (
+            Method::Post | Method::Put | Method::Delete,
+            &Route::Upload {
+                file_hash,
+                compression,
+            },
+        ) => {
+            let config = config(env)?;
+            let bucket = env.bucket(BUCKET_BINDING)?;
+            multipart::handle(req, file_hash, compression, &config, &bucket).await
+        }
+        (Method::Get | Method::Head, Route::Whoami) => {
+            let config = config(env)?;
+            let bucket = env.bucket(BUCKET_BINDING)?;
+            let claims = write::authorize(&req, &config, &bucket, Permissions::NONE).await?;
+            let text = format!(
+                "{{\"subject\":{},\"tokenId\":\"{}\",\"permissions\":\"{}\",\"expiresAt\":{}}}",
+                json_string(&claims.subject),
+                claims.id,
+                claims.permissions,
+                claims.expires_at
+            );
+            generated(Kind::Api, text, head_only)
+        }
+        (Method::Get | Method::Head, Route::Info) => {
+            generated(Kind::Api, config(env)?.client_info_json(), head_only)
+        }
+        (Method::Get | Method::Head, _) if route.kind() != Kind::Internal => {
             read(&req, env, &route, head_only).await
         }
-        Method::Put | Method::Delete => {
+        (Method::Put | Method::Delete, _) => {
             let config = config(env)?;
             let bucket = env.bucket(BUCKET_BINDING)?;
             write::handle(req, route, &config, &bucket).await
         }
-        _ => Err(EdgeError::MethodNotAllowed {
+        (_, _) => Err(EdgeError::MethodNotAllowed {
             allow: write::allowed_methods(&route),
         }),
+    }
+}
+
+/// Cron (`[triggers]` in wrangler.toml): cleans up abandoned multipart uploads.
+#[event(scheduled)]
+async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
+    let result = match (config(&env), env.bucket(BUCKET_BINDING)) {
+        (Ok(config), Ok(bucket)) => {
+            let now = worker::Date::now().as_millis();
+            multipart::clean_up(&bucket, &config, now).await
+        }
+        (Err(err), _) => Err(err),
+        (_, Err(err)) => Err(EdgeError::Runtime(err)),
+    };
+    if let Err(err) = result {
+        console_error!("cleanup failed: {err:?}");
     }
 }
 

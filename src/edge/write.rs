@@ -15,6 +15,8 @@ pub fn allowed_methods(route: &Route) -> &'static str {
     match route {
         Route::Narinfo(_) | Route::Nar { .. } => "GET, HEAD, PUT, DELETE",
         Route::Revocation(_) => "PUT",
+        Route::Upload { .. } => "POST, PUT, DELETE",
+        Route::Info | Route::Whoami => "GET, HEAD",
         Route::PublicKeys => "GET, HEAD",
         _ => "GET, HEAD, PUT",
     }
@@ -137,7 +139,7 @@ impl Stored {
 
 /// Checks the token: present, well-formed, signed by a token key, unexpired, carrying
 /// `needed`, and not revoked (one R2 HEAD).
-async fn authorize(
+pub(super) async fn authorize(
     req: &Request,
     config: &CacheConfig,
     bucket: &Bucket,
@@ -194,7 +196,7 @@ fn body_length(req: &Request, limit: u64, what: &str) -> Result<u64, EdgeError> 
 
 /// The request body as the runtime's stream, for R2 to read directly (never through
 /// wasm); its announced length is checked against `limit` first.
-fn stream_body(
+pub(super) fn stream_body(
     req: &Request,
     limit: u64,
     what: &str,
@@ -220,7 +222,11 @@ fn reject_content_encoding(req: &Request) -> Result<(), EdgeError> {
 
 /// Reads a small body into wasm (narinfos, JSON), bounded by `limit`, and undoes a
 /// Content-Encoding: such files are stored and served decoded.
-async fn small_body(req: &mut Request, limit: u64, what: &str) -> Result<Vec<u8>, EdgeError> {
+pub(super) async fn small_body(
+    req: &mut Request,
+    limit: u64,
+    what: &str,
+) -> Result<Vec<u8>, EdgeError> {
     body_length(req, limit, what)?;
     let bytes = req.bytes().await?;
     if bytes.len() as u64 > limit {

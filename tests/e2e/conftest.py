@@ -7,6 +7,7 @@ files a stock `nix copy --to file://` wrote, exactly as they would sit in a buck
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -23,8 +24,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 WRANGLER = REPO / "node_modules" / ".bin" / "wrangler"
 CLI = REPO / "target" / "debug" / "nixflare"  # built by `make e2e`
-# Small in tests so "too large" is cheap to reach; real deployments use 100 MB.
-MAX_REQUEST_BYTES = 4 << 20
+# Small in tests so "too large" and multipart are cheap to reach; real deployments use
+# 100 MB. Above R2's 5 MiB minimum part, so multipart works.
+MAX_REQUEST_BYTES = 16 << 20
 BUCKET = "nixflare"  # bucket_name in wrangler.toml
 
 
@@ -221,6 +223,11 @@ def get_object(persist: Path, key: str) -> bytes | None:
     return proc.stdout if proc.returncode == 0 else None
 
 
+def list_keys(persist: Path, prefix: str = "") -> list[str]:
+    out = run(["node", str(R2_LOCAL), str(persist), BUCKET, "list", prefix], cwd=REPO).stdout
+    return out.splitlines()
+
+
 # Objects stored under keys a raw-path worker could be tricked into reading.
 # Each is the raw path (less its leading '/') of a request in test_http that must 404.
 DECOY_KEYS = [
@@ -254,7 +261,10 @@ def worker(file_cache: Path, keys: Keys, tokens: Tokens, tmp_path_factory) -> Wo
         [str(WRANGLER), "dev", "--ip", "127.0.0.1", "--port", str(port),
          "--inspector-port", str(inspector), "--persist-to", str(persist),
          "--var", f"PUBLIC_KEYS:{keys.public}", "--var", f"TOKEN_PUBLIC_KEYS:{tokens.public}",
-         "--var", f"MAX_REQUEST_BYTES:{MAX_REQUEST_BYTES}", "--show-interactive-dev-session=false"],
+         "--var", f"MAX_REQUEST_BYTES:{MAX_REQUEST_BYTES}", "--show-interactive-dev-session=false",
+         # Cron by request (GET /__scheduled), and every unfinished upload counts as
+         # abandoned, so the cleanup test need not wait a day.
+         "--test-scheduled", "--var", "ABANDONED_UPLOAD_SECONDS:0"],
         cwd=REPO, env=wrangler_env(), stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, so teardown kills workerd too
     )
@@ -299,3 +309,20 @@ def request(worker: Worker, method: str, path: str, headers: dict | None = None,
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
     finally:
         conn.close()
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def nix32_sha256(data: bytes) -> str:
+    """Nix's base-32 of SHA-256, the name a NAR file must have."""
+    digest = hashlib.sha256(data).digest()
+    alphabet = "0123456789abcdfghijklmnpqrsvwxyz"
+    out = []
+    for n in range(51, -1, -1):
+        b = n * 5
+        i, j = b // 8, b % 8
+        c = (digest[i] >> j) | ((digest[i + 1] << (8 - j)) if i + 1 < 32 else 0)
+        out.append(alphabet[c & 0x1F])
+    return "".join(out)

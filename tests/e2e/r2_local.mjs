@@ -4,6 +4,7 @@
 //
 //   node r2_local.mjs DIR BUCKET put  < [{"key": "...", "file": "..."}, ...]
 //   node r2_local.mjs DIR BUCKET get KEY      (body to stdout; exit 1 if absent)
+//   node r2_local.mjs DIR BUCKET list PREFIX  (keys, one per line)
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Miniflare } from "miniflare";
@@ -29,6 +30,13 @@ try {
     const object = await bucket.get(key);
     if (object === null) status = 1;
     else process.stdout.write(Buffer.from(await object.arrayBuffer()));
+  } else if (command === "list") {
+    let cursor;
+    do {
+      const page = await bucket.list({ prefix: key, cursor });
+      for (const object of page.objects) process.stdout.write(`${object.key}\n`);
+      cursor = page.truncated ? page.cursor : undefined;
+    } while (cursor);
   } else {
     throw new Error(`unknown command ${command}`);
   }

@@ -9,13 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MAX_REQUEST_BYTES, Closure, Keys, Nix, Tokens, Worker, build_closure, request, run, CLI
+from conftest import (MAX_REQUEST_BYTES, Closure, Keys, Nix, Tokens, Worker, bearer, build_closure, nix32_sha256,
+                      request, run, CLI)
 
 ABSENT_NAR = "/nar/" + "1" * 52 + ".nar.xz"
-
-
-def bearer(token: str) -> dict:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def basic(token: str) -> dict:
@@ -139,21 +136,6 @@ def test_nar_put_authorization(worker: Worker, tokens: Tokens, tmp_path, auth, e
         assert status_of(worker, path) == 404, "nothing stored"
     else:
         assert request(worker, "GET", path)[2] == nar
-
-
-def nix32_sha256(data: bytes) -> str:
-    """Nix's base-32 of SHA-256, the name a NAR file must have."""
-    import hashlib
-
-    digest = hashlib.sha256(data).digest()
-    alphabet = "0123456789abcdfghijklmnpqrsvwxyz"
-    out = []
-    for n in range(51, -1, -1):
-        b = n * 5
-        i, j = b // 8, b % 8
-        c = (digest[i] >> j) | ((digest[i + 1] << (8 - j)) if i + 1 < 32 else 0)
-        out.append(alphabet[c & 0x1F])
-    return "".join(out)
 
 
 def test_nar_bytes_must_hash_to_their_name(worker: Worker, tokens: Tokens):

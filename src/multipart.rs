@@ -1,0 +1,349 @@
+//! Multipart NAR uploads: the rules shared by the worker and the `nixflare` client.
+//!
+//! Cloudflare refuses request bodies above the plan's limit (100 MB on Free/Pro), and a
+//! stock `nix copy` sends each NAR in one PUT. NARs above the limit go up in parts, one
+//! request each, through the worker (S3-style, under `/_nixflare/uploads/nar/<name>`):
+//!
+//! | request | meaning |
+//! |---|---|
+//! | `POST …?uploads` | start an upload; answers `{"uploadId": …}` |
+//! | `PUT …?partNumber=N&uploadId=ID` | part N (from 1), streamed into R2 |
+//! | `POST …?uploadId=ID` | complete: body is one `N ETAG` line per part |
+//! | `DELETE …?uploadId=ID` | abort |
+//!
+//! R2's rules (FIELD-NOTES §2): part numbers 1..=10000, every part but the last at
+//! least 5 MiB and all of one size. The parts are assembled under a staging key that is
+//! never served. Completing copies the staging object to the NAR's content address with
+//! R2 checking its SHA-256, so nothing appears under `nar/` until its bytes are proven.
+//! A marker object per open upload lets the worker's cron abort uploads abandoned by
+//! their client.
+
+use core::fmt;
+
+use thiserror::Error;
+
+use crate::route::{Compression, FileHash, Route};
+
+/// R2's smallest part (all but the last).
+pub const MIN_PART_BYTES: u64 = 5 * 1024 * 1024;
+/// R2's most parts per upload.
+pub const MAX_PARTS: u16 = 10_000;
+/// R2's largest single PUT (and part): the staging object is copied to its final key
+/// in one PUT, so this bounds a multipart NAR too.
+pub const MAX_OBJECT_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+/// Room left in each request for headers when a part is sized from the request limit.
+const REQUEST_OVERHEAD: u64 = 64 * 1024;
+
+/// Longest part ETag accepted (R2's are ~170 characters locally, 32 hex in production).
+pub const MAX_ETAG_BYTES: usize = 1024;
+/// Largest part-list body: 10,000 lines of a number and an ETag.
+pub const MAX_PART_LIST_BYTES: u64 = MAX_PARTS as u64 * (MAX_ETAG_BYTES as u64 + 7);
+
+/// Where parts are assembled (never served: `Route::parse` gives it `Kind::Internal`).
+pub const STAGING_PREFIX: &str = "_nixflare/uploads/";
+/// One empty object per open upload, for the cleanup cron.
+pub const PENDING_PREFIX: &str = "_nixflare/pending/";
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum MultipartError {
+    #[error("uploadId is missing or malformed")]
+    UploadId,
+    #[error("partNumber must be a whole number from 1 to {MAX_PARTS}")]
+    PartNumber,
+    #[error("part list line {0} is not 'PARTNUMBER ETAG'")]
+    Line(usize),
+    #[error("part list must name parts 1..=N once each, in order (line {0})")]
+    Order(usize),
+    #[error("part list is empty")]
+    Empty,
+    #[error("a NAR of {size} bytes is over R2's {MAX_OBJECT_BYTES}-byte object limit")]
+    TooLarge { size: u64 },
+    #[error("a request limit of {limit} bytes is below R2's {MIN_PART_BYTES}-byte minimum part")]
+    LimitTooSmall { limit: u64 },
+}
+
+/// The id R2 gives a multipart upload. Opaque; checked to be printable ASCII so it can
+/// travel in a query string and an object key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UploadId(String);
+
+impl UploadId {
+    pub fn parse(text: &str) -> Result<Self, MultipartError> {
+        let ok = (1..=1024).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_graphic());
+        ok.then(|| Self(text.to_owned()))
+            .ok_or(MultipartError::UploadId)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UploadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for UploadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UploadId({})", self.0)
+    }
+}
+
+/// A part number, 1..=[`MAX_PARTS`].
+pub fn parse_part_number(text: &str) -> Result<u16, MultipartError> {
+    match text.parse::<u16>() {
+        Ok(n) if text.bytes().all(|b| b.is_ascii_digit()) && (1..=MAX_PARTS).contains(&n) => Ok(n),
+        _ => Err(MultipartError::PartNumber),
+    }
+}
+
+/// One uploaded part as R2 acknowledged it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartReceipt {
+    pub number: u16,
+    pub etag: String,
+}
+
+/// Parses the body of a complete request: `N ETAG` per line, parts 1..=N in order.
+/// Requiring the full, ordered list lets R2's own check (sizes) be the only one left.
+pub fn parse_part_list(text: &str) -> Result<Vec<PartReceipt>, MultipartError> {
+    let mut parts = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line_no = index + 1;
+        if line.is_empty() {
+            continue;
+        }
+        let (number, etag) = line.split_once(' ').ok_or(MultipartError::Line(line_no))?;
+        let number = parse_part_number(number).map_err(|_| MultipartError::Line(line_no))?;
+        let etag_ok = (1..=MAX_ETAG_BYTES).contains(&etag.len())
+            && etag.bytes().all(|b| b.is_ascii_graphic());
+        if !etag_ok {
+            return Err(MultipartError::Line(line_no));
+        }
+        if usize::from(number) != parts.len() + 1 {
+            return Err(MultipartError::Order(line_no));
+        }
+        parts.push(PartReceipt {
+            number,
+            etag: etag.to_owned(),
+        });
+    }
+    if parts.is_empty() {
+        return Err(MultipartError::Empty);
+    }
+    Ok(parts)
+}
+
+/// Renders a part list as [`parse_part_list`] reads it.
+pub fn render_part_list(parts: &[PartReceipt]) -> String {
+    parts
+        .iter()
+        .map(|p| format!("{} {}\n", p.number, p.etag))
+        .collect()
+}
+
+/// How a file of `size` bytes is cut into parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartPlan {
+    pub part_size: u64,
+    pub count: u16,
+}
+
+impl PartPlan {
+    /// The fewest equal parts of at most `max_request_bytes` (less some room for
+    /// headers) each, and never below R2's minimum.
+    pub fn new(size: u64, max_request_bytes: u64) -> Result<Self, MultipartError> {
+        if size > MAX_OBJECT_BYTES {
+            return Err(MultipartError::TooLarge { size });
+        }
+        let ceiling = max_request_bytes.saturating_sub(REQUEST_OVERHEAD);
+        if ceiling < MIN_PART_BYTES {
+            return Err(MultipartError::LimitTooSmall {
+                limit: max_request_bytes,
+            });
+        }
+        // Round to whole MiB: tidy numbers in logs, still under the ceiling.
+        let part_size = (ceiling / (1 << 20)).max(5) << 20;
+        let count = size.div_ceil(part_size).max(1);
+        let count = u16::try_from(count)
+            .ok()
+            .filter(|&c| c <= MAX_PARTS)
+            .ok_or(MultipartError::TooLarge { size })?;
+        Ok(Self { part_size, count })
+    }
+
+    /// Byte offset and length of part `number` (from 1) of a `size`-byte file.
+    pub fn part_range(&self, number: u16, size: u64) -> (u64, u64) {
+        let start = u64::from(number - 1) * self.part_size;
+        (start, self.part_size.min(size.saturating_sub(start)))
+    }
+}
+
+/// The staging key where the parts of `nar` are assembled.
+pub fn staging_key(file_hash: &FileHash, compression: Compression) -> String {
+    format!(
+        "{STAGING_PREFIX}{}",
+        Route::Nar {
+            file_hash: *file_hash,
+            compression
+        }
+    )
+}
+
+/// The marker of an open upload: `_nixflare/pending/<nar name>/<hex of upload id>`.
+/// Hex keeps any id byte out of the key's structure.
+pub fn pending_key(file_hash: &FileHash, compression: Compression, id: &UploadId) -> String {
+    format!(
+        "{PENDING_PREFIX}{file_hash}.nar{}/{}",
+        compression.extension(),
+        hex::encode(id.as_str())
+    )
+}
+
+/// The staging key and upload id a marker stands for.
+pub fn parse_pending_key(key: &str) -> Option<(String, UploadId)> {
+    let rest = key.strip_prefix(PENDING_PREFIX)?;
+    let (name, id_hex) = rest.split_once('/')?;
+    let route = Route::parse(&format!("/nar/{name}"))?;
+    let Route::Nar {
+        file_hash,
+        compression,
+    } = route
+    else {
+        return None;
+    };
+    let id = String::from_utf8(hex::decode(id_hex).ok()?).ok()?;
+    Some((
+        staging_key(&file_hash, compression),
+        UploadId::parse(&id).ok()?,
+    ))
+}
+
+/// Escapes `text` as a JSON string literal (for the worker's small JSON answers).
+pub fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE_HASH: &str = "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73";
+    const MIB: u64 = 1 << 20;
+
+    fn file_hash() -> FileHash {
+        FileHash(crate::nix::nix32::decode(FILE_HASH).unwrap())
+    }
+
+    #[test]
+    fn part_numbers() {
+        assert_eq!(parse_part_number("1"), Ok(1));
+        assert_eq!(parse_part_number("10000"), Ok(10000));
+        for bad in ["0", "10001", "", "+1", "-1", "1.0", "65536", " 1"] {
+            assert_eq!(
+                parse_part_number(bad),
+                Err(MultipartError::PartNumber),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn part_lists_round_trip_and_must_be_complete_and_ordered() {
+        let parts = vec![
+            PartReceipt {
+                number: 1,
+                etag: "abc".into(),
+            },
+            PartReceipt {
+                number: 2,
+                etag: "\"def\"".into(),
+            },
+        ];
+        assert_eq!(parse_part_list(&render_part_list(&parts)), Ok(parts));
+        assert_eq!(parse_part_list(""), Err(MultipartError::Empty));
+        assert_eq!(parse_part_list("2 a\n"), Err(MultipartError::Order(1)));
+        assert_eq!(parse_part_list("1 a\n1 b\n"), Err(MultipartError::Order(2)));
+        assert_eq!(parse_part_list("1 a\n3 b\n"), Err(MultipartError::Order(2)));
+        assert_eq!(parse_part_list("1\n"), Err(MultipartError::Line(1)));
+        assert_eq!(parse_part_list("1 a b\n"), Err(MultipartError::Line(1)));
+        assert_eq!(parse_part_list("0 a\n"), Err(MultipartError::Line(1)));
+    }
+
+    #[test]
+    fn plans_fit_the_request_limit() {
+        let plan = PartPlan::new(40 * MIB, 16 * MIB).unwrap();
+        assert_eq!(
+            plan,
+            PartPlan {
+                part_size: 15 * MIB,
+                count: 3
+            }
+        );
+        assert_eq!(plan.part_range(1, 40 * MIB), (0, 15 * MIB));
+        assert_eq!(plan.part_range(3, 40 * MIB), (30 * MIB, 10 * MIB));
+        // Cloudflare's 100 MB (decimal) limit.
+        let plan = PartPlan::new(1 << 30, 100_000_000).unwrap();
+        assert_eq!(plan.part_size, 95 * MIB);
+        assert!(plan.part_size + REQUEST_OVERHEAD <= 100_000_000);
+        assert_eq!(plan.count, 11);
+        // An exact multiple has no empty last part.
+        assert_eq!(PartPlan::new(30 * MIB, 16 * MIB).unwrap().count, 2);
+        assert_eq!(
+            PartPlan::new(10 * MIB, 5 * MIB),
+            Err(MultipartError::LimitTooSmall { limit: 5 * MIB })
+        );
+        assert!(matches!(
+            PartPlan::new(MAX_OBJECT_BYTES + 1, 100_000_000),
+            Err(MultipartError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn pending_markers_name_their_upload() {
+        let id = UploadId::parse("AbC+/=x").unwrap();
+        let key = pending_key(&file_hash(), Compression::Zstd, &id);
+        assert_eq!(
+            key,
+            format!("_nixflare/pending/{FILE_HASH}.nar.zst/4162432b2f3d78")
+        );
+        let (staging, parsed) = parse_pending_key(&key).unwrap();
+        assert_eq!(
+            staging,
+            format!("_nixflare/uploads/nar/{FILE_HASH}.nar.zst")
+        );
+        assert_eq!(parsed, id);
+        assert_eq!(parse_pending_key("_nixflare/pending/x/41"), None);
+        assert_eq!(
+            parse_pending_key(&format!("_nixflare/pending/{FILE_HASH}.nar/zz")),
+            None
+        );
+    }
+
+    #[test]
+    fn upload_ids_are_printable() {
+        assert!(UploadId::parse("a").is_ok());
+        assert!(UploadId::parse("").is_err());
+        assert!(UploadId::parse("a b").is_err());
+        assert!(UploadId::parse("a\nb").is_err());
+        assert!(UploadId::parse(&"a".repeat(1025)).is_err());
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    }
+}
