@@ -3,9 +3,11 @@
 //! - [`nix`], [`route`], [`http`], [`config`]: the pure core. No I/O; builds for
 //!   wasm32 and the host; unit-tested natively with `cargo test`.
 //! - `edge` (wasm32 only): binds the core to workers-rs Requests, Responses and R2.
-//! - `src/bin/nixflare.rs`: the native client (`nixflare` command).
+//! - [`cli`] (native only): the `nixflare` command, reusing the core.
 #![forbid(unsafe_code)]
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod cli;
 pub mod config;
 pub mod http;
 pub mod multipart;

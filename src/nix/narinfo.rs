@@ -157,6 +157,43 @@ impl NarInfo {
         )
     }
 
+    /// The narinfo text, fields in the order Nix writes them (`NarInfo::to_string` in
+    /// libstore/nar-info.cc), so `parse(to_text(x)) == x`.
+    pub fn to_text(&self, store_dir: &str) -> String {
+        use core::fmt::Write as _;
+        let mut out = String::with_capacity(512);
+        let refs: Vec<String> = self.references.iter().map(|r| r.to_string()).collect();
+        // Writing to a String cannot fail.
+        let _ = write!(
+            out,
+            "StorePath: {store_dir}/{}\nURL: {}\nCompression: {}\n",
+            self.store_path, self.url, self.compression
+        );
+        if let Some(hash) = &self.file_hash {
+            let _ = writeln!(out, "FileHash: {hash}");
+        }
+        if let Some(size) = self.file_size {
+            let _ = writeln!(out, "FileSize: {size}");
+        }
+        let _ = write!(
+            out,
+            "NarHash: {}\nNarSize: {}\nReferences: {}\n",
+            self.nar_hash,
+            self.nar_size,
+            refs.join(" ")
+        );
+        if let Some(deriver) = &self.deriver {
+            let _ = writeln!(out, "Deriver: {deriver}");
+        }
+        for sig in &self.signatures {
+            let _ = writeln!(out, "Sig: {sig}");
+        }
+        if let Some(ca) = &self.ca {
+            let _ = writeln!(out, "CA: {ca}");
+        }
+        out
+    }
+
     /// True when some `Sig:` verifies under one of `keys`.
     pub fn signed_by_any(&self, keys: &[PublicKey], store_dir: &str) -> bool {
         let fingerprint = self.fingerprint(store_dir);
@@ -194,6 +231,14 @@ mod tests {
 
     fn key() -> PublicKey {
         SECRET.parse::<SecretKey>().unwrap().public_key()
+    }
+
+    #[test]
+    fn renders_byte_for_byte_as_nix_does() {
+        for fixture in [TOP, LEAF] {
+            let info = NarInfo::parse(fixture, STORE).unwrap();
+            assert_eq!(info.to_text(STORE).as_bytes(), fixture);
+        }
     }
 
     #[test]

@@ -116,9 +116,8 @@ def tokens(tmp_path_factory) -> Tokens:
     return Tokens(d / "admin.sec", public)
 
 
-CLOSURE_EXPR = r"""
-{ salt ? "" }:
-let
+# `mk name script`: a derivation running a shell script, for closures built in tests.
+MK = r"""
   mk = name: script: derivation {
     inherit name;
     system = builtins.currentSystem;
@@ -127,6 +126,12 @@ let
     # Debian's nix-bin builds without a sandbox: the host's coreutils are at hand.
     PATH = "/usr/bin:/bin";
   };
+"""
+
+CLOSURE_EXPR = r"""
+{ salt ? "" }:
+let
+""" + MK + r"""
   leaf = mk "nixflare-e2e-leaf${salt}" "echo leaf > $out";
   middle = mk "nixflare-e2e-middle${salt}" "echo ${leaf} > $out";
   # A directory with a reference to both others, a symlink, an executable and a

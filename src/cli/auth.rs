@@ -1,0 +1,129 @@
+//! Where the client finds its upload token: `--token`, `--token-file`, `NIXFLARE_TOKEN`,
+//! or the netrc file Nix would use for the cache's host (`make dev` writes one), so a
+//! user who set up `nix copy` needs nothing more.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+
+/// The first token found, in the order above.
+pub fn find_token(
+    explicit: Option<&str>,
+    file: Option<&Path>,
+    netrc: Option<&Path>,
+    cache_url: &str,
+) -> Result<String> {
+    if let Some(token) = explicit {
+        return Ok(token.trim().to_owned());
+    }
+    if let Some(file) = file {
+        let text =
+            fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        return Ok(text.trim().to_owned());
+    }
+    let host = host_of(cache_url);
+    let candidates: Vec<PathBuf> = match netrc {
+        Some(path) => vec![path.to_owned()],
+        None => default_netrc_files(),
+    };
+    for path in &candidates {
+        if let Ok(text) = fs::read_to_string(path) {
+            if let Some(password) = netrc_password(&text, &host) {
+                return Ok(password);
+            }
+        }
+    }
+    bail!(
+        "no upload token for {host}: pass --token-file FILE, set NIXFLARE_TOKEN, or add \
+         `machine {host} password TOKEN` to a netrc file (looked in: {})",
+        candidates
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+fn default_netrc_files() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    if let Some(home) = std::env::var_os("HOME") {
+        files.push(PathBuf::from(home).join(".netrc"));
+    }
+    // Nix's default `netrc-file`.
+    files.push(PathBuf::from("/etc/nix/netrc"));
+    files
+}
+
+/// `host` or `host:port` of a URL (netrc machines are host names; curl matches the
+/// host without the port).
+pub fn host_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host.to_owned(),
+        _ => authority.to_owned(),
+    }
+}
+
+/// The password of `machine host` (or of `default`) in netrc text.
+fn netrc_password(text: &str, host: &str) -> Option<String> {
+    let mut words = text.split_whitespace();
+    let mut in_match = false;
+    let mut default_password = None;
+    let mut in_default = false;
+    while let Some(word) = words.next() {
+        match word {
+            "machine" => {
+                in_match = words.next() == Some(host);
+                in_default = false;
+            }
+            "default" => {
+                in_match = false;
+                in_default = true;
+            }
+            "password" => {
+                let password = words.next()?.to_owned();
+                if in_match {
+                    return Some(password);
+                }
+                if in_default {
+                    default_password = Some(password);
+                }
+            }
+            // login, account, macdef take a value we do not need.
+            "login" | "account" | "macdef" => {
+                words.next();
+            }
+            _ => {}
+        }
+    }
+    default_password
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        assert_eq!(host_of("http://127.0.0.1:8787"), "127.0.0.1");
+        assert_eq!(host_of("https://cache.example.org/"), "cache.example.org");
+        assert_eq!(
+            host_of("https://u:p@cache.example.org:443/x"),
+            "cache.example.org"
+        );
+    }
+
+    #[test]
+    fn netrc_lookup() {
+        let text = "machine other password nope\nmachine 127.0.0.1 login nix password tok1\ndefault login x password fallback\n";
+        assert_eq!(netrc_password(text, "127.0.0.1").as_deref(), Some("tok1"));
+        assert_eq!(
+            netrc_password(text, "elsewhere").as_deref(),
+            Some("fallback")
+        );
+        assert_eq!(netrc_password("machine a password b", "c"), None);
+    }
+}

@@ -1,0 +1,51 @@
+//! `nixflare keygen`: a narinfo signing key pair (or an admin key for tokens) in Nix's
+//! key-file format, interchangeable with `nix key generate-secret`.
+
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::nix::keys::SecretKey;
+
+pub fn run(name: &str, out: &Path) -> Result<()> {
+    if name.contains(':') || name.chars().any(char::is_whitespace) {
+        bail!("key name {name:?} must not contain ':' or white space");
+    }
+    let secret = SecretKey::generate(name).context("generating key")?;
+    let public_path = {
+        let mut p = out.as_os_str().to_owned();
+        p.push(".pub");
+        PathBuf::from(p)
+    };
+    // create_new: never overwrite a key someone may already trust.
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| format!("creating {}", out.display()))?;
+    file.write_all(secret.to_nix_text().as_bytes())
+        .with_context(|| format!("writing {}", out.display()))?;
+    let public = secret.public_key().to_string();
+    fs::write(&public_path, &public)
+        .with_context(|| format!("writing {}", public_path.display()))?;
+    // Data on stdout: the public key, for trusted-public-keys.
+    println!("{public}");
+    eprintln!(
+        "wrote secret key to {} and public key to {}",
+        out.display(),
+        public_path.display()
+    );
+    Ok(())
+}
+
+/// Reads a secret key file; errors name the file, never the key text.
+pub fn read_secret_key(path: &Path) -> Result<SecretKey> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("{} is not a Nix secret key file", path.display()))
+}

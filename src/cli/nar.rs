@@ -1,0 +1,215 @@
+//! Turning a store path into an upload-ready NAR file: `nix-store --dump`, checked
+//! against Nix's NarHash/NarSize, compressed with multi-threaded zstd into a spool
+//! directory, hashed on the way out (FileHash names the file on the cache).
+//!
+//! The spool survives an interrupted push: the next run finds the compressed file and
+//! its record (`<name>.json`, which also remembers an open multipart upload) and goes
+//! on from there instead of compressing again.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context as _, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256 as Sha256Hasher};
+
+use super::pathinfo::PathInfo;
+use crate::nix::nix32;
+use crate::route::{Compression, FileHash};
+
+/// How NARs are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Codec {
+    pub compression: Compression,
+    pub level: i32,
+    pub threads: u32,
+}
+
+/// A NAR ready to upload, and what is known about its upload so far.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Prepared {
+    /// nix32 SHA-256 of the compressed file.
+    pub file_hash: String,
+    pub file_size: u64,
+    /// An open multipart upload of this file, for resuming.
+    #[serde(default)]
+    pub upload: Option<OpenUpload>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OpenUpload {
+    /// The cache it was opened on: never resumed against another.
+    pub cache: String,
+    pub upload_id: String,
+    pub part_size: u64,
+    /// ETag per part, `None` until that part is acknowledged.
+    pub etags: Vec<Option<String>>,
+}
+
+impl Prepared {
+    pub fn file_hash(&self) -> Result<FileHash> {
+        Ok(FileHash(
+            nix32::decode(&self.file_hash).context("spool record has a bad file hash")?,
+        ))
+    }
+}
+
+/// Where one path's spool files live.
+pub struct SpoolEntry {
+    pub data: PathBuf,
+    record: PathBuf,
+}
+
+impl SpoolEntry {
+    pub fn new(spool: &Path, info: &PathInfo, codec: &Codec) -> Self {
+        // Keyed by content and settings: a changed level or algorithm never reuses.
+        let stem = format!(
+            "{}-{}{}-{}",
+            info.path.hash(),
+            codec.compression.narinfo_name(),
+            codec.level,
+            &nix32::encode(&info.nar_hash.0)[..12]
+        );
+        Self {
+            data: spool.join(format!("{stem}.nar")),
+            record: spool.join(format!("{stem}.json")),
+        }
+    }
+
+    /// The record of an earlier run whose file is still intact (by size: the cache
+    /// checks the hash anyway).
+    pub fn load(&self) -> Option<Prepared> {
+        let record: Prepared = serde_json::from_slice(&fs::read(&self.record).ok()?).ok()?;
+        let size = fs::metadata(&self.data).ok()?.len();
+        (size == record.file_size).then_some(record)
+    }
+
+    /// Writes the record atomically (a crash leaves the old one or the new one).
+    pub fn save(&self, record: &Prepared) -> Result<()> {
+        let tmp = self.record.with_extension("json.tmp");
+        fs::write(&tmp, serde_json::to_vec(record)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &self.record).with_context(|| format!("writing {}", self.record.display()))
+    }
+
+    pub fn remove(&self) {
+        let _ = fs::remove_file(&self.data);
+        let _ = fs::remove_file(&self.record);
+    }
+}
+
+/// Dumps, checks and compresses `info`'s path into `entry`.
+pub fn prepare(
+    store_dir: &str,
+    info: &PathInfo,
+    codec: &Codec,
+    entry: &SpoolEntry,
+) -> Result<Prepared> {
+    let path = format!("{store_dir}/{}", info.path);
+    let mut child = Command::new("nix-store")
+        .args(["--dump", &path])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running nix-store --dump (is Nix installed?)")?;
+    let mut nar = child.stdout.take().context("nix-store has no stdout")?;
+
+    let partial = entry.data.with_extension("nar.partial");
+    let out = File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    let mut file = HashingWriter::new(BufWriter::with_capacity(1 << 20, out));
+    let (nar_hash, nar_size) = match codec.compression {
+        Compression::Zstd => {
+            let mut encoder = zstd::stream::Encoder::new(&mut file, codec.level)?;
+            encoder.multithread(codec.threads)?;
+            let digest = copy_hashing(&mut nar, &mut encoder)?;
+            encoder.finish()?;
+            digest
+        }
+        Compression::None => copy_hashing(&mut nar, &mut file)?,
+        other => bail!(
+            "compression {} is not supported by nixflare push",
+            other.narinfo_name()
+        ),
+    };
+    let mut stderr = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        let _ = err.read_to_string(&mut stderr);
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("nix-store --dump {path} failed: {}", stderr.trim());
+    }
+    let (file_hash, file_size, inner) = file.finish();
+    inner.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    if nar_hash != info.nar_hash.0 || nar_size != info.nar_size {
+        let _ = fs::remove_file(&partial);
+        bail!(
+            "the NAR of {path} does not match Nix's NarHash/NarSize ({nar_size} bytes vs {}): \
+             the store may be corrupt (try nix-store --verify --check-contents)",
+            info.nar_size
+        );
+    }
+    fs::rename(&partial, &entry.data)?;
+    let record = Prepared {
+        file_hash: nix32::encode(&file_hash),
+        file_size,
+        upload: None,
+    };
+    entry.save(&record)?;
+    Ok(record)
+}
+
+/// Copies `reader` to `writer`, returning the SHA-256 and length of what passed.
+fn copy_hashing(reader: &mut impl Read, writer: &mut impl Write) -> io::Result<([u8; 32], u64)> {
+    let mut hasher = Sha256Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        writer.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+    Ok((hasher.finalize().into(), total))
+}
+
+/// Hashes and counts everything written through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256Hasher,
+    written: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    fn new(inner: W) -> Self {
+        Self {
+            inner,
+            hasher: Sha256Hasher::new(),
+            written: 0,
+        }
+    }
+
+    fn finish(self) -> ([u8; 32], u64, W) {
+        (self.hasher.finalize().into(), self.written, self.inner)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

@@ -1,0 +1,561 @@
+//! `nixflare push`: uploads the closures of store paths.
+//!
+//! 1. Ask the cache for its limits and keys (`/_nixflare/info`) and check the token
+//!    (`/_nixflare/whoami`) and that the cache trusts our signing key: fail before any
+//!    work is done.
+//! 2. `nix path-info --json --recursive` gives the closure; HEADs of `<hash>.narinfo`
+//!    (in parallel) tell what the cache lacks.
+//! 3. Missing paths are dumped, checked and compressed into the spool (`nar.rs`), then
+//!    uploaded in parallel (`upload.rs`).
+//! 4. Narinfos are signed here and published once the path's NAR and every reference
+//!    are on the cache, so the cache never shows a path it cannot fully serve.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use serde::Deserialize;
+
+use super::client::{parse_rate, Body, CacheInfo, Client, HttpError};
+use super::nar::{self, Codec, Prepared, SpoolEntry};
+use super::pathinfo::{self, PathInfo};
+use super::progress::Reporter;
+use super::upload::{NarOutcome, NarUpload};
+use crate::nix::hash::Sha256;
+use crate::nix::keys::SecretKey;
+use crate::nix::narinfo::NarInfo;
+use crate::route::{Compression, FileHash, Route};
+
+pub struct PushOptions {
+    pub cache: String,
+    pub key: SecretKey,
+    pub token: String,
+    pub paths: Vec<String>,
+    pub jobs: usize,
+    pub codec: Codec,
+    pub spool: PathBuf,
+    pub limit_rate: Option<String>,
+    pub attempts: u32,
+    pub quiet: bool,
+}
+
+#[derive(Deserialize)]
+struct Whoami {
+    subject: String,
+    permissions: String,
+}
+
+pub fn run(options: PushOptions) -> Result<()> {
+    let started = Instant::now();
+    let reporter = Arc::new(Reporter::new(options.quiet));
+    let mut client = Client::new(
+        &options.cache,
+        Some(options.token.clone()),
+        options.attempts,
+    );
+    if let Some(rate) = &options.limit_rate {
+        client.limit_rate(parse_rate(rate)?);
+    }
+    let sent = Arc::clone(&reporter);
+    client.on_sent(Arc::new(move |n| sent.sent(n)));
+
+    let info = preflight(&client, &options.key)?;
+    let closure = closure_of(&options.paths, &info.store_dir)?;
+    let missing = find_missing(&client, &closure, options.jobs)?;
+    let present = closure.len() - missing.len();
+    if missing.is_empty() {
+        reporter.finish();
+        if !reporter.quiet() {
+            eprintln!(
+                "all {} paths are already in {}",
+                closure.len(),
+                client.base()
+            );
+        }
+        return Ok(());
+    }
+    std::fs::create_dir_all(&options.spool)
+        .with_context(|| format!("creating the spool {}", options.spool.display()))?;
+
+    let context = Context {
+        client: &client,
+        options: &options,
+        info: &info,
+        reporter: &reporter,
+        cancelled: AtomicBool::new(false),
+    };
+    let totals = context.transfer(&closure, &missing)?;
+    reporter.finish();
+    let seconds = started.elapsed().as_secs_f64();
+    if reporter.quiet() {
+        return Ok(());
+    }
+    eprintln!(
+        "pushed {} paths to {} ({} already there): {} NAR bytes as {} compressed, {} sent in {:.1}s ({:.1} MB/s)",
+        missing.len(),
+        client.base(),
+        present,
+        human(totals.nar_bytes),
+        human(totals.file_bytes),
+        human(totals.sent_bytes),
+        seconds,
+        totals.sent_bytes as f64 / 1e6 / seconds.max(0.001)
+    );
+    Ok(())
+}
+
+/// Checks reachability, the token and the signing key before any work.
+fn preflight(client: &Client, key: &SecretKey) -> Result<CacheInfo> {
+    let info = client.cache_info()?;
+    let ours = key.public_key().to_string();
+    if !info.public_keys.contains(&ours) {
+        bail!(
+            "the cache does not trust the signing key {:?}: add {ours} to its PUBLIC_KEYS, or push with the key it trusts",
+            key.name()
+        );
+    }
+    let reply = client.send("GET", "_nixflare/whoami", None, Body::Empty)?;
+    if reply.status != 200 {
+        let reason = reply.body.lines().next().unwrap_or_default().to_owned();
+        bail!("the cache refused the upload token: {reason}");
+    }
+    let whoami: Whoami = serde_json::from_str(&reply.body).context("whoami is not JSON")?;
+    if !whoami.permissions.split(',').any(|p| p == "write") {
+        bail!(
+            "the token for {:?} cannot upload (its permissions: {})",
+            whoami.subject,
+            whoami.permissions
+        );
+    }
+    Ok(info)
+}
+
+/// The closure of `paths`, from Nix.
+fn closure_of(paths: &[String], store_dir: &str) -> Result<Vec<PathInfo>> {
+    let output = Command::new("nix")
+        .args(["--extra-experimental-features", "nix-command"])
+        .args(["path-info", "--json", "--recursive"])
+        .args(paths)
+        .output()
+        .context("running nix path-info (is Nix installed?)")?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let line = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+        bail!("nix path-info failed: {}", line.trim());
+    }
+    let json = String::from_utf8(output.stdout).context("nix path-info printed non-UTF-8")?;
+    pathinfo::parse(&json, store_dir)
+}
+
+/// Indices into `closure` of the paths whose narinfo the cache lacks.
+fn find_missing(client: &Client, closure: &[PathInfo], jobs: usize) -> Result<Vec<usize>> {
+    let next = Mutex::new(0usize);
+    let results: Mutex<Vec<(usize, bool)>> = Mutex::new(Vec::new());
+    let error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    thread::scope(|scope| {
+        for _ in 0..jobs.clamp(1, closure.len().max(1)) {
+            scope.spawn(|| loop {
+                let index = {
+                    let mut next = next.lock().unwrap_or_else(|e| e.into_inner());
+                    let index = *next;
+                    *next += 1;
+                    index
+                };
+                let Some(info) = closure.get(index) else {
+                    return;
+                };
+                let narinfo = Route::Narinfo(*info.path.hash()).to_string();
+                match client.exists(&narinfo) {
+                    Ok(found) => results
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((index, found)),
+                    Err(err) => {
+                        error
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(err);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(err) = error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(err.context("asking the cache which paths it has"));
+    }
+    let mut missing: Vec<usize> = results
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .filter(|(_, found)| !found)
+        .map(|(i, _)| i)
+        .collect();
+    missing.sort_unstable();
+    Ok(missing)
+}
+
+struct Context<'a> {
+    client: &'a Client,
+    options: &'a PushOptions,
+    info: &'a CacheInfo,
+    reporter: &'a Reporter,
+    cancelled: AtomicBool,
+}
+
+#[derive(Default)]
+struct Totals {
+    nar_bytes: u64,
+    file_bytes: u64,
+    sent_bytes: u64,
+}
+
+/// A path whose NAR is on the cache, ready to be described by a narinfo.
+struct Uploaded {
+    index: usize,
+    prepared: Prepared,
+}
+
+impl Context<'_> {
+    /// Prepares and uploads every missing path, publishing narinfos as their
+    /// references become available.
+    fn transfer(&self, closure: &[PathInfo], missing: &[usize]) -> Result<Totals> {
+        // Biggest first: the long compressions start early and overlap the rest.
+        let mut order = missing.to_vec();
+        order.sort_by_key(|&i| std::cmp::Reverse(closure[i].nar_size));
+        let queue = Mutex::new(VecDeque::from(order));
+        let (prepared_tx, prepared_rx) = mpsc::channel::<(usize, Prepared)>();
+        let prepared_rx = Mutex::new(prepared_rx);
+        let (done_tx, done_rx) = mpsc::channel::<Result<Uploaded>>();
+        self.reporter.start(
+            missing.len(),
+            missing.iter().map(|&i| closure[i].nar_size).sum(),
+        );
+
+        let mut totals = Totals::default();
+        let result = thread::scope(|scope| -> Result<()> {
+            // Compression runs zstd on every core already; two at a time keep the
+            // cores busy while one waits on nix-store.
+            for _ in 0..2.min(missing.len()) {
+                let prepared_tx = prepared_tx.clone();
+                let done_tx = done_tx.clone();
+                let queue = &queue;
+                scope.spawn(move || loop {
+                    if self.cancelled.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let Some(index) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
+                        return;
+                    };
+                    match self.prepare(&closure[index]) {
+                        Ok(prepared) => {
+                            let _ = prepared_tx.send((index, prepared));
+                        }
+                        Err(err) => {
+                            let _ = done_tx.send(Err(err));
+                            return;
+                        }
+                    }
+                });
+            }
+            drop(prepared_tx);
+            for _ in 0..self.options.jobs.clamp(1, missing.len()) {
+                let done_tx = done_tx.clone();
+                let prepared_rx = &prepared_rx;
+                scope.spawn(move || loop {
+                    let next = prepared_rx.lock().ok().and_then(|rx| rx.recv().ok());
+                    let Some((index, mut prepared)) = next else {
+                        return;
+                    };
+                    if self.cancelled.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let outcome = self
+                        .upload(&closure[index], &mut prepared)
+                        .map(|()| Uploaded { index, prepared });
+                    let _ = done_tx.send(outcome);
+                });
+            }
+            drop(done_tx);
+            let outcome = self.publish_as_ready(closure, missing, &done_rx, &mut totals);
+            if outcome.is_err() {
+                self.cancelled.store(true, Ordering::Relaxed);
+            }
+            outcome
+        });
+        totals.sent_bytes = self.reporter.sent_total();
+        result.map(|()| totals)
+    }
+
+    fn prepare(&self, info: &PathInfo) -> Result<Prepared> {
+        let entry = SpoolEntry::new(&self.options.spool, info, &self.options.codec);
+        let prepared = match entry.load() {
+            Some(prepared) => prepared,
+            None => nar::prepare(&self.info.store_dir, info, &self.options.codec, &entry)
+                .with_context(|| format!("preparing {}", info.path))?,
+        };
+        self.reporter.compressed(info, prepared.file_size);
+        Ok(prepared)
+    }
+
+    fn upload(&self, info: &PathInfo, prepared: &mut Prepared) -> Result<()> {
+        let entry = SpoolEntry::new(&self.options.spool, info, &self.options.codec);
+        let nar = self.nar_route(prepared)?;
+        let log = |line: String| self.reporter.line(line);
+        let outcome = NarUpload {
+            client: self.client,
+            nar: &nar,
+            entry: &entry,
+            max_request_bytes: self.info.max_request_bytes,
+            jobs: self.options.jobs,
+            cancelled: &self.cancelled,
+            log: &log,
+        }
+        .run(prepared)
+        .with_context(|| format!("uploading the NAR of {}", info.path))?;
+        let how = match outcome {
+            NarOutcome::Present => "already on the cache".to_owned(),
+            NarOutcome::Single => "sent".to_owned(),
+            NarOutcome::Multipart { parts, resumed: 0 } => format!("sent in {parts} parts"),
+            NarOutcome::Multipart { parts, resumed } => {
+                format!("sent in {parts} parts ({resumed} from an earlier run)")
+            }
+        };
+        self.reporter.line(format!(
+            "{}: NAR {how} ({} bytes)",
+            info.path, prepared.file_size
+        ));
+        Ok(())
+    }
+
+    fn nar_route(&self, prepared: &Prepared) -> Result<Route> {
+        Ok(Route::Nar {
+            file_hash: prepared.file_hash()?,
+            compression: self.options.codec.compression,
+        })
+    }
+
+    /// Publishes each uploaded path's narinfo once all its references are published
+    /// (or were on the cache before).
+    fn publish_as_ready(
+        &self,
+        closure: &[PathInfo],
+        missing: &[usize],
+        done: &mpsc::Receiver<Result<Uploaded>>,
+        totals: &mut Totals,
+    ) -> Result<()> {
+        let missing_set: HashSet<usize> = missing.iter().copied().collect();
+        let index_of: HashMap<&crate::nix::store_path::StorePathBaseName, usize> = closure
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (&p.path, i))
+            .collect();
+        let mut published: HashSet<usize> = HashSet::new();
+        let mut waiting: Vec<Uploaded> = Vec::new();
+        while published.len() < missing.len() {
+            let uploaded = done
+                .recv()
+                .map_err(|_| anyhow!("the upload workers stopped early"))??;
+            totals.nar_bytes += closure[uploaded.index].nar_size;
+            totals.file_bytes += uploaded.prepared.file_size;
+            waiting.push(uploaded);
+            // Publish everything that became ready, in waves: a wave may unlock more.
+            loop {
+                let ready = |u: &Uploaded| {
+                    closure[u.index].references.iter().all(|r| {
+                        let i = index_of.get(r).copied();
+                        i == Some(u.index)
+                            || i.is_some_and(|i| {
+                                !missing_set.contains(&i) || published.contains(&i)
+                            })
+                    })
+                };
+                let (wave, rest): (Vec<Uploaded>, Vec<Uploaded>) =
+                    waiting.drain(..).partition(|u| ready(u));
+                waiting = rest;
+                if wave.is_empty() {
+                    break;
+                }
+                self.publish_wave(closure, &wave)?;
+                published.extend(wave.iter().map(|u| u.index));
+            }
+        }
+        Ok(())
+    }
+
+    fn publish_wave(&self, closure: &[PathInfo], wave: &[Uploaded]) -> Result<()> {
+        let next = Mutex::new(0usize);
+        let error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+        thread::scope(|scope| {
+            for _ in 0..self.options.jobs.clamp(1, wave.len()) {
+                scope.spawn(|| loop {
+                    let index = {
+                        let mut next = next.lock().unwrap_or_else(|e| e.into_inner());
+                        *next += 1;
+                        *next - 1
+                    };
+                    let Some(uploaded) = wave.get(index) else {
+                        return;
+                    };
+                    if let Err(err) = self.publish(&closure[uploaded.index], &uploaded.prepared) {
+                        error
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(err);
+                        return;
+                    }
+                });
+            }
+        });
+        match error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+
+    fn publish(&self, info: &PathInfo, prepared: &Prepared) -> Result<()> {
+        let store_dir = &self.info.store_dir;
+        let nar = self.nar_route(prepared)?;
+        let FileHash(file_hash) = prepared.file_hash()?;
+        let narinfo = signed_narinfo(
+            info,
+            &nar,
+            self.options.codec.compression,
+            Sha256(file_hash),
+            prepared.file_size,
+            &self.options.key,
+            store_dir,
+        );
+        let path = Route::Narinfo(*info.path.hash()).to_string();
+        let result = self.client.expect_success(
+            "PUT",
+            &path,
+            Some("text/x-nix-narinfo"),
+            Body::Bytes(narinfo.as_bytes()),
+        );
+        match result {
+            Ok(_) => {}
+            // Someone published this path meanwhile (with other signatures): it is there.
+            Err(err)
+                if err
+                    .downcast_ref::<HttpError>()
+                    .is_some_and(|e| e.status == 409) =>
+            {
+                self.reporter
+                    .line(format!("{}: already published by another push", info.path));
+            }
+            Err(err) => return Err(err.context(format!("publishing {}", info.path))),
+        }
+        SpoolEntry::new(&self.options.spool, info, &self.options.codec).remove();
+        self.reporter.published(info);
+        Ok(())
+    }
+}
+
+/// The narinfo of `info` pointing at `nar`, signed with `key` (after any signature
+/// Nix already had, except an older one by a key of the same name).
+fn signed_narinfo(
+    info: &PathInfo,
+    nar: &Route,
+    compression: Compression,
+    file_hash: Sha256,
+    file_size: u64,
+    key: &SecretKey,
+    store_dir: &str,
+) -> String {
+    let mut references = info.references.clone();
+    references.sort_by_key(|r| r.to_string());
+    let mut narinfo = NarInfo {
+        store_path: info.path.clone(),
+        url: nar.to_string(),
+        compression: compression.narinfo_name().to_owned(),
+        file_hash: Some(file_hash),
+        file_size: Some(file_size),
+        nar_hash: info.nar_hash,
+        nar_size: info.nar_size,
+        references,
+        deriver: info.deriver.clone(),
+        signatures: info
+            .signatures
+            .iter()
+            .filter(|s| s.key_name() != key.name())
+            .cloned()
+            .collect(),
+        ca: info.ca.clone(),
+    };
+    let fingerprint = narinfo.fingerprint(store_dir);
+    narinfo.signatures.push(key.sign(fingerprint.as_bytes()));
+    narinfo.to_text(store_dir)
+}
+
+/// The spool directory: `$XDG_CACHE_HOME/nixflare/spool` or `~/.cache/nixflare/spool`.
+pub fn default_spool() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("nixflare").join("spool")
+}
+
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{bytes} B"),
+        _ => format!("{value:.1} {}", UNITS[unit]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nix::keys::PublicKey;
+
+    const SECRET: &str = "test-1:tXPUeHfVCPFDNdxXYtkOyQAJi0Cx6Irm0YuTzpGNciuVkrxO90WjrIQ6nUPvJCR4vDGuyEM8XWLAMnqk1fXEcQ==";
+
+    #[test]
+    fn narinfos_are_signed_and_verify_in_the_core() {
+        let key: SecretKey = SECRET.parse().unwrap();
+        let json = r#"[{"path":"/nix/store/9s6ymh891cip8bvxjfkb8qpx4dz0hdj7-nixflare-e2e-top","narHash":"sha256:0n9mkxv19xc62j57rr25lmy09nakpq6lncrrd964ga55620lpkhc","narSize":1670328,"references":["/nix/store/pv22kc2dhm5j5lyk2z2dkpj4xnhpx9ys-nixflare-e2e-leaf","/nix/store/anfizv71z26rnrvkpdwsc1f5wwyd9kw6-nixflare-e2e-middle"],"deriver":"/nix/store/h15vw3d8vjq21wraq1p08xcw6jby7s0c-nixflare-e2e-top.drv"}]"#;
+        let info = &pathinfo::parse(json, "/nix/store").unwrap()[0];
+        let file_hash = Sha256([7; 32]);
+        let nar = Route::Nar {
+            file_hash: FileHash(file_hash.0),
+            compression: Compression::Zstd,
+        };
+        let text = signed_narinfo(
+            info,
+            &nar,
+            Compression::Zstd,
+            file_hash,
+            99,
+            &key,
+            "/nix/store",
+        );
+        let parsed = NarInfo::parse(text.as_bytes(), "/nix/store").unwrap();
+        let public: PublicKey = key.public_key();
+        assert!(parsed.signed_by_any(&[public], "/nix/store"));
+        assert_eq!(parsed.compression, "zstd");
+        assert_eq!(parsed.url, nar.to_string());
+        // References sorted as Nix writes them.
+        assert!(
+            text.contains("References: anfizv71z26rnrvkpdwsc1f5wwyd9kw6-nixflare-e2e-middle pv22")
+        );
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human(512), "512 B");
+        assert_eq!(human(40 << 20), "40.0 MiB");
+    }
+}

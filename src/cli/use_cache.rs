@@ -1,0 +1,35 @@
+//! `nixflare use URL`: the configuration lines a user needs to read from (and push to)
+//! a cache, with its public keys fetched from the cache itself.
+
+use anyhow::{bail, Result};
+
+use super::auth::host_of;
+use super::client::Client;
+
+pub fn run(cache: &str, attempts: u32) -> Result<()> {
+    let client = Client::new(cache, None, attempts);
+    let info = client.cache_info()?;
+    if info.public_keys.is_empty() {
+        bail!("the cache lists no public keys: set PUBLIC_KEYS on the worker first");
+    }
+    let url = client.base();
+    let keys = info.public_keys.join(" ");
+    let quoted: Vec<String> = info
+        .public_keys
+        .iter()
+        .map(|k| format!("\"{k}\""))
+        .collect();
+    println!("# nix.conf (/etc/nix/nix.conf, or ~/.config/nix/nix.conf for a trusted user)");
+    println!("extra-substituters = {url}");
+    println!("extra-trusted-public-keys = {keys}");
+    println!();
+    println!("# flake.nix");
+    println!("nixConfig = {{");
+    println!("  extra-substituters = [ \"{url}\" ];");
+    println!("  extra-trusted-public-keys = [ {} ];", quoted.join(" "));
+    println!("}};");
+    println!();
+    println!("# netrc (only to push with stock `nix copy`; reading needs no token)");
+    println!("machine {} password <TOKEN>", host_of(url));
+    Ok(())
+}
