@@ -15,11 +15,12 @@ export WRANGLER_SEND_METRICS := false
 WORKER := build/worker/shim.mjs
 WORKER_SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
 
-.PHONY: help setup worker dev test lint unit e2e deploy
+.PHONY: help setup worker dev test lint unit e2e bench deploy
 
 help:
 	@echo "make dev     start the cache locally on http://127.0.0.1:8787 (installs what it needs)"
 	@echo "make test    run every test (installs what it needs)"
+	@echo "make bench   benchmarks against baselines; writes benches/RESULTS.md"
 	@echo "make deploy  build and deploy to your Cloudflare account (see README)"
 
 setup:
@@ -48,6 +49,9 @@ e2e: worker
 
 test: setup
 	@$(MAKE) --no-print-directory lint unit e2e
+
+bench: setup worker
+	.venv/bin/python benches/run.py
 
 deploy: setup worker
 	npx wrangler deploy

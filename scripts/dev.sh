@@ -35,7 +35,11 @@ cat <<TXT
     extra-substituters = $URL
     extra-trusted-public-keys = $PUBLIC_KEY
 
-  Push a store path with stock Nix:
+  Push a closure with the nixflare client (parallel, zstd, NARs of any size):
+    $PWD/target/debug/nixflare push --cache $URL \\
+      --key $PWD/$KEY --netrc-file $PWD/.dev/netrc /nix/store/...
+
+  ...or with stock Nix:
     nix copy --option netrc-file $PWD/.dev/netrc \\
       --to '$URL?secret-key=$PWD/$KEY' /nix/store/...
 
@@ -45,4 +49,4 @@ TXT
 
 exec npx wrangler dev --ip "$HOST" --port "$PORT" --persist-to .dev/r2 \
   --var "PUBLIC_KEYS:$PUBLIC_KEY" --var "TOKEN_PUBLIC_KEYS:$(cat "$TOKEN_KEY.pub")" \
-  --show-interactive-dev-session=false
+  --test-scheduled --show-interactive-dev-session=false

@@ -71,7 +71,7 @@ pub struct Client {
     token: Option<String>,
     attempts: u32,
     limiter: Option<Arc<RateLimiter>>,
-    /// Called with each chunk of upload bytes sent (for progress).
+    /// Called with each chunk of file (NAR) bytes sent, for progress.
     on_sent: Option<Arc<dyn Fn(u64) + Send + Sync>>,
 }
 
@@ -210,8 +210,9 @@ impl Client {
                 let request = builder.body(SendBody::none())?;
                 self.agent.run(request)?
             }
+            // Small bodies (narinfos, part lists) are not NAR bytes: not metered.
             Body::Bytes(bytes) => {
-                let reader = self.metered(io::Cursor::new(bytes.to_vec()));
+                let reader = io::Cursor::new(bytes.to_vec());
                 self.agent
                     .run(builder.body(SendBody::from_owned_reader(reader))?)?
             }

@@ -96,7 +96,7 @@ pub fn run(options: PushOptions) -> Result<()> {
         return Ok(());
     }
     eprintln!(
-        "pushed {} paths to {} ({} already there): {} NAR bytes as {} compressed, {} sent in {:.1}s ({:.1} MB/s)",
+        "pushed {} paths to {} ({} already there): {} of NARs as {} compressed, {} sent in {:.1}s ({:.1} MB/s)",
         missing.len(),
         client.base(),
         present,

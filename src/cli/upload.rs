@@ -165,8 +165,10 @@ impl NarUpload<'_> {
                         });
                     match result {
                         Ok(()) => (self.log)(format!(
-                            "{}: part {number}/{} sent ({length} bytes)",
-                            self.nar, plan.count
+                            "{}: part {number}/{} sent ({})",
+                            self.nar,
+                            plan.count,
+                            super::push::human(length)
                         )),
                         Err(err) => {
                             if let Ok(mut slot) = first_error.lock() {

@@ -247,6 +247,46 @@ DECOY_KEYS = [
 ]
 
 
+def start_worker(persist: Path, variables: dict[str, str], *, extra_args: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """Starts `wrangler dev` (workerd) on a free loopback port with R2 persisted in
+    `persist`; returns the process (its own process group) and the URL once it answers."""
+    port, inspector = free_port(), free_port()
+    log = open(persist / "wrangler.log", "w")
+    var_args = [arg for name, value in variables.items() for arg in ("--var", f"{name}:{value}")]
+    proc = subprocess.Popen(
+        [str(WRANGLER), "dev", "--ip", "127.0.0.1", "--port", str(port),
+         "--inspector-port", str(inspector), "--persist-to", str(persist),
+         *var_args, "--show-interactive-dev-session=false", *extra_args],
+        cwd=REPO, env=wrangler_env(), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, so stopping kills workerd too
+    )
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"wrangler dev exited:\n{(persist / 'wrangler.log').read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/nix-cache-info", timeout=2) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            stop_worker(proc)
+            raise AssertionError(f"wrangler dev not ready:\n{(persist / 'wrangler.log').read_text()[-4000:]}")
+        time.sleep(0.5)
+
+
+def stop_worker(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @pytest.fixture(scope="session")
 def worker(file_cache: Path, keys: Keys, tokens: Tokens, tmp_path_factory) -> Worker:
     persist = tmp_path_factory.mktemp("r2")
@@ -260,43 +300,19 @@ def worker(file_cache: Path, keys: Keys, tokens: Tokens, tmp_path_factory) -> Wo
     decoy.write_text("must never be served\n")
     put_objects(persist, items + [(key, decoy) for key in DECOY_KEYS])
 
-    port, inspector = free_port(), free_port()
-    log = open(persist / "wrangler.log", "w")
-    proc = subprocess.Popen(
-        [str(WRANGLER), "dev", "--ip", "127.0.0.1", "--port", str(port),
-         "--inspector-port", str(inspector), "--persist-to", str(persist),
-         "--var", f"PUBLIC_KEYS:{keys.public}", "--var", f"TOKEN_PUBLIC_KEYS:{tokens.public}",
-         "--var", f"MAX_REQUEST_BYTES:{MAX_REQUEST_BYTES}", "--show-interactive-dev-session=false",
-         # Cron by request (GET /__scheduled), and every unfinished upload counts as
-         # abandoned, so the cleanup test need not wait a day.
-         "--test-scheduled", "--var", "ABANDONED_UPLOAD_SECONDS:0"],
-        cwd=REPO, env=wrangler_env(), stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group, so teardown kills workerd too
-    )
-    url = f"http://127.0.0.1:{port}"
+    variables = {
+        "PUBLIC_KEYS": keys.public,
+        "TOKEN_PUBLIC_KEYS": tokens.public,
+        "MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
+        # Every unfinished upload counts as abandoned, so the cleanup test need not wait a day.
+        "ABANDONED_UPLOAD_SECONDS": "0",
+    }
+    # Cron by request: GET /__scheduled.
+    proc, url = start_worker(persist, variables, extra_args=("--test-scheduled",))
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"wrangler dev exited:\n{(persist / 'wrangler.log').read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/nix-cache-info", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"wrangler dev not ready:\n{(persist / 'wrangler.log').read_text()[-4000:]}")
-            time.sleep(0.5)
-        yield Worker(url=url, host="127.0.0.1", port=port, persist=persist)
+        yield Worker(url=url, host="127.0.0.1", port=int(url.rsplit(":", 1)[1]), persist=persist)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+        stop_worker(proc)
 
 
 def request(worker: Worker, method: str, path: str, headers: dict | None = None, body: bytes | None = None):

@@ -29,3 +29,4 @@ def test_page_shows_this_caches_url_and_key(worker: Worker, keys: Keys, tmp_path
     assert f"\"{keys.public}\"" in dom
     assert "loading…" not in dom
     assert f"machine <span class=\"cache-host\">{worker.host}</span> login" in dom
+    assert f"nixflare push --cache <span class=\"cache-url\">{worker.url}</span>" in dom

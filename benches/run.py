@@ -1,0 +1,52 @@
+#!/usr/bin/env python3
+"""`make bench`: every benchmark, each against its baseline in the same invocation.
+Prints ratios as it goes and writes benches/RESULTS.md (date and machine included).
+Timings are never asserted: a slow machine gets a report, not a red build."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import push
+from common import REPO
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    nix = subprocess.run(["nix", "--version"], capture_output=True, text=True).stdout.strip()
+    return f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB, Linux {platform.release()}, {nix}"
+
+
+def main() -> int:
+    sections = [push.bench()]
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = [
+        "# Benchmark results",
+        "",
+        f"Written by `make bench` on {date}. Machine: {machine()}.",
+        "All absolute figures are this machine's; ratios compare runs of the same invocation.",
+        "",
+    ]
+    for section in sections:
+        text += [f"## {section.title}", "", section.body, ""]
+    out = REPO / "benches" / "RESULTS.md"
+    out.write_text("\n".join(text))
+    print(f"wrote {out.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
