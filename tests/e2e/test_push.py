@@ -228,3 +228,81 @@ def test_use_prints_the_configuration(worker: Worker, keys: Keys):
     assert f"extra-substituters = {worker.url}" in out
     assert f"extra-trusted-public-keys = {keys.public}" in out
     assert f"machine {worker.host} password <TOKEN>" in out
+
+
+class FlakyProxy:
+    """Forwards to the worker, but answers the first request of every method+path with
+    503 (and drops the connection on the first request of every third path), as an edge
+    under load might: a push must retry its way through."""
+
+    def __init__(self, worker: Worker):
+        import http.client
+        import http.server
+        import threading
+
+        seen: set[tuple[str, str]] = set()
+        self.failures = 0
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def handle_any(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                key = (self.command, self.path.split("?")[0])
+                if key not in seen:
+                    seen.add(key)
+                    proxy.failures += 1
+                    if len(seen) % 3 == 0:
+                        self.close_connection = True
+                        self.connection.shutdown(2)
+                        return
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                conn = http.client.HTTPConnection(worker.host, worker.port, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for name, value in resp.getheaders():
+                    if name.lower() not in ("connection", "transfer-encoding", "content-length"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = handle_any
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_push_retries_through_transient_failures(nix: Nix, worker: Worker, keys: Keys, tokens: Tokens, tmp_path):
+    top, hashes = build(nix)
+    proxy = FlakyProxy(worker)
+    try:
+        cmd = [str(CLI), "push", "--cache", proxy.url, "--key", str(keys.secret_file),
+               "--spool-dir", str(tmp_path / "spool"), top]
+        proc = run(cmd, env=dict(nix.env, NIXFLARE_TOKEN=tokens.mint()))
+    finally:
+        proxy.close()
+    # Every distinct request failed once (HEADs, parts, completion, narinfos) and was retried.
+    assert proxy.failures >= 3 + 3 + 1 + 3, proxy.failures
+    assert "sent in 3 parts" in proc.stderr
+    assert_consistent(worker, list(hashes))
+    assert substitute(nix, worker, keys, top, tmp_path / "store") == hashes
