@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import push
+import worker_vs_baseline
 from common import REPO
 
 
@@ -31,7 +32,7 @@ def machine() -> str:
 
 
 def main() -> int:
-    sections = [push.bench()]
+    sections = [worker_vs_baseline.bench(), push.bench()]
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = [
         "# Benchmark results",

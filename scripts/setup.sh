@@ -9,7 +9,8 @@ WORKER_BUILD_VERSION=0.8.7
 # Must equal the wasm-bindgen crate version pinned in Cargo.toml / Cargo.lock.
 WASM_BINDGEN_VERSION=0.2.130
 PYTEST_VERSION=8.3.5
-APT_PACKAGES=(nix-bin chromium)
+# wrk: the load generator of `make bench`.
+APT_PACKAGES=(nix-bin chromium wrk)
 
 step() { printf '==> %s\n' "$*" >&2; }
 

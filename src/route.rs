@@ -114,6 +114,9 @@ const MAX_BUILD_ID_HEX: usize = 128;
 /// One file of the binary-cache protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
+    /// `/`: the landing page (`www/index.html`, built into the worker so protocol
+    /// requests never pass through a static-asset router first).
+    LandingPage,
     /// `nix-cache-info`: rendered from configuration, not stored.
     CacheInfo,
     /// `public-keys`: the configured public keys, one per line (not a Nix file: for
@@ -159,6 +162,7 @@ pub enum Route {
 /// What kind of object a route names: decides Content-Type and caching.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    Page,
     CacheInfo,
     PublicKeys,
     Narinfo,
@@ -174,6 +178,7 @@ pub enum Kind {
 impl Kind {
     pub fn content_type(self) -> &'static str {
         match self {
+            Kind::Page => "text/html; charset=utf-8",
             Kind::CacheInfo => "text/x-nix-cache-info",
             Kind::PublicKeys => "text/plain; charset=utf-8",
             Kind::Narinfo => "text/x-nix-narinfo",
@@ -194,7 +199,7 @@ impl Kind {
             // narinfo lookups for 30 days anyway.
             Kind::Narinfo | Kind::Json | Kind::Log => "public, max-age=86400",
             // Configuration: picked up within minutes of a redeploy.
-            Kind::CacheInfo | Kind::PublicKeys => "public, max-age=300",
+            Kind::Page | Kind::CacheInfo | Kind::PublicKeys => "public, max-age=300",
             Kind::Internal | Kind::Api => "no-store",
         }
     }
@@ -246,6 +251,7 @@ impl Route {
 
     fn parse_top_level(file: &str) -> Option<Route> {
         match file {
+            "" => return Some(Route::LandingPage),
             "nix-cache-info" => return Some(Route::CacheInfo),
             "public-keys" => return Some(Route::PublicKeys),
             _ => {}
@@ -290,6 +296,7 @@ impl Route {
         match self {
             Route::CacheInfo => Kind::CacheInfo,
             Route::PublicKeys => Kind::PublicKeys,
+            Route::LandingPage => Kind::Page,
             Route::Narinfo(_) => Kind::Narinfo,
             Route::Nar { .. } => Kind::Nar,
             Route::Listing(_)
@@ -306,7 +313,11 @@ impl Route {
     /// storage.
     pub fn storage_key(&self) -> Option<String> {
         match self {
-            Route::CacheInfo | Route::PublicKeys | Route::Info | Route::Whoami => None,
+            Route::LandingPage
+            | Route::CacheInfo
+            | Route::PublicKeys
+            | Route::Info
+            | Route::Whoami => None,
             other => Some(other.to_string()),
         }
     }
@@ -318,6 +329,7 @@ impl fmt::Display for Route {
         match self {
             Route::CacheInfo => f.write_str("nix-cache-info"),
             Route::PublicKeys => f.write_str("public-keys"),
+            Route::LandingPage => Ok(()),
             Route::Narinfo(hash) => write!(f, "{hash}.narinfo"),
             Route::Listing(hash) => write!(f, "{hash}.ls"),
             Route::Nar {
@@ -397,6 +409,7 @@ mod tests {
     fn every_protocol_path_round_trips() {
         assert_eq!(round_trip("/nix-cache-info"), Route::CacheInfo);
         assert_eq!(round_trip("/public-keys"), Route::PublicKeys);
+        assert_eq!(round_trip("/"), Route::LandingPage);
         assert_eq!(
             round_trip(&format!("/{HASH}.narinfo")).kind(),
             Kind::Narinfo
@@ -452,7 +465,6 @@ mod tests {
     fn rejects_everything_else() {
         let bad = [
             "",
-            "/",
             "nix-cache-info",
             "//nix-cache-info",
             "/nix-cache-info/",
@@ -493,6 +505,7 @@ mod tests {
             "/debuginfo/xyz",
             &format!("/debuginfo/{}", "a".repeat(MAX_BUILD_ID_HEX + 2)),
             "/index.html",
+            "//",
             "/_nixflare/revocations/0123",
             "/_nixflare/revocations/0123456789ABCDEF0123456789ABCDEF",
             "/_nixflare/other/0123456789abcdef0123456789abcdef",

@@ -5,6 +5,8 @@
 //! R2 back into R2: no NAR byte enters wasm. Completion publishes the NAR with one PUT
 //! that R2 verifies against the SHA-256 in its name (as a single-request NAR PUT is).
 
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
 use worker::{console_log, Bucket, Data, Method, Request, Response, ResponseBody, UploadedPart};
 
 use super::error::EdgeError;
@@ -146,40 +148,48 @@ pub async fn handle(
 /// Copies the assembled staging object to the NAR's content address. R2 hashes the
 /// copy and refuses it unless it matches the name, so unverified bytes are never
 /// visible under `nar/`. The staging object goes either way.
+///
+/// The copy reads the staging object in ranges, piped one after the other into a
+/// FixedLengthStream that feeds the PUT: reading a multipart object whole made the
+/// local R2 grow by ~160 MiB per GiB, ranges keep it flat (`make bench`). Every pipe
+/// runs in the runtime; no byte enters wasm.
 async fn publish(
     bucket: &Bucket,
     staging: &str,
     nar_key: &str,
     file_hash: &FileHash,
 ) -> Result<(), EdgeError> {
-    let Some(staged) = bucket.get(staging).execute().await? else {
+    let Some(staged) = bucket.head(staging).await? else {
         // A concurrent completion of the same NAR moved it already.
         return match bucket.head(nar_key).await? {
             Some(_) => Ok(()),
             None => Err(bad("the assembled upload vanished; upload it again")),
         };
     };
-    if staged.size() > MAX_OBJECT_BYTES {
+    let size = staged.size();
+    if size > MAX_OBJECT_BYTES {
         bucket.delete(staging).await?;
         return Err(EdgeError::TooLarge(format!(
-            "{} bytes is over R2's {MAX_OBJECT_BYTES}-byte object limit",
-            staged.size()
+            "{size} bytes is over R2's {MAX_OBJECT_BYTES}-byte object limit"
         )));
     }
-    let body = match staged
-        .body()
-        .ok_or(EdgeError::MissingBody)?
-        .response_body()?
-    {
-        ResponseBody::Stream(stream) => stream,
-        _ => return Err(EdgeError::MissingBody),
-    };
-    let copied = bucket
-        .put(nar_key, Data::ReadableStream(body))
+    let pipe = FixedLengthStream::new(size as f64).map_err(js_error)?;
+    let writable = pipe.writable();
+    let put = bucket
+        .put(nar_key, Data::ReadableStream(pipe.readable()))
         .sha256(file_hash.0.to_vec())
-        .execute()
-        .await;
+        .execute();
+    let feed = async {
+        let result = feed_ranges(bucket, staging, size, &writable).await;
+        if result.is_err() {
+            // Unblocks the PUT, which then fails instead of waiting for bytes.
+            let _ = JsFuture::from(writable.abort()).await;
+        }
+        result
+    };
+    let (copied, fed) = futures_util::future::join(put, feed).await;
     bucket.delete(staging).await?;
+    fed?;
     copied.map_err(|err| match err.to_string().contains("10037") {
         true => {
             bad("the assembled NAR does not hash to the name in the URL; nothing was published")
@@ -187,6 +197,60 @@ async fn publish(
         false => EdgeError::Runtime(err),
     })?;
     Ok(())
+}
+
+/// Bytes read from the staging object per ranged GET while publishing.
+const COPY_RANGE_BYTES: u64 = 32 << 20;
+
+async fn feed_ranges(
+    bucket: &Bucket,
+    staging: &str,
+    size: u64,
+    writable: &web_sys::WritableStream,
+) -> Result<(), EdgeError> {
+    let options = web_sys::StreamPipeOptions::new();
+    options.set_prevent_close(true);
+    let mut offset = 0;
+    while offset < size {
+        let length = COPY_RANGE_BYTES.min(size - offset);
+        let object = bucket
+            .get(staging)
+            .range(worker::Range::OffsetWithLength { offset, length })
+            .execute()
+            .await?
+            .ok_or(EdgeError::MissingBody)?;
+        let body = match object
+            .body()
+            .ok_or(EdgeError::MissingBody)?
+            .response_body()?
+        {
+            ResponseBody::Stream(stream) => stream,
+            _ => return Err(EdgeError::MissingBody),
+        };
+        JsFuture::from(body.pipe_to_with_options(writable, &options))
+            .await
+            .map_err(js_error)?;
+        offset += length;
+    }
+    JsFuture::from(writable.close()).await.map_err(js_error)?;
+    Ok(())
+}
+
+fn js_error(err: JsValue) -> EdgeError {
+    EdgeError::Runtime(worker::Error::from(err))
+}
+
+// The runtime's FixedLengthStream, used raw: workers-rs' wrapper pulls chunks through
+// wasm.
+#[wasm_bindgen]
+extern "C" {
+    type FixedLengthStream;
+    #[wasm_bindgen(constructor, catch)]
+    fn new(length: f64) -> Result<FixedLengthStream, JsValue>;
+    #[wasm_bindgen(method, getter)]
+    fn readable(this: &FixedLengthStream) -> web_sys::ReadableStream;
+    #[wasm_bindgen(method, getter)]
+    fn writable(this: &FixedLengthStream) -> web_sys::WritableStream;
 }
 
 /// R2 refusals that are the client's doing (unknown upload id, part too small, wrong

@@ -17,7 +17,7 @@ pub fn allowed_methods(route: &Route) -> &'static str {
         Route::Revocation(_) => "PUT",
         Route::Upload { .. } => "POST, PUT, DELETE",
         Route::Info | Route::Whoami => "GET, HEAD",
-        Route::PublicKeys => "GET, HEAD",
+        Route::PublicKeys | Route::LandingPage => "GET, HEAD",
         _ => "GET, HEAD, PUT",
     }
 }
@@ -33,7 +33,7 @@ pub async fn handle(
         allow: allowed_methods(&route),
     };
     let needed = match (&method, &route) {
-        (Method::Put, Route::PublicKeys) => return Err(not_allowed()),
+        (Method::Put, Route::PublicKeys | Route::LandingPage) => return Err(not_allowed()),
         (Method::Put, Route::Revocation(_)) => Permissions::REVOKE,
         (Method::Put, _) => Permissions::WRITE,
         (Method::Delete, Route::Narinfo(_) | Route::Nar { .. }) => Permissions::DELETE,

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,16 +248,19 @@ DECOY_KEYS = [
 ]
 
 
-def start_worker(persist: Path, variables: dict[str, str], *, extra_args: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+def start_worker(persist: Path, variables: dict[str, str], *, extra_args: tuple[str, ...] = (),
+                 config: Path | None = None, ready_path: str = "/nix-cache-info") -> tuple[subprocess.Popen, str]:
     """Starts `wrangler dev` (workerd) on a free loopback port with R2 persisted in
-    `persist`; returns the process (its own process group) and the URL once it answers."""
+    `persist`; returns the process (its own process group) and the URL once it answers.
+    `config` picks another wrangler.toml (the benchmark baseline)."""
     port, inspector = free_port(), free_port()
     log = open(persist / "wrangler.log", "w")
     var_args = [arg for name, value in variables.items() for arg in ("--var", f"{name}:{value}")]
     proc = subprocess.Popen(
         [str(WRANGLER), "dev", "--ip", "127.0.0.1", "--port", str(port),
          "--inspector-port", str(inspector), "--persist-to", str(persist),
-         *var_args, "--show-interactive-dev-session=false", *extra_args],
+         *var_args, "--show-interactive-dev-session=false", *extra_args,
+         *(["--config", str(config)] if config else [])],
         cwd=REPO, env=wrangler_env(), stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, so stopping kills workerd too
     )
@@ -267,9 +271,11 @@ def start_worker(persist: Path, variables: dict[str, str], *, extra_args: tuple[
         if proc.poll() is not None:
             raise AssertionError(f"wrangler dev exited:\n{(persist / 'wrangler.log').read_text()[-4000:]}")
         try:
-            with urllib.request.urlopen(f"{url}/nix-cache-info", timeout=2) as r:
+            with urllib.request.urlopen(f"{url}{ready_path}", timeout=2) as r:
                 if r.status == 200:
                     return proc, url
+        except urllib.error.HTTPError:
+            return proc, url  # answering at all means ready
         except OSError:
             pass
         if time.monotonic() > deadline:
@@ -338,7 +344,11 @@ def bearer(token: str) -> dict:
 
 def nix32_sha256(data: bytes) -> str:
     """Nix's base-32 of SHA-256, the name a NAR file must have."""
-    digest = hashlib.sha256(data).digest()
+    return nix32_of_digest(hashlib.sha256(data).digest())
+
+
+def nix32_of_digest(digest: bytes) -> str:
+    """Nix's base-32 of a 32-byte digest."""
     alphabet = "0123456789abcdfghijklmnpqrsvwxyz"
     out = []
     for n in range(51, -1, -1):
