@@ -10,7 +10,9 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     let bucket = env.bucket("BUCKET")?;
     match bucket.get(key).execute().await? {
         Some(object) => {
-            let body = object.body().ok_or_else(|| Error::RustError("no body".into()))?;
+            let body = object
+                .body()
+                .ok_or_else(|| Error::RustError("no body".into()))?;
             Response::from_body(body.response_body()?)
         }
         None => Response::error("not found", 404),
