@@ -28,6 +28,18 @@ pub struct HttpError {
     pub reason: String,
 }
 
+impl HttpError {
+    /// The refusal in `reply` to `method path` (the query string left out).
+    pub fn new(method: &'static str, path: &str, reply: &Reply) -> Self {
+        Self {
+            method,
+            path: path.split('?').next().unwrap_or(path).to_owned(),
+            status: reply.status,
+            reason: reason_line(reply.status, &reply.body),
+        }
+    }
+}
+
 impl std::fmt::Display for HttpError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} /{}: {}", self.method, self.path, self.reason)
@@ -146,13 +158,7 @@ impl Client {
         if (200..300).contains(&reply.status) {
             return Ok(reply);
         }
-        Err(HttpError {
-            method,
-            path: path.split('?').next().unwrap_or(path).to_owned(),
-            status: reply.status,
-            reason: reason_line(reply.status, &reply.body),
-        }
-        .into())
+        Err(HttpError::new(method, path, &reply).into())
     }
 
     /// Fetches `/_nixflare/info`; the first request to a cache, so its errors say
@@ -177,13 +183,7 @@ impl Client {
         match reply.status {
             200 => Ok(true),
             404 => Ok(false),
-            status => Err(HttpError {
-                method: "HEAD",
-                path: path.to_owned(),
-                status,
-                reason: reason_line(status, &reply.body),
-            }
-            .into()),
+            _ => Err(HttpError::new("HEAD", path, &reply).into()),
         }
     }
 

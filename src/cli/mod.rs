@@ -6,6 +6,7 @@ mod auth;
 mod client;
 mod keygen;
 mod nar;
+mod parallel;
 mod pathinfo;
 mod progress;
 mod push;

@@ -23,6 +23,7 @@ use serde::Deserialize;
 
 use super::client::{parse_rate, Body, CacheInfo, Client, HttpError};
 use super::nar::{self, Codec, Prepared, SpoolEntry};
+use super::parallel;
 use super::pathinfo::{self, PathInfo};
 use super::progress::Reporter;
 use super::upload::{NarOutcome, NarUpload};
@@ -121,8 +122,8 @@ fn preflight(client: &Client, key: &SecretKey) -> Result<CacheInfo> {
     }
     let reply = client.send("GET", "_nixflare/whoami", None, Body::Empty)?;
     if reply.status != 200 {
-        let reason = reply.body.lines().next().unwrap_or_default().to_owned();
-        bail!("the cache refused the upload token: {reason}");
+        let refusal = HttpError::new("GET", "_nixflare/whoami", &reply);
+        bail!("the cache refused the upload token: {}", refusal.reason);
     }
     let whoami: Whoami = serde_json::from_str(&reply.body).context("whoami is not JSON")?;
     if !whoami.permissions.split(',').any(|p| p == "write") {
@@ -154,50 +155,21 @@ fn closure_of(paths: &[String], store_dir: &str) -> Result<Vec<PathInfo>> {
 
 /// Indices into `closure` of the paths whose narinfo the cache lacks.
 fn find_missing(client: &Client, closure: &[PathInfo], jobs: usize) -> Result<Vec<usize>> {
-    let next = Mutex::new(0usize);
-    let results: Mutex<Vec<(usize, bool)>> = Mutex::new(Vec::new());
-    let error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
-    thread::scope(|scope| {
-        for _ in 0..jobs.clamp(1, closure.len().max(1)) {
-            scope.spawn(|| loop {
-                let index = {
-                    let mut next = next.lock().unwrap_or_else(|e| e.into_inner());
-                    let index = *next;
-                    *next += 1;
-                    index
-                };
-                let Some(info) = closure.get(index) else {
-                    return;
-                };
-                let narinfo = Route::Narinfo(*info.path.hash()).to_string();
-                match client.exists(&narinfo) {
-                    Ok(found) => results
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push((index, found)),
-                    Err(err) => {
-                        error
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .get_or_insert(err);
-                        return;
-                    }
-                }
-            });
+    let found = Mutex::new(vec![false; closure.len()]);
+    let indices: Vec<usize> = (0..closure.len()).collect();
+    parallel::try_for_each(&indices, jobs, |&index| {
+        let narinfo = Route::Narinfo(*closure[index].path.hash()).to_string();
+        let present = client.exists(&narinfo)?;
+        if let Ok(mut found) = found.lock() {
+            found[index] = present;
         }
-    });
-    if let Some(err) = error.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        return Err(err.context("asking the cache which paths it has"));
-    }
-    let mut missing: Vec<usize> = results
+        Ok(())
+    })
+    .context("asking the cache which paths it has")?;
+    let found = found
         .into_inner()
-        .unwrap_or_else(|e| e.into_inner())
-        .into_iter()
-        .filter(|(_, found)| !found)
-        .map(|(i, _)| i)
-        .collect();
-    missing.sort_unstable();
-    Ok(missing)
+        .map_err(|_| anyhow!("a query thread panicked"))?;
+    Ok((0..closure.len()).filter(|&i| !found[i]).collect())
 }
 
 struct Context<'a> {
@@ -389,33 +361,9 @@ impl Context<'_> {
     }
 
     fn publish_wave(&self, closure: &[PathInfo], wave: &[Uploaded]) -> Result<()> {
-        let next = Mutex::new(0usize);
-        let error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
-        thread::scope(|scope| {
-            for _ in 0..self.options.jobs.clamp(1, wave.len()) {
-                scope.spawn(|| loop {
-                    let index = {
-                        let mut next = next.lock().unwrap_or_else(|e| e.into_inner());
-                        *next += 1;
-                        *next - 1
-                    };
-                    let Some(uploaded) = wave.get(index) else {
-                        return;
-                    };
-                    if let Err(err) = self.publish(&closure[uploaded.index], &uploaded.prepared) {
-                        error
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .get_or_insert(err);
-                        return;
-                    }
-                });
-            }
-        });
-        match error.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            Some(err) => Err(err),
-            None => Ok(()),
-        }
+        parallel::try_for_each(wave, self.options.jobs, |uploaded| {
+            self.publish(&closure[uploaded.index], &uploaded.prepared)
+        })
     }
 
     fn publish(&self, info: &PathInfo, prepared: &Prepared) -> Result<()> {

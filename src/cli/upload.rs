@@ -3,15 +3,15 @@
 //! parallel and every acknowledged part recorded in the spool so an interrupted
 //! upload resumes where it stopped.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::thread;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::Deserialize;
 
 use super::client::{Body, Client, HttpError};
 use super::nar::{OpenUpload, Prepared, SpoolEntry};
+use super::parallel;
 use crate::multipart::{render_part_list, PartPlan, PartReceipt};
 use crate::route::Route;
 
@@ -125,68 +125,51 @@ impl NarUpload<'_> {
             ));
         }
         let query_id = encode_query_value(&open.upload_id);
-        let state = Mutex::new((open, prepared.clone()));
         let todo: Vec<u16> = (1..=plan.count)
-            .filter(|&n| state_etag(&state, n).is_none())
+            .filter(|&n| open.etags[usize::from(n - 1)].is_none())
             .collect();
-        let next = AtomicUsize::new(0);
-        let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
-        thread::scope(|scope| {
-            for _ in 0..self.jobs.clamp(1, todo.len().max(1)) {
-                scope.spawn(|| loop {
-                    let failed = first_error.lock().map(|e| e.is_some()).unwrap_or(true);
-                    if failed || self.cancelled.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let Some(&number) = todo.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                        return;
-                    };
-                    let (offset, length) = plan.part_range(number, size);
-                    let result = self
-                        .client
-                        .expect_success(
-                            "PUT",
-                            &format!("{upload_path}?partNumber={number}&uploadId={query_id}"),
-                            Some("application/octet-stream"),
-                            Body::FileRange {
-                                file: &self.entry.data,
-                                offset,
-                                length,
-                            },
-                        )
-                        .and_then(|reply| {
-                            let ack: PartAck = serde_json::from_str(&reply.body)
-                                .context("the cache's part receipt is not JSON")?;
-                            let mut guard = state.lock().map_err(|_| anyhow!("poisoned"))?;
-                            let (open, prepared) = &mut *guard;
-                            open.etags[usize::from(number - 1)] = Some(ack.etag);
-                            prepared.upload = Some(open.clone());
-                            self.entry.save(prepared)
-                        });
-                    match result {
-                        Ok(()) => (self.log)(format!(
-                            "{}: part {number}/{} sent ({})",
-                            self.nar,
-                            plan.count,
-                            super::push::human(length)
-                        )),
-                        Err(err) => {
-                            if let Ok(mut slot) = first_error.lock() {
-                                slot.get_or_insert(err);
-                            }
-                            return;
-                        }
-                    }
-                });
+        // The spool record, updated (and saved) as each part is acknowledged.
+        let record = Mutex::new(prepared.clone());
+        parallel::try_for_each(&todo, self.jobs, |&number| {
+            if self.cancelled.load(Ordering::Relaxed) {
+                return Ok(());
             }
-        });
-        if let Some(err) = first_error.into_inner().ok().flatten() {
-            return Err(err);
-        }
+            let (offset, length) = plan.part_range(number, size);
+            let reply = self.client.expect_success(
+                "PUT",
+                &format!("{upload_path}?partNumber={number}&uploadId={query_id}"),
+                Some("application/octet-stream"),
+                Body::FileRange {
+                    file: &self.entry.data,
+                    offset,
+                    length,
+                },
+            )?;
+            let ack: PartAck = serde_json::from_str(&reply.body)
+                .context("the cache's part receipt is not JSON")?;
+            {
+                let mut record = record
+                    .lock()
+                    .map_err(|_| anyhow!("a part thread panicked"))?;
+                let open = record.upload.as_mut().context("no open upload")?;
+                open.etags[usize::from(number - 1)] = Some(ack.etag);
+                self.entry.save(&record)?;
+            }
+            (self.log)(format!(
+                "{}: part {number}/{} sent ({})",
+                self.nar,
+                plan.count,
+                super::push::human(length)
+            ));
+            Ok(())
+        })?;
         if self.cancelled.load(Ordering::Relaxed) {
             bail!("cancelled");
         }
-        let (open, _) = state.into_inner().map_err(|_| anyhow!("poisoned"))?;
+        *prepared = record
+            .into_inner()
+            .map_err(|_| anyhow!("a part thread panicked"))?;
+        let open = prepared.upload.clone().context("no open upload")?;
         let receipts = open
             .etags
             .iter()
@@ -212,16 +195,6 @@ impl NarUpload<'_> {
             resumed,
         })
     }
-}
-
-fn state_etag(state: &Mutex<(OpenUpload, Prepared)>, number: u16) -> Option<String> {
-    let guard = state.lock().ok()?;
-    guard
-        .0
-        .etags
-        .get(usize::from(number - 1))
-        .cloned()
-        .flatten()
 }
 
 /// The worker's 404 for an upload id it does not know.

@@ -210,7 +210,7 @@ fn stream(object: worker::Object, headers: Headers, status: u16) -> Result<Respo
 }
 
 /// A small file rendered from configuration rather than read from R2.
-fn generated(kind: Kind, text: String, head_only: bool) -> Result<Response, EdgeError> {
+pub(super) fn generated(kind: Kind, text: String, head_only: bool) -> Result<Response, EdgeError> {
     let headers = Headers::new();
     headers.set("Content-Type", kind.content_type())?;
     headers.set("Cache-Control", kind.cache_control())?;

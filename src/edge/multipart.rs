@@ -10,13 +10,14 @@ use wasm_bindgen_futures::JsFuture;
 use worker::{console_log, Bucket, Data, Method, Request, Response, ResponseBody, UploadedPart};
 
 use super::error::EdgeError;
-use super::write::{authorize, small_body, stream_body};
+use super::generated;
+use super::write::{authorize, hash_refusal, small_body, stream_body, Stored};
 use crate::config::CacheConfig;
 use crate::multipart::{
     json_string, parse_part_list, parse_part_number, pending_key, staging_key, UploadId,
     MAX_OBJECT_BYTES, MAX_PART_LIST_BYTES, PENDING_PREFIX, STAGING_PREFIX,
 };
-use crate::route::{Compression, FileHash, Route};
+use crate::route::{Compression, FileHash, Kind, Route};
 use crate::token::Permissions;
 
 /// What a request under `/_nixflare/uploads/nar/<name>` asks for (S3's query shapes).
@@ -122,7 +123,7 @@ pub async fn handle(
                 // Someone else published these bytes meanwhile: drop ours.
                 let _ = upload.abort().await;
                 bucket.delete(&pending).await?;
-                return Ok(Response::ok("already stored\n")?);
+                return Stored::Unchanged.into_response();
             }
             let receipts = parts
                 .into_iter()
@@ -131,7 +132,7 @@ pub async fn handle(
             bucket.delete(&pending).await?;
             publish(bucket, &staging, &nar_key, &file_hash).await?;
             console_log!("multipart /{nar_key} completed by {}", claims.subject);
-            Response::ok("stored\n")?.with_status(201)
+            Stored::Created.into_response()?
         }
         Action::Abort { id } => {
             let upload = bucket.resume_multipart_upload(&staging, id.as_str())?;
@@ -190,11 +191,11 @@ async fn publish(
     let (copied, fed) = futures_util::future::join(put, feed).await;
     bucket.delete(staging).await?;
     fed?;
-    copied.map_err(|err| match err.to_string().contains("10037") {
-        true => {
-            bad("the assembled NAR does not hash to the name in the URL; nothing was published")
-        }
-        false => EdgeError::Runtime(err),
+    copied.map_err(|err| {
+        hash_refusal(
+            err,
+            "the assembled NAR does not hash to the name in the URL; nothing was published",
+        )
     })?;
     Ok(())
 }
@@ -269,10 +270,7 @@ fn r2_refusal(err: worker::Error) -> EdgeError {
 }
 
 fn json(status: u16, body: String) -> Result<Response, EdgeError> {
-    let response = Response::ok(body)?.with_status(status);
-    response.headers().set("Content-Type", "application/json")?;
-    response.headers().set("Cache-Control", "no-store")?;
-    Ok(response)
+    Ok(generated(Kind::Api, body, false)?.with_status(status))
 }
 
 /// Cron: aborts uploads whose marker is older than the configured age and deletes

@@ -59,11 +59,8 @@ pub async fn handle(
                     .sha256(file_hash.0.to_vec())
                     .execute()
                     .await
-                    .map_err(|err| match err.to_string().contains("10037") {
-                        true => EdgeError::BadRequest(
-                            "NAR bytes do not hash to the name in the URL".into(),
-                        ),
-                        false => EdgeError::Runtime(err),
+                    .map_err(|err| {
+                        hash_refusal(err, "NAR bytes do not hash to the name in the URL")
                     })?;
                 Stored::Created
             }
@@ -119,15 +116,24 @@ pub async fn handle(
     outcome.into_response()
 }
 
+/// R2 refuses a PUT whose bytes miss the `.sha256()` it was given with code 10037:
+/// the client's fault, answered with `reason`. Anything else is a storage error.
+pub(super) fn hash_refusal(err: worker::Error, reason: &str) -> EdgeError {
+    match err.to_string().contains("10037") {
+        true => EdgeError::BadRequest(reason.into()),
+        false => EdgeError::Runtime(err),
+    }
+}
+
 #[derive(Debug)]
-enum Stored {
+pub(super) enum Stored {
     Created,
     Unchanged,
     Deleted,
 }
 
 impl Stored {
-    fn into_response(self) -> Result<Response, EdgeError> {
+    pub(super) fn into_response(self) -> Result<Response, EdgeError> {
         Ok(match self {
             Stored::Created => Response::ok("stored\n")?.with_status(201),
             Stored::Unchanged => Response::ok("already stored\n")?,

@@ -306,3 +306,13 @@ def test_push_retries_through_transient_failures(nix: Nix, worker: Worker, keys:
     assert "sent in 3 parts" in proc.stderr
     assert_consistent(worker, list(hashes))
     assert substitute(nix, worker, keys, top, tmp_path / "store") == hashes
+
+
+def test_quiet_uncompressed_push(nix: Nix, worker: Worker, keys: Keys, tokens: Tokens, small_closure, tmp_path):
+    proc = run(push_cmd(worker, keys, tmp_path / "spool", small_closure, extra=["--quiet", "--compression", "none"]),
+               env=dict(nix.env, NIXFLARE_TOKEN=tokens.mint()))
+    assert proc.stderr == "" and proc.stdout == ""
+    info = narinfo_of(worker, small_closure)
+    assert info["Compression"] == "none" and info["URL"].endswith(".nar")
+    hashes = nar_hashes(nix, None, small_closure)
+    assert substitute(nix, worker, keys, small_closure, tmp_path / "store") == hashes
