@@ -9,7 +9,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
-from conftest import MK, nix32_of_digest, run, start_worker, stop_worker  # noqa: E402  (one place for these)
+from conftest import MK, nix32_of_digest, nix_env, run, start_worker, stop_worker  # noqa: E402  (one place for these)
 
 CLI_RELEASE = REPO / "target" / "release" / "nixflare"
 
@@ -23,17 +23,3 @@ class Section:
 
     title: str
     body: str
-
-
-def nix_env(home: Path) -> dict:
-    """Nix isolated from the machine's settings and caches, as in the e2e tests."""
-    import os
-
-    home.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env.update(
-        HOME=str(home),
-        XDG_CACHE_HOME=str(home / ".cache"),
-        NIX_CONFIG="experimental-features = nix-command\nsubstituters =\nbuild-users-group =",
-    )
-    return env

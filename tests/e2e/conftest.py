@@ -31,8 +31,41 @@ MAX_REQUEST_BYTES = 16 << 20
 BUCKET = "nixflare"  # bucket_name in wrangler.toml
 
 
+# The Nix configuration of every test and benchmark (see the file's comments).
+NIX_CONF_DIR = REPO / "tests" / "nix"
+
+
+def host_env(base: dict | None = None) -> dict:
+    """`base` (default: this process's environment) without anything that configures Nix
+    or nixflare on the host: NIX_CONFIG, NIX_CONF_DIR, NIX_REMOTE, NIX_PATH, NIXFLARE_TOKEN…
+    A test sets what it relies on itself."""
+    base = os.environ if base is None else base
+    return {k: v for k, v in base.items() if not k.startswith(("NIX_", "NIXFLARE_"))}
+
+
+def nix_env(home: Path, base: dict | None = None) -> dict:
+    """An environment in which Nix reads tests/nix/nix.conf and nothing else of the host's
+    configuration (system or user nix.conf, NIX_CONFIG), whatever `base` holds, and keeps
+    its caches (the narinfo disk cache among them) in the private `home`."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = host_env(base)
+    env.update(
+        HOME=str(home),
+        XDG_CACHE_HOME=str(home / ".cache"),
+        XDG_CONFIG_HOME=str(home / ".config"),
+        XDG_CONFIG_DIRS=str(home / ".config-dirs"),
+        XDG_DATA_HOME=str(home / ".local" / "share"),
+        XDG_STATE_HOME=str(home / ".local" / "state"),
+        # Replaces /etc/nix/nix.conf (and /etc/nix/netrc, /etc/nix/machines).
+        NIX_CONF_DIR=str(NIX_CONF_DIR),
+        # Replaces the XDG user files; reading the same file twice is harmless.
+        NIX_USER_CONF_FILES=str(NIX_CONF_DIR / "nix.conf"),
+    )
+    return env
+
+
 def run(cmd: list[str], *, env: dict | None = None, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, **kw)
+    proc = subprocess.run(cmd, env=host_env() if env is None else env, capture_output=True, text=True, **kw)
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd[0]} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc
@@ -53,23 +86,8 @@ class Nix:
 
 @pytest.fixture(scope="session")
 def nix(tmp_path_factory) -> Nix:
-    home = tmp_path_factory.mktemp("nix-home")
-    env = dict(os.environ)
-    env.update(
-        # A private HOME: Nix's narinfo disk cache must not remember other runs.
-        HOME=str(home),
-        XDG_CACHE_HOME=str(home / ".cache"),
-        NIX_CONFIG="\n".join(
-            [
-                "experimental-features = nix-command",
-                # No network here: never try cache.nixos.org.
-                "substituters =",
-                # Root builds without the nixbld group (Debian's single-user nix-bin).
-                "build-users-group =",
-            ]
-        ),
-    )
-    return Nix(env)
+    # A private HOME: Nix's narinfo disk cache must not remember other runs.
+    return Nix(nix_env(tmp_path_factory.mktemp("nix-home")))
 
 
 @dataclass
@@ -124,7 +142,7 @@ MK = r"""
     system = builtins.currentSystem;
     builder = "/bin/sh";
     args = [ "-c" script ];
-    # Debian's nix-bin builds without a sandbox: the host's coreutils are at hand.
+    # The host's coreutils: tests/nix/nix.conf turns the build sandbox off.
     PATH = "/usr/bin:/bin";
   };
 """
@@ -202,7 +220,7 @@ def free_port() -> int:
 
 
 def wrangler_env() -> dict:
-    env = dict(os.environ)
+    env = host_env()
     env.update(CLOUDFLARE_CF_FETCH_ENABLED="false", WRANGLER_SEND_METRICS="false", CI="true")
     return env
 
