@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::nix::keys::SecretKey;
+use crate::core::nix::keys::SecretKey;
 
 pub fn run(name: &str, out: &Path) -> Result<()> {
     if name.contains(':') || name.chars().any(char::is_whitespace) {

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256 as Sha256Hasher};
 
 use super::pathinfo::PathInfo;
-use crate::nix::nix32;
-use crate::route::{Compression, FileHash};
+use crate::core::nix::nix32;
+use crate::core::route::{Compression, FileHash};
 
 /// How NARs are compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,15 +7,15 @@
 //!   instead of a string (NixOS/nix#14589, reverted to SRI strings in #14743).
 //!
 //! References and derivers may be full store paths or base names; hashes may be
-//! `sha256:<nix32|hex>` or SRI (`crate::nix::hash::Sha256` reads them all).
+//! `sha256:<nix32|hex>` or SRI (`crate::core::nix::hash::Sha256` reads them all).
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use base64::Engine as _;
 use serde_json::Value;
 
-use crate::nix::hash::Sha256;
-use crate::nix::keys::Signature;
-use crate::nix::store_path::StorePathBaseName;
+use crate::core::nix::hash::Sha256;
+use crate::core::nix::keys::Signature;
+use crate::core::nix::store_path::StorePathBaseName;
 
 /// One store path as Nix describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -27,10 +27,10 @@ use super::parallel;
 use super::pathinfo::{self, PathInfo};
 use super::progress::Reporter;
 use super::upload::{NarOutcome, NarUpload};
-use crate::nix::hash::Sha256;
-use crate::nix::keys::SecretKey;
-use crate::nix::narinfo::NarInfo;
-use crate::route::{Compression, FileHash, Route};
+use crate::core::nix::hash::Sha256;
+use crate::core::nix::keys::SecretKey;
+use crate::core::nix::narinfo::NarInfo;
+use crate::core::route::{Compression, FileHash, Route};
 
 pub struct PushOptions {
     pub cache: String,
@@ -322,7 +322,7 @@ impl Context<'_> {
         totals: &mut Totals,
     ) -> Result<()> {
         let missing_set: HashSet<usize> = missing.iter().copied().collect();
-        let index_of: HashMap<&crate::nix::store_path::StorePathBaseName, usize> = closure
+        let index_of: HashMap<&crate::core::nix::store_path::StorePathBaseName, usize> = closure
             .iter()
             .enumerate()
             .map(|(i, p)| (&p.path, i))
@@ -467,7 +467,7 @@ pub fn human(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nix::keys::PublicKey;
+    use crate::core::nix::keys::PublicKey;
 
     const SECRET: &str = "test-1:tXPUeHfVCPFDNdxXYtkOyQAJi0Cx6Irm0YuTzpGNciuVkrxO90WjrIQ6nUPvJCR4vDGuyEM8XWLAMnqk1fXEcQ==";
 

@@ -8,8 +8,8 @@ use anyhow::{anyhow, bail, Context as _, Result};
 
 use super::client::{Body, Client};
 use super::keygen::read_secret_key;
-use crate::route::Route;
-use crate::token::{self, Claims, Permissions, TokenId};
+use crate::core::route::Route;
+use crate::core::token::{self, Claims, Permissions, TokenId};
 
 pub fn now_unix() -> Result<u64> {
     Ok(SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs())

@@ -1,5 +1,5 @@
 //! Putting one prepared NAR file on the cache: one PUT when it fits the request limit,
-//! otherwise a multipart upload through the worker (`crate::multipart`), with parts in
+//! otherwise a multipart upload through the worker (`crate::core::multipart`), with parts in
 //! parallel and every acknowledged part recorded in the spool so an interrupted
 //! upload resumes where it stopped.
 
@@ -12,8 +12,8 @@ use serde::Deserialize;
 use super::client::{Body, Client, HttpError};
 use super::nar::{OpenUpload, Prepared, SpoolEntry};
 use super::parallel;
-use crate::multipart::{render_part_list, PartPlan, PartReceipt};
-use crate::route::Route;
+use crate::core::multipart::{render_part_list, PartPlan, PartReceipt};
+use crate::core::route::Route;
 
 /// What happened to a NAR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,7 +225,7 @@ mod tests {
         let id = "AbC+/= x~";
         let url = format!("https://h/p?uploadId={}", encode_query_value(id));
         assert_eq!(
-            crate::http::query_pairs(&url),
+            crate::core::http::query_pairs(&url),
             [("uploadId".into(), id.into())]
         );
     }

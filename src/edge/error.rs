@@ -2,8 +2,8 @@
 
 use worker::{console_error, Headers, Response, ResponseBody};
 
-use crate::config::ConfigError;
-use crate::route::NOT_FOUND_CACHE_CONTROL;
+use crate::core::config::ConfigError;
+use crate::core::route::NOT_FOUND_CACHE_CONTROL;
 
 #[derive(Debug)]
 pub enum EdgeError {

@@ -15,11 +15,11 @@ use worker::{
     ScheduleContext, ScheduledEvent,
 };
 
-use crate::config::CacheConfig;
-use crate::http::{content_range, if_none_match_matches, unsatisfied_range, RangeRequest};
-use crate::multipart::json_string;
-use crate::route::{Kind, Route};
-use crate::token::Permissions;
+use crate::core::config::CacheConfig;
+use crate::core::http::{content_range, if_none_match_matches, unsatisfied_range, RangeRequest};
+use crate::core::multipart::json_string;
+use crate::core::route::{Kind, Route};
+use crate::core::token::Permissions;
 use error::EdgeError;
 
 /// The landing page. Built in rather than served as a static asset: with `[assets]`,

@@ -1,4 +1,4 @@
-//! Multipart NAR uploads (protocol and rules in `crate::multipart`), and the cron that
+//! Multipart NAR uploads (protocol and rules in `crate::core::multipart`), and the cron that
 //! cleans up uploads their client abandoned.
 //!
 //! Part bodies stream from the request into R2 and the assembled object streams from
@@ -12,13 +12,13 @@ use worker::{console_log, Bucket, Data, Method, Request, Response, ResponseBody,
 use super::error::EdgeError;
 use super::generated;
 use super::write::{authorize, hash_refusal, small_body, stream_body, Stored};
-use crate::config::CacheConfig;
-use crate::multipart::{
+use crate::core::config::CacheConfig;
+use crate::core::multipart::{
     json_string, parse_part_list, parse_part_number, pending_key, staging_key, UploadId,
     MAX_OBJECT_BYTES, MAX_PART_LIST_BYTES, PENDING_PREFIX, STAGING_PREFIX,
 };
-use crate::route::{Compression, FileHash, Kind, Route};
-use crate::token::Permissions;
+use crate::core::route::{Compression, FileHash, Kind, Route};
+use crate::core::token::Permissions;
 
 /// What a request under `/_nixflare/uploads/nar/<name>` asks for (S3's query shapes).
 enum Action {
@@ -32,7 +32,7 @@ fn action(req: &Request) -> Result<Action, EdgeError> {
     let mut upload_id = None;
     let mut part_number = None;
     let mut create = false;
-    for (name, value) in crate::http::query_pairs(&req.inner().url()) {
+    for (name, value) in crate::core::http::query_pairs(&req.inner().url()) {
         match name.as_str() {
             "uploadId" => upload_id = Some(UploadId::parse(&value).map_err(bad)?),
             "partNumber" => part_number = Some(parse_part_number(&value).map_err(bad)?),
@@ -279,7 +279,7 @@ pub async fn clean_up(bucket: &Bucket, config: &CacheConfig, now_ms: u64) -> Res
     let cutoff = now_ms.saturating_sub(config.abandoned_upload_seconds.saturating_mul(1000));
     let mut aborted = 0;
     for marker in list_older_than(bucket, PENDING_PREFIX, cutoff).await? {
-        if let Some((staging, id)) = crate::multipart::parse_pending_key(&marker) {
+        if let Some((staging, id)) = crate::core::multipart::parse_pending_key(&marker) {
             // Already completed or expired in R2: nothing to abort, the marker still goes.
             if let Ok(upload) = bucket.resume_multipart_upload(&staging, id.as_str()) {
                 let _ = upload.abort().await;

@@ -1,14 +1,14 @@
 //! PUT and DELETE: authenticated, verified, then stored. Nothing reaches R2 under a
-//! protocol name before it has been checked (see `crate::upload` for the rules).
+//! protocol name before it has been checked (see `crate::core::publish` for the rules).
 
 use worker::{console_log, Bucket, Data, Method, Request, Response};
 
 use super::decode;
 use super::error::EdgeError;
-use crate::config::CacheConfig;
-use crate::route::{Kind, Route};
-use crate::token::{self, Claims, Permissions};
-use crate::upload::{self, MAX_JSON_BYTES, MAX_NARINFO_BYTES};
+use crate::core::config::CacheConfig;
+use crate::core::publish::{self, MAX_JSON_BYTES, MAX_NARINFO_BYTES};
+use crate::core::route::{Kind, Route};
+use crate::core::token::{self, Claims, Permissions};
 
 /// Routes that take writes, and what each accepts (for 405's Allow header).
 pub fn allowed_methods(route: &Route) -> &'static str {
@@ -67,7 +67,7 @@ pub async fn handle(
         }
         (Method::Put, Route::Narinfo(hash), Some(key)) => {
             let bytes = small_body(&mut req, MAX_NARINFO_BYTES, "a narinfo").await?;
-            let checked = upload::check_narinfo(&bytes, hash, config)
+            let checked = publish::check_narinfo(&bytes, hash, config)
                 .map_err(|e| EdgeError::BadRequest(e.to_string()))?;
             let nar_key = checked.nar.storage_key().unwrap_or_default();
             let nar = bucket.head(&nar_key).await?.ok_or_else(|| {

@@ -22,7 +22,7 @@ use core::fmt;
 
 use thiserror::Error;
 
-use crate::route::{Compression, FileHash, Route};
+use crate::core::route::{Compression, FileHash, Route};
 
 /// R2's smallest part (all but the last).
 pub const MIN_PART_BYTES: u64 = 5 * 1024 * 1024;
@@ -245,7 +245,7 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     fn file_hash() -> FileHash {
-        FileHash(crate::nix::nix32::decode(FILE_HASH).unwrap())
+        FileHash(crate::core::nix::nix32::decode(FILE_HASH).unwrap())
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use thiserror::Error;
 
-use crate::nix::keys::{KeyError, PublicKey};
+use crate::core::nix::keys::{KeyError, PublicKey};
 
 /// Variable names, in one place for the worker, wrangler.toml and the dev script.
 pub mod var {
@@ -130,15 +130,15 @@ impl CacheConfig {
         let keys: Vec<String> = self
             .public_keys
             .iter()
-            .map(|k| crate::multipart::json_string(&k.to_string()))
+            .map(|k| crate::core::multipart::json_string(&k.to_string()))
             .collect();
         format!(
             "{{\"storeDir\":{},\"maxRequestBytes\":{},\"minPartBytes\":{},\"maxParts\":{},\"maxObjectBytes\":{},\"publicKeys\":[{}]}}",
-            crate::multipart::json_string(&self.store_dir),
+            crate::core::multipart::json_string(&self.store_dir),
             self.max_request_bytes,
-            crate::multipart::MIN_PART_BYTES,
-            crate::multipart::MAX_PARTS,
-            crate::multipart::MAX_OBJECT_BYTES,
+            crate::core::multipart::MIN_PART_BYTES,
+            crate::core::multipart::MAX_PARTS,
+            crate::core::multipart::MAX_OBJECT_BYTES,
             keys.join(",")
         )
     }

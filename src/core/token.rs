@@ -38,7 +38,7 @@ use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD as BAS
 use base64::Engine as _;
 use thiserror::Error;
 
-use crate::nix::keys::{PublicKey, SecretKey};
+use crate::core::nix::keys::{PublicKey, SecretKey};
 
 const PREFIX: &str = "nixflare1_";
 const VERSION: u8 = 1;
@@ -156,7 +156,9 @@ impl fmt::Debug for TokenId {
 impl core::str::FromStr for TokenId {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
-        crate::route::decode_lower_hex(s).map(TokenId).ok_or(())
+        crate::core::route::decode_lower_hex(s)
+            .map(TokenId)
+            .ok_or(())
     }
 }
 

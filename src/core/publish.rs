@@ -3,10 +3,10 @@
 
 use thiserror::Error;
 
-use crate::config::CacheConfig;
-use crate::nix::narinfo::{NarInfo, NarInfoError};
-use crate::nix::store_path::StorePathHash;
-use crate::route::{Compression, FileHash, Route};
+use crate::core::config::CacheConfig;
+use crate::core::nix::narinfo::{NarInfo, NarInfoError};
+use crate::core::nix::store_path::StorePathHash;
+use crate::core::route::{Compression, FileHash, Route};
 
 /// Largest narinfo accepted. Real ones are a few hundred bytes; a path with thousands
 /// of references stays well below this.

@@ -11,9 +11,9 @@
 
 use core::fmt;
 
-use crate::nix::nix32;
-use crate::nix::store_path::{check_name, StorePathBaseName, StorePathHash};
-use crate::token::TokenId;
+use crate::core::nix::nix32;
+use crate::core::nix::store_path::{check_name, StorePathBaseName, StorePathHash};
+use crate::core::token::TokenId;
 
 /// How a NAR file is compressed, as named by its extension (Nix's `Compression:`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -148,7 +148,7 @@ pub enum Route {
     /// `_nixflare/revocations/<token id>`: PUT revokes a token. Not a Nix file.
     Revocation(TokenId),
     /// `_nixflare/uploads/nar/<filehash>.nar[.ext]`: a multipart NAR upload
-    /// (`crate::multipart`); its storage key is the never-served staging object.
+    /// (`crate::core::multipart`); its storage key is the never-served staging object.
     Upload {
         file_hash: FileHash,
         compression: Compression,
@@ -349,7 +349,10 @@ impl fmt::Display for Route {
             Route::Upload {
                 file_hash,
                 compression,
-            } => f.write_str(&crate::multipart::staging_key(file_hash, *compression)),
+            } => f.write_str(&crate::core::multipart::staging_key(
+                file_hash,
+                *compression,
+            )),
             Route::Info => f.write_str("_nixflare/info"),
             Route::Whoami => f.write_str("_nixflare/whoami"),
         }

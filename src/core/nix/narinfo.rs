@@ -222,7 +222,7 @@ fn parse_number(field: &'static str, value: &str) -> Result<u64, NarInfoError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nix::keys::SecretKey;
+    use crate::core::nix::keys::SecretKey;
 
     const TOP: &[u8] = include_bytes!("testdata/top.narinfo");
     const LEAF: &[u8] = include_bytes!("testdata/leaf.narinfo");
