@@ -6,15 +6,14 @@ use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{anyhow, Context as _, Result};
 
 use crate::core::nix::keys::SecretKey;
 
 pub fn run(name: &str, out: &Path) -> Result<()> {
-    if name.contains(':') || name.chars().any(char::is_whitespace) {
-        bail!("key name {name:?} must not contain ':' or white space");
-    }
-    let secret = SecretKey::generate(name).context("generating key")?;
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| anyhow!("no randomness for the key: {e}"))?;
+    let secret = SecretKey::from_seed(name, seed).with_context(|| format!("key name {name:?}"))?;
     let public_path = {
         let mut p = out.as_os_str().to_owned();
         p.push(".pub");

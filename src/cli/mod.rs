@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::core::route::Compression;
+use crate::core::nix::nar_file::Compression;
 
 #[derive(Parser)]
 #[command(

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256 as Sha256Hasher};
 
 use super::pathinfo::PathInfo;
-use crate::core::nix::nix32;
-use crate::core::route::{Compression, FileHash};
+use crate::core::nix::hash::Sha256;
+use crate::core::nix::nar_file::{Compression, NarFile};
 
 /// How NARs are compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,8 +30,8 @@ pub struct Codec {
 /// A NAR ready to upload, and what is known about its upload so far.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Prepared {
-    /// nix32 SHA-256 of the compressed file.
-    pub file_hash: String,
+    /// SHA-256 of the compressed file: its name on the cache.
+    pub file_hash: Sha256,
     pub file_size: u64,
     /// An open multipart upload of this file, for resuming.
     #[serde(default)]
@@ -49,10 +49,12 @@ pub struct OpenUpload {
 }
 
 impl Prepared {
-    pub fn file_hash(&self) -> Result<FileHash> {
-        Ok(FileHash(
-            nix32::decode(&self.file_hash).context("spool record has a bad file hash")?,
-        ))
+    /// The file's name on the cache.
+    pub fn nar_file(&self, compression: Compression) -> NarFile {
+        NarFile {
+            file_hash: self.file_hash,
+            compression,
+        }
     }
 }
 
@@ -70,7 +72,7 @@ impl SpoolEntry {
             info.path.hash(),
             codec.compression.narinfo_name(),
             codec.level,
-            &nix32::encode(&info.nar_hash.0)[..12]
+            &info.nar_hash.nix32()[..12]
         );
         Self {
             data: spool.join(format!("{stem}.nar")),
@@ -153,7 +155,7 @@ pub fn prepare(
     }
     fs::rename(&partial, &entry.data)?;
     let record = Prepared {
-        file_hash: nix32::encode(&file_hash),
+        file_hash: Sha256(file_hash),
         file_size,
         upload: None,
     };

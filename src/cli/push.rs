@@ -27,10 +27,10 @@ use super::parallel;
 use super::pathinfo::{self, PathInfo};
 use super::progress::Reporter;
 use super::upload::{NarOutcome, NarUpload};
-use crate::core::nix::hash::Sha256;
 use crate::core::nix::keys::SecretKey;
+use crate::core::nix::nar_file::NarFile;
 use crate::core::nix::narinfo::NarInfo;
-use crate::core::route::{Compression, FileHash, Route};
+use crate::core::route::Route;
 
 pub struct PushOptions {
     pub cache: String,
@@ -277,7 +277,7 @@ impl Context<'_> {
 
     fn upload(&self, info: &PathInfo, prepared: &mut Prepared) -> Result<()> {
         let entry = SpoolEntry::new(&self.options.spool, info, &self.options.codec);
-        let nar = self.nar_route(prepared)?;
+        let nar = Route::Nar(prepared.nar_file(self.options.codec.compression));
         let log = |line: String| self.reporter.line(line);
         let outcome = NarUpload {
             client: self.client,
@@ -303,13 +303,6 @@ impl Context<'_> {
             info.path, prepared.file_size
         ));
         Ok(())
-    }
-
-    fn nar_route(&self, prepared: &Prepared) -> Result<Route> {
-        Ok(Route::Nar {
-            file_hash: prepared.file_hash()?,
-            compression: self.options.codec.compression,
-        })
     }
 
     /// Publishes each uploaded path's narinfo once all its references are published
@@ -368,17 +361,8 @@ impl Context<'_> {
 
     fn publish(&self, info: &PathInfo, prepared: &Prepared) -> Result<()> {
         let store_dir = &self.info.store_dir;
-        let nar = self.nar_route(prepared)?;
-        let FileHash(file_hash) = prepared.file_hash()?;
-        let narinfo = signed_narinfo(
-            info,
-            &nar,
-            self.options.codec.compression,
-            Sha256(file_hash),
-            prepared.file_size,
-            &self.options.key,
-            store_dir,
-        );
+        let nar = prepared.nar_file(self.options.codec.compression);
+        let narinfo = signed_narinfo(info, &nar, prepared.file_size, &self.options.key, store_dir);
         let path = Route::Narinfo(*info.path.hash()).to_string();
         let result = self.client.expect_success(
             "PUT",
@@ -409,9 +393,7 @@ impl Context<'_> {
 /// Nix already had, except an older one by a key of the same name).
 fn signed_narinfo(
     info: &PathInfo,
-    nar: &Route,
-    compression: Compression,
-    file_hash: Sha256,
+    nar: &NarFile,
     file_size: u64,
     key: &SecretKey,
     store_dir: &str,
@@ -420,14 +402,15 @@ fn signed_narinfo(
     references.sort_by_key(|r| r.to_string());
     let mut narinfo = NarInfo {
         store_path: info.path.clone(),
-        url: nar.to_string(),
-        compression: compression.narinfo_name().to_owned(),
-        file_hash: Some(file_hash),
+        url: nar.url(),
+        compression: nar.compression,
+        file_hash: Some(nar.file_hash),
         file_size: Some(file_size),
         nar_hash: info.nar_hash,
         nar_size: info.nar_size,
         references,
         deriver: info.deriver.clone(),
+        system: None,
         signatures: info
             .signatures
             .iter()
@@ -467,7 +450,9 @@ pub fn human(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::nix::hash::Sha256;
     use crate::core::nix::keys::PublicKey;
+    use crate::core::nix::nar_file::Compression;
 
     const SECRET: &str = "test-1:tXPUeHfVCPFDNdxXYtkOyQAJi0Cx6Irm0YuTzpGNciuVkrxO90WjrIQ6nUPvJCR4vDGuyEM8XWLAMnqk1fXEcQ==";
 
@@ -476,25 +461,16 @@ mod tests {
         let key: SecretKey = SECRET.parse().unwrap();
         let json = r#"[{"path":"/nix/store/9s6ymh891cip8bvxjfkb8qpx4dz0hdj7-nixflare-e2e-top","narHash":"sha256:0n9mkxv19xc62j57rr25lmy09nakpq6lncrrd964ga55620lpkhc","narSize":1670328,"references":["/nix/store/pv22kc2dhm5j5lyk2z2dkpj4xnhpx9ys-nixflare-e2e-leaf","/nix/store/anfizv71z26rnrvkpdwsc1f5wwyd9kw6-nixflare-e2e-middle"],"deriver":"/nix/store/h15vw3d8vjq21wraq1p08xcw6jby7s0c-nixflare-e2e-top.drv"}]"#;
         let info = &pathinfo::parse(json, "/nix/store").unwrap()[0];
-        let file_hash = Sha256([7; 32]);
-        let nar = Route::Nar {
-            file_hash: FileHash(file_hash.0),
+        let nar = NarFile {
+            file_hash: Sha256([7; 32]),
             compression: Compression::Zstd,
         };
-        let text = signed_narinfo(
-            info,
-            &nar,
-            Compression::Zstd,
-            file_hash,
-            99,
-            &key,
-            "/nix/store",
-        );
+        let text = signed_narinfo(info, &nar, 99, &key, "/nix/store");
         let parsed = NarInfo::parse(text.as_bytes(), "/nix/store").unwrap();
         let public: PublicKey = key.public_key();
         assert!(parsed.signed_by_any(&[public], "/nix/store"));
-        assert_eq!(parsed.compression, "zstd");
-        assert_eq!(parsed.url, nar.to_string());
+        assert_eq!(parsed.compression, Compression::Zstd);
+        assert_eq!(parsed.url, nar.url());
         // References sorted as Nix writes them.
         assert!(
             text.contains("References: anfizv71z26rnrvkpdwsc1f5wwyd9kw6-nixflare-e2e-middle pv22")

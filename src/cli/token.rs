@@ -34,7 +34,7 @@ pub fn parse_duration(text: &str) -> Result<u64> {
 
 pub fn mint(key: &Path, subject: String, permissions: &str, expires_at: u64) -> Result<()> {
     let key = read_secret_key(key)?;
-    let permissions = Permissions::parse_list(permissions).map_err(|e| anyhow!(e))?;
+    let permissions = Permissions::parse_list(permissions)?;
     let mut id = [0u8; 16];
     getrandom::fill(&mut id).map_err(|e| anyhow!("no randomness for the token id: {e}"))?;
     let claims = Claims {
@@ -81,7 +81,7 @@ pub fn revoke(cache: &str, admin_token: String, target: &str, attempts: u32) -> 
     let target = target.trim();
     let id: TokenId = match target.parse() {
         Ok(id) => id,
-        Err(()) => {
+        Err(_) => {
             token::decode_unverified(target)
                 .context("expected a token or a 32-hex token id")?
                 .id

@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod http;
+pub mod lower_hex;
 pub mod multipart;
 pub mod nix;
 pub mod publish;

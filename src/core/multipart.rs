@@ -22,7 +22,8 @@ use core::fmt;
 
 use thiserror::Error;
 
-use crate::core::route::{Compression, FileHash, Route};
+use crate::core::nix::nar_file::NarFile;
+use crate::core::route::Route;
 
 /// R2's smallest part (all but the last).
 pub const MIN_PART_BYTES: u64 = 5 * 1024 * 1024;
@@ -181,44 +182,23 @@ impl PartPlan {
     }
 }
 
-/// The staging key where the parts of `nar` are assembled.
-pub fn staging_key(file_hash: &FileHash, compression: Compression) -> String {
-    format!(
-        "{STAGING_PREFIX}{}",
-        Route::Nar {
-            file_hash: *file_hash,
-            compression
-        }
-    )
+/// The staging key where the parts of `nar` are assembled: the upload route's own path.
+pub fn staging_key(nar: &NarFile) -> String {
+    Route::Upload(*nar).to_string()
 }
 
 /// The marker of an open upload: `_nixflare/pending/<nar name>/<hex of upload id>`.
 /// Hex keeps any id byte out of the key's structure.
-pub fn pending_key(file_hash: &FileHash, compression: Compression, id: &UploadId) -> String {
-    format!(
-        "{PENDING_PREFIX}{file_hash}.nar{}/{}",
-        compression.extension(),
-        hex::encode(id.as_str())
-    )
+pub fn pending_key(nar: &NarFile, id: &UploadId) -> String {
+    format!("{PENDING_PREFIX}{nar}/{}", hex::encode(id.as_str()))
 }
 
-/// The staging key and upload id a marker stands for.
-pub fn parse_pending_key(key: &str) -> Option<(String, UploadId)> {
+/// The NAR and upload id a marker stands for.
+pub fn parse_pending_key(key: &str) -> Option<(NarFile, UploadId)> {
     let rest = key.strip_prefix(PENDING_PREFIX)?;
     let (name, id_hex) = rest.split_once('/')?;
-    let route = Route::parse(&format!("/nar/{name}"))?;
-    let Route::Nar {
-        file_hash,
-        compression,
-    } = route
-    else {
-        return None;
-    };
     let id = String::from_utf8(hex::decode(id_hex).ok()?).ok()?;
-    Some((
-        staging_key(&file_hash, compression),
-        UploadId::parse(&id).ok()?,
-    ))
+    Some((NarFile::parse(name)?, UploadId::parse(&id).ok()?))
 }
 
 /// Escapes `text` as a JSON string literal (for the worker's small JSON answers).
@@ -244,8 +224,8 @@ mod tests {
     const FILE_HASH: &str = "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73";
     const MIB: u64 = 1 << 20;
 
-    fn file_hash() -> FileHash {
-        FileHash(crate::core::nix::nix32::decode(FILE_HASH).unwrap())
+    fn nar() -> NarFile {
+        NarFile::parse(&format!("{FILE_HASH}.nar.zst")).unwrap()
     }
 
     #[test]
@@ -315,14 +295,14 @@ mod tests {
     #[test]
     fn pending_markers_name_their_upload() {
         let id = UploadId::parse("AbC+/=x").unwrap();
-        let key = pending_key(&file_hash(), Compression::Zstd, &id);
+        let key = pending_key(&nar(), &id);
         assert_eq!(
             key,
             format!("_nixflare/pending/{FILE_HASH}.nar.zst/4162432b2f3d78")
         );
-        let (staging, parsed) = parse_pending_key(&key).unwrap();
+        let (parsed_nar, parsed) = parse_pending_key(&key).unwrap();
         assert_eq!(
-            staging,
+            staging_key(&parsed_nar),
             format!("_nixflare/uploads/nar/{FILE_HASH}.nar.zst")
         );
         assert_eq!(parsed, id);

@@ -4,9 +4,9 @@
 use thiserror::Error;
 
 use crate::core::config::CacheConfig;
+use crate::core::nix::nar_file::{Compression, NarFile};
 use crate::core::nix::narinfo::{NarInfo, NarInfoError};
 use crate::core::nix::store_path::StorePathHash;
-use crate::core::route::{Compression, FileHash, Route};
 
 /// Largest narinfo accepted. Real ones are a few hundred bytes; a path with thousands
 /// of references stays well below this.
@@ -22,9 +22,9 @@ pub enum NarinfoRejection {
     HashMismatch { expected: String, found: String },
     #[error("narinfo URL must be nar/<filehash>.nar[.xz|.zst|.bz2|.br|.lz4|.lzip]")]
     NarUrl,
-    #[error("narinfo Compression {field:?} does not match its URL's extension {extension:?}")]
+    #[error("narinfo Compression {field} does not match its URL's extension {extension:?}")]
     Compression {
-        field: String,
+        field: Compression,
         extension: &'static str,
     },
     #[error("narinfo FileHash does not match the hash in its URL")]
@@ -40,7 +40,7 @@ pub enum NarinfoRejection {
 pub struct CheckedNarinfo {
     pub info: NarInfo,
     /// The NAR it points at, which must already be stored...
-    pub nar: Route,
+    pub nar: NarFile,
     /// ...with exactly this size, when the narinfo says.
     pub file_size: Option<u64>,
 }
@@ -58,23 +58,16 @@ pub fn check_narinfo(
             found: info.store_path.hash().to_string(),
         });
     }
-    let nar = Route::parse(&format!("/{}", info.url)).ok_or(NarinfoRejection::NarUrl)?;
-    let Route::Nar {
-        file_hash,
-        compression,
-    } = nar
-    else {
-        return Err(NarinfoRejection::NarUrl);
-    };
-    if info.compression != compression.narinfo_name() {
+    let nar = NarFile::parse_url(&info.url).ok_or(NarinfoRejection::NarUrl)?;
+    if info.compression != nar.compression {
         return Err(NarinfoRejection::Compression {
-            field: info.compression.clone(),
-            extension: compression.extension(),
+            field: info.compression,
+            extension: nar.compression.extension(),
         });
     }
     match info.file_hash {
-        Some(hash) if FileHash(hash.0) != file_hash => return Err(NarinfoRejection::FileHash),
-        None if compression == Compression::None && FileHash(info.nar_hash.0) != file_hash => {
+        Some(hash) if hash != nar.file_hash => return Err(NarinfoRejection::FileHash),
+        None if nar.compression == Compression::None && info.nar_hash != nar.file_hash => {
             return Err(NarinfoRejection::NarHash)
         }
         _ => {}
@@ -121,7 +114,7 @@ mod tests {
     fn accepts_a_nix_written_narinfo() {
         let checked = check(TOP).unwrap();
         assert_eq!(
-            checked.nar.storage_key().unwrap(),
+            checked.nar.url(),
             "nar/1ijb57b4fq0j7vvxgbxrl0bwranndf7nzc9xp03iq1d83alflb3w.nar.xz"
         );
         assert_eq!(checked.file_size, Some(14724));

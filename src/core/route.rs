@@ -11,69 +11,10 @@
 
 use core::fmt;
 
-use crate::core::nix::nix32;
+use crate::core::nix::hash::Sha256;
+use crate::core::nix::nar_file::NarFile;
 use crate::core::nix::store_path::{check_name, StorePathBaseName, StorePathHash};
 use crate::core::token::TokenId;
-
-/// How a NAR file is compressed, as named by its extension (Nix's `Compression:`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Compression {
-    None,
-    Xz,
-    Bzip2,
-    Zstd,
-    Brotli,
-    Lz4,
-    Lzip,
-}
-
-impl Compression {
-    /// All variants with their file extension (after `.nar`) and narinfo name.
-    const TABLE: [(Compression, &'static str, &'static str); 7] = [
-        (Compression::None, "", "none"),
-        (Compression::Xz, ".xz", "xz"),
-        (Compression::Bzip2, ".bz2", "bzip2"),
-        (Compression::Zstd, ".zst", "zstd"),
-        (Compression::Brotli, ".br", "br"),
-        (Compression::Lz4, ".lz4", "lz4"),
-        (Compression::Lzip, ".lzip", "lzip"),
-    ];
-
-    pub fn extension(self) -> &'static str {
-        Self::TABLE
-            .iter()
-            .find(|row| row.0 == self)
-            .map_or("", |row| row.1)
-    }
-
-    /// The value Nix writes in a narinfo's `Compression:` field.
-    pub fn narinfo_name(self) -> &'static str {
-        Self::TABLE
-            .iter()
-            .find(|row| row.0 == self)
-            .map_or("none", |row| row.2)
-    }
-
-    fn from_extension(ext: &str) -> Option<Self> {
-        Self::TABLE.iter().find(|row| row.1 == ext).map(|row| row.0)
-    }
-}
-
-/// SHA-256 of a (compressed) NAR file: the name of its object under `nar/`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FileHash(pub [u8; 32]);
-
-impl fmt::Display for FileHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&nix32::encode(&self.0))
-    }
-}
-
-impl fmt::Debug for FileHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "FileHash({self})")
-    }
-}
 
 /// A derivation's base name, `<hash>-<name>.drv`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,15 +68,12 @@ pub enum Route {
     /// `<hash>.ls`: a NAR listing (`write-nar-listing`).
     Listing(StorePathHash),
     /// `nar/<filehash>.nar[.ext]`
-    Nar {
-        file_hash: FileHash,
-        compression: Compression,
-    },
+    Nar(NarFile),
     /// `log/<drv>`: a build log (`nix store copy-log`).
     Log(DrvBaseName),
     /// `realisations/sha256:<hex>!<output>.doi` (Nix <= 2.34, Lix).
     Realisation {
-        drv_hash: [u8; 32],
+        drv_hash: Sha256,
         output: OutputName,
     },
     /// `build-trace-v2/<drv>/<output>.doi` (Nix >= 2.35).
@@ -149,10 +87,7 @@ pub enum Route {
     Revocation(TokenId),
     /// `_nixflare/uploads/nar/<filehash>.nar[.ext]`: a multipart NAR upload
     /// (`crate::core::multipart`); its storage key is the never-served staging object.
-    Upload {
-        file_hash: FileHash,
-        compression: Compression,
-    },
+    Upload(NarFile),
     /// `_nixflare/info`: JSON for clients (limits, keys). Not a Nix file.
     Info,
     /// `_nixflare/whoami`: what the worker makes of the request's token.
@@ -234,16 +169,7 @@ impl Route {
                 id.parse().ok().map(Route::Revocation)
             }
             [top, dir, nar, file] if top == "_nixflare" && dir == "uploads" && nar == "nar" => {
-                match Self::parse_in_dir(nar, file)? {
-                    Route::Nar {
-                        file_hash,
-                        compression,
-                    } => Some(Route::Upload {
-                        file_hash,
-                        compression,
-                    }),
-                    _ => None,
-                }
+                NarFile::parse(file).map(Route::Upload)
             }
             _ => None,
         }
@@ -267,19 +193,13 @@ impl Route {
 
     fn parse_in_dir(dir: &str, file: &str) -> Option<Route> {
         match dir {
-            "nar" => {
-                let (hash, ext) = file.split_once(".nar")?;
-                Some(Route::Nar {
-                    file_hash: FileHash(nix32::decode(hash).ok()?),
-                    compression: Compression::from_extension(ext)?,
-                })
-            }
+            "nar" => NarFile::parse(file).map(Route::Nar),
             "log" => DrvBaseName::parse(file).map(Route::Log),
             "realisations" => {
                 let id = file.strip_suffix(".doi")?;
                 let (hash, output) = id.split_once('!')?;
                 Some(Route::Realisation {
-                    drv_hash: decode_lower_hex(hash.strip_prefix("sha256:")?)?,
+                    drv_hash: Sha256::from_lower_hex(hash.strip_prefix("sha256:")?)?,
                     output: OutputName::parse(output)?,
                 })
             }
@@ -298,13 +218,13 @@ impl Route {
             Route::PublicKeys => Kind::PublicKeys,
             Route::LandingPage => Kind::Page,
             Route::Narinfo(_) => Kind::Narinfo,
-            Route::Nar { .. } => Kind::Nar,
+            Route::Nar(_) => Kind::Nar,
             Route::Listing(_)
             | Route::Realisation { .. }
             | Route::BuildTrace { .. }
             | Route::DebugInfo(_) => Kind::Json,
             Route::Log(_) => Kind::Log,
-            Route::Revocation(_) | Route::Upload { .. } => Kind::Internal,
+            Route::Revocation(_) | Route::Upload(_) => Kind::Internal,
             Route::Info | Route::Whoami => Kind::Api,
         }
     }
@@ -332,27 +252,19 @@ impl fmt::Display for Route {
             Route::LandingPage => Ok(()),
             Route::Narinfo(hash) => write!(f, "{hash}.narinfo"),
             Route::Listing(hash) => write!(f, "{hash}.ls"),
-            Route::Nar {
-                file_hash,
-                compression,
-            } => write!(f, "nar/{file_hash}.nar{}", compression.extension()),
+            Route::Nar(file) => write!(f, "{}{file}", NarFile::DIR),
             Route::Log(drv) => write!(f, "log/{drv}"),
             Route::Realisation { drv_hash, output } => {
-                let mut hex = [0u8; 64];
-                hex::encode_to_slice(drv_hash, &mut hex).map_err(|_| fmt::Error)?;
-                let hex = core::str::from_utf8(&hex).map_err(|_| fmt::Error)?;
-                write!(f, "realisations/sha256:{hex}!{output}.doi")
+                write!(
+                    f,
+                    "realisations/sha256:{}!{output}.doi",
+                    drv_hash.lower_hex()
+                )
             }
             Route::BuildTrace { drv, output } => write!(f, "build-trace-v2/{drv}/{output}.doi"),
             Route::DebugInfo(id) => write!(f, "debuginfo/{id}"),
             Route::Revocation(id) => write!(f, "_nixflare/revocations/{id}"),
-            Route::Upload {
-                file_hash,
-                compression,
-            } => f.write_str(&crate::core::multipart::staging_key(
-                file_hash,
-                *compression,
-            )),
+            Route::Upload(file) => write!(f, "_nixflare/uploads/{}{file}", NarFile::DIR),
             Route::Info => f.write_str("_nixflare/info"),
             Route::Whoami => f.write_str("_nixflare/whoami"),
         }
@@ -382,16 +294,6 @@ fn percent_decode(segment: &str) -> Option<String> {
         return None;
     }
     String::from_utf8(out).ok()
-}
-
-/// Lowercase hex only: Nix prints lowercase, and one spelling keeps keys canonical.
-pub(crate) fn decode_lower_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
-    if text.bytes().any(|b| b.is_ascii_uppercase()) {
-        return None;
-    }
-    let mut out = [0u8; N];
-    hex::decode_to_slice(text, &mut out).ok()?;
-    Some(out)
 }
 
 #[cfg(test)]
@@ -533,12 +435,15 @@ mod tests {
     }
 
     #[test]
-    fn compression_names() {
+    fn nar_routes_carry_the_file() {
         let route = Route::parse(&format!("/nar/{FILE_HASH}.nar.zst")).unwrap();
-        let Route::Nar { compression, .. } = route else {
+        let Route::Nar(file) = route else {
             panic!("not a NAR route")
         };
-        assert_eq!(compression.narinfo_name(), "zstd");
-        assert_eq!(Compression::None.extension(), "");
+        assert_eq!(
+            file.compression,
+            crate::core::nix::nar_file::Compression::Zstd
+        );
+        assert_eq!(file.file_hash.nix32(), FILE_HASH);
     }
 }

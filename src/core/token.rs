@@ -67,6 +67,14 @@ pub enum TokenError {
     Expired,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("unknown permission {0:?} (read, write, overwrite, delete, revoke)")]
+pub struct UnknownPermission(pub String);
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("a token id is 32 lowercase hex digits")]
+pub struct BadTokenId;
+
 /// A permission set.
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
 pub struct Permissions(u8);
@@ -99,8 +107,8 @@ impl Permissions {
         Permissions(self.0 | other.0)
     }
 
-    /// Parses a comma-separated list such as `read,write`.
-    pub fn parse_list(text: &str) -> Result<Permissions, String> {
+    /// Parses a comma-separated list such as `read,write` (what `Display` writes).
+    pub fn parse_list(text: &str) -> Result<Permissions, UnknownPermission> {
         text.split(',')
             .map(str::trim)
             .filter(|name| !name.is_empty())
@@ -109,11 +117,7 @@ impl Permissions {
                     .iter()
                     .find(|(_, n)| *n == name)
                     .map(|(p, _)| acc.union(*p))
-                    .ok_or_else(|| {
-                        format!(
-                            "unknown permission {name:?} (read, write, overwrite, delete, revoke)"
-                        )
-                    })
+                    .ok_or_else(|| UnknownPermission(name.to_owned()))
             })
     }
 }
@@ -154,11 +158,11 @@ impl fmt::Debug for TokenId {
 }
 
 impl core::str::FromStr for TokenId {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        crate::core::route::decode_lower_hex(s)
+    type Err = BadTokenId;
+    fn from_str(s: &str) -> Result<Self, BadTokenId> {
+        crate::core::lower_hex::decode(s)
             .map(TokenId)
-            .ok_or(())
+            .ok_or(BadTokenId)
     }
 }
 
@@ -247,9 +251,21 @@ fn decode(token: &str) -> Result<(Claims, Vec<u8>, [u8; 64]), TokenError> {
     Ok((claims, payload.to_vec(), sig))
 }
 
+/// Claims whose token passed [`verify`]: signed by a trusted key and unexpired. Only
+/// `verify` makes one, so a value of this type is proof of the check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedToken(Claims);
+
+impl core::ops::Deref for VerifiedToken {
+    type Target = Claims;
+    fn deref(&self) -> &Claims {
+        &self.0
+    }
+}
+
 /// Checks signature (against any of `keys`) and expiry; revocation is the caller's
 /// job (it needs storage).
-pub fn verify(token: &str, keys: &[PublicKey], now_unix: u64) -> Result<Claims, TokenError> {
+pub fn verify(token: &str, keys: &[PublicKey], now_unix: u64) -> Result<VerifiedToken, TokenError> {
     let (claims, payload, signature) = decode(token)?;
     let message = [DOMAIN, &payload].concat();
     if !keys
@@ -261,7 +277,7 @@ pub fn verify(token: &str, keys: &[PublicKey], now_unix: u64) -> Result<Claims, 
     if now_unix >= claims.expires_at {
         return Err(TokenError::Expired);
     }
-    Ok(claims)
+    Ok(VerifiedToken(claims))
 }
 
 /// The token in an `Authorization` header: `Bearer <token>`, or Basic with the token
@@ -309,7 +325,10 @@ mod tests {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
         let keys = [admin().public_key()];
-        assert_eq!(verify(&token, &keys, 1_900_000_000), Ok(claims()));
+        assert_eq!(
+            verify(&token, &keys, 1_900_000_000).map(|v| v.0),
+            Ok(claims())
+        );
         assert_eq!(decode_unverified(&token), Ok(claims()));
     }
 
@@ -321,7 +340,7 @@ mod tests {
             verify(&token, &keys, 2_000_000_000),
             Err(TokenError::Expired)
         );
-        let other = SecretKey::generate("other").unwrap();
+        let other = SecretKey::from_seed("other", [9; 32]).unwrap();
         assert_eq!(
             verify(&token, &[other.public_key()], 0),
             Err(TokenError::Signature)
@@ -401,7 +420,10 @@ mod tests {
         assert!(p.contains(Permissions::WRITE) && p.contains(Permissions::DELETE));
         assert!(!p.contains(Permissions::OVERWRITE));
         assert_eq!(p.to_string(), "read,write,delete");
-        assert!(Permissions::parse_list("root").is_err());
+        assert_eq!(
+            Permissions::parse_list("read,root"),
+            Err(UnknownPermission("root".into()))
+        );
     }
 
     #[test]
@@ -409,7 +431,7 @@ mod tests {
         let id: TokenId = "07070707070707070707070707070707".parse().unwrap();
         assert_eq!(id, TokenId([7; 16]));
         assert_eq!(id.to_string(), "07070707070707070707070707070707");
-        assert!("0707".parse::<TokenId>().is_err());
+        assert_eq!("0707".parse::<TokenId>(), Err(BadTokenId));
         assert!("0707070707070707070707070707070G"
             .parse::<TokenId>()
             .is_err());

@@ -49,16 +49,10 @@ async fn handle(req: Request, env: &Env, head_only: bool) -> Result<Response, Ed
     // Routing first: a path that does not parse never reaches storage.
     let route = Route::parse(&path).ok_or(EdgeError::NotFound)?;
     match (req.method(), &route) {
-        (
-            Method::Post | Method::Put | Method::Delete,
-            &Route::Upload {
-                file_hash,
-                compression,
-            },
-        ) => {
+        (Method::Post | Method::Put | Method::Delete, &Route::Upload(nar)) => {
             let config = config(env)?;
             let bucket = env.bucket(BUCKET_BINDING)?;
-            multipart::handle(req, file_hash, compression, &config, &bucket).await
+            multipart::handle(req, nar, &config, &bucket).await
         }
         (Method::Get | Method::Head, Route::Whoami) => {
             let config = config(env)?;

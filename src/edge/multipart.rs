@@ -17,7 +17,9 @@ use crate::core::multipart::{
     json_string, parse_part_list, parse_part_number, pending_key, staging_key, UploadId,
     MAX_OBJECT_BYTES, MAX_PART_LIST_BYTES, PENDING_PREFIX, STAGING_PREFIX,
 };
-use crate::core::route::{Compression, FileHash, Kind, Route};
+use crate::core::nix::hash::Sha256;
+use crate::core::nix::nar_file::NarFile;
+use crate::core::route::{Kind, Route};
 use crate::core::token::Permissions;
 
 /// What a request under `/_nixflare/uploads/nar/<name>` asks for (S3's query shapes).
@@ -60,19 +62,14 @@ fn bad(err: impl ToString) -> EdgeError {
 
 pub async fn handle(
     mut req: Request,
-    file_hash: FileHash,
-    compression: Compression,
+    nar: NarFile,
     config: &CacheConfig,
     bucket: &Bucket,
 ) -> Result<Response, EdgeError> {
     let action = action(&req)?;
     let claims = authorize(&req, config, bucket, Permissions::WRITE).await?;
-    let nar_key = Route::Nar {
-        file_hash,
-        compression,
-    }
-    .to_string();
-    let staging = staging_key(&file_hash, compression);
+    let nar_key = Route::Nar(nar).to_string();
+    let staging = staging_key(&nar);
     let response = match action {
         Action::Create => {
             if bucket.head(&nar_key).await?.is_some() {
@@ -85,7 +82,7 @@ pub async fn handle(
                 ))
             })?;
             bucket
-                .put(pending_key(&file_hash, compression, &id), Data::Empty)
+                .put(pending_key(&nar, &id), Data::Empty)
                 .execute()
                 .await?;
             console_log!("multipart /{nar_key} started by {}", claims.subject);
@@ -117,7 +114,7 @@ pub async fn handle(
             let list = small_body(&mut req, MAX_PART_LIST_BYTES, "a part list").await?;
             let list = core::str::from_utf8(&list).map_err(|_| bad("part list is not UTF-8"))?;
             let parts = parse_part_list(list).map_err(bad)?;
-            let pending = pending_key(&file_hash, compression, &id);
+            let pending = pending_key(&nar, &id);
             let upload = bucket.resume_multipart_upload(&staging, id.as_str())?;
             if bucket.head(&nar_key).await?.is_some() {
                 // Someone else published these bytes meanwhile: drop ours.
@@ -130,16 +127,14 @@ pub async fn handle(
                 .map(|p| UploadedPart::new(p.number, p.etag));
             upload.complete(receipts).await.map_err(r2_refusal)?;
             bucket.delete(&pending).await?;
-            publish(bucket, &staging, &nar_key, &file_hash).await?;
+            publish(bucket, &staging, &nar_key, &nar.file_hash).await?;
             console_log!("multipart /{nar_key} completed by {}", claims.subject);
             Stored::Created.into_response()?
         }
         Action::Abort { id } => {
             let upload = bucket.resume_multipart_upload(&staging, id.as_str())?;
             upload.abort().await.map_err(r2_refusal)?;
-            bucket
-                .delete(pending_key(&file_hash, compression, &id))
-                .await?;
+            bucket.delete(pending_key(&nar, &id)).await?;
             Response::empty()?.with_status(204)
         }
     };
@@ -158,7 +153,7 @@ async fn publish(
     bucket: &Bucket,
     staging: &str,
     nar_key: &str,
-    file_hash: &FileHash,
+    file_hash: &Sha256,
 ) -> Result<(), EdgeError> {
     let Some(staged) = bucket.head(staging).await? else {
         // A concurrent completion of the same NAR moved it already.
@@ -279,7 +274,8 @@ pub async fn clean_up(bucket: &Bucket, config: &CacheConfig, now_ms: u64) -> Res
     let cutoff = now_ms.saturating_sub(config.abandoned_upload_seconds.saturating_mul(1000));
     let mut aborted = 0;
     for marker in list_older_than(bucket, PENDING_PREFIX, cutoff).await? {
-        if let Some((staging, id)) = crate::core::multipart::parse_pending_key(&marker) {
+        if let Some((nar, id)) = crate::core::multipart::parse_pending_key(&marker) {
+            let staging = staging_key(&nar);
             // Already completed or expired in R2: nothing to abort, the marker still goes.
             if let Ok(upload) = bucket.resume_multipart_upload(&staging, id.as_str()) {
                 let _ = upload.abort().await;

@@ -8,14 +8,14 @@ use super::error::EdgeError;
 use crate::core::config::CacheConfig;
 use crate::core::publish::{self, MAX_JSON_BYTES, MAX_NARINFO_BYTES};
 use crate::core::route::{Kind, Route};
-use crate::core::token::{self, Claims, Permissions};
+use crate::core::token::{self, Permissions, VerifiedToken};
 
 /// Routes that take writes, and what each accepts (for 405's Allow header).
 pub fn allowed_methods(route: &Route) -> &'static str {
     match route {
-        Route::Narinfo(_) | Route::Nar { .. } => "GET, HEAD, PUT, DELETE",
+        Route::Narinfo(_) | Route::Nar(_) => "GET, HEAD, PUT, DELETE",
         Route::Revocation(_) => "PUT",
-        Route::Upload { .. } => "POST, PUT, DELETE",
+        Route::Upload(_) => "POST, PUT, DELETE",
         Route::Info | Route::Whoami => "GET, HEAD",
         Route::PublicKeys | Route::LandingPage => "GET, HEAD",
         _ => "GET, HEAD, PUT",
@@ -36,7 +36,7 @@ pub async fn handle(
         (Method::Put, Route::PublicKeys | Route::LandingPage) => return Err(not_allowed()),
         (Method::Put, Route::Revocation(_)) => Permissions::REVOKE,
         (Method::Put, _) => Permissions::WRITE,
-        (Method::Delete, Route::Narinfo(_) | Route::Nar { .. }) => Permissions::DELETE,
+        (Method::Delete, Route::Narinfo(_) | Route::Nar(_)) => Permissions::DELETE,
         _ => return Err(not_allowed()),
     };
     let claims = authorize(&req, config, bucket, needed).await?;
@@ -47,7 +47,7 @@ pub async fn handle(
             Stored::Deleted
         }
         (Method::Put, Route::CacheInfo, _) => Stored::Unchanged, // Nix PUTs it when it sees none; ours is config.
-        (Method::Put, Route::Nar { file_hash, .. }, Some(key)) => {
+        (Method::Put, Route::Nar(nar), Some(key)) => {
             let body = stream_body(&req, config.max_request_bytes, "a NAR in one request")?;
             if bucket.head(&key).await?.is_some() {
                 // Named by its SHA-256: what is stored is already these bytes.
@@ -56,7 +56,7 @@ pub async fn handle(
                 // R2 hashes the stream and refuses a mismatch: no hashing in wasm.
                 bucket
                     .put(&key, Data::ReadableStream(body))
-                    .sha256(file_hash.0.to_vec())
+                    .sha256(nar.file_hash.0.to_vec())
                     .execute()
                     .await
                     .map_err(|err| {
@@ -69,7 +69,7 @@ pub async fn handle(
             let bytes = small_body(&mut req, MAX_NARINFO_BYTES, "a narinfo").await?;
             let checked = publish::check_narinfo(&bytes, hash, config)
                 .map_err(|e| EdgeError::BadRequest(e.to_string()))?;
-            let nar_key = checked.nar.storage_key().unwrap_or_default();
+            let nar_key = Route::Nar(checked.nar).to_string();
             let nar = bucket.head(&nar_key).await?.ok_or_else(|| {
                 EdgeError::BadRequest(format!(
                     "{nar_key} is not in the cache: upload the NAR first"
@@ -150,7 +150,7 @@ pub(super) async fn authorize(
     config: &CacheConfig,
     bucket: &Bucket,
     needed: Permissions,
-) -> Result<Claims, EdgeError> {
+) -> Result<VerifiedToken, EdgeError> {
     let header = req.headers().get("Authorization")?.ok_or_else(|| {
         EdgeError::Unauthorized(
             "a token is required (Authorization: Bearer TOKEN, or the token as netrc password)"
@@ -254,7 +254,7 @@ async fn put_unless_different(
     bucket: &Bucket,
     key: &str,
     bytes: Vec<u8>,
-    claims: &Claims,
+    claims: &VerifiedToken,
 ) -> Result<Stored, EdgeError> {
     if let Some(existing) = bucket.get(key).execute().await? {
         let old = existing

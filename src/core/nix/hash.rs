@@ -22,8 +22,40 @@ pub enum HashError {
     Digest,
 }
 
+/// A SHA-256 digest: what names a NAR file (FileHash), what a narinfo's NarHash is,
+/// what a realisation id holds. One type, whatever it hashes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Sha256(pub [u8; 32]);
+
+impl Sha256 {
+    /// The bare nix32 digest (52 characters), as in a NAR file name.
+    pub fn nix32(&self) -> String {
+        nix32::encode(&self.0)
+    }
+
+    /// The bare lowercase hex digest (64 characters), as in a realisation id.
+    pub fn lower_hex(&self) -> String {
+        crate::core::lower_hex::encode(&self.0)
+    }
+
+    pub fn from_lower_hex(text: &str) -> Option<Self> {
+        crate::core::lower_hex::decode(text).map(Sha256)
+    }
+}
+
+// Serialized as its canonical text, `sha256:<nix32>` (read back in any spelling).
+impl serde::Serialize for Sha256 {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Sha256 {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 impl FromStr for Sha256 {
     type Err = HashError;

@@ -33,6 +33,8 @@ pub enum KeyError {
     },
     #[error("secret key's public half does not match its seed")]
     Inconsistent,
+    #[error("key name must be non-empty, without ':' or white space")]
+    Name,
 }
 
 /// Splits `name:base64` and decodes the base64 into exactly `N` bytes.
@@ -118,16 +120,16 @@ pub struct SecretKey {
 }
 
 impl SecretKey {
-    /// A fresh key from the OS's entropy source (native builds only: the worker
-    /// never makes keys).
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn generate(name: &str) -> Result<Self, KeyError> {
-        if name.is_empty() {
-            return Err(KeyError::EmptyName { kind: "key name" });
+    /// The key whose ed25519 seed is `seed`. Key generation (`nixflare keygen`) supplies
+    /// 32 random bytes; the core itself never needs entropy.
+    pub fn from_seed(name: &str, seed: [u8; 32]) -> Result<Self, KeyError> {
+        // Nix splits key text at the first ':', and key names sit in nix.conf lists.
+        if name.is_empty() || name.contains(':') || name.chars().any(char::is_whitespace) {
+            return Err(KeyError::Name);
         }
         Ok(Self {
             name: name.to_owned(),
-            key: ed25519_compact::KeyPair::generate().sk,
+            key: ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new(seed)).sk,
         })
     }
 
@@ -253,11 +255,24 @@ mod tests {
     }
 
     #[test]
-    fn generated_keys_work() {
-        let secret = SecretKey::generate("gen-1").unwrap();
+    fn keys_from_a_seed_work() {
+        let secret = SecretKey::from_seed("gen-1", [7; 32]).unwrap();
         let reparsed: SecretKey = secret.to_nix_text().parse().unwrap();
         assert_eq!(reparsed.public_key(), secret.public_key());
-        assert!(SecretKey::generate("").is_err());
+        // Nix's layout: the seed, then the public half.
+        let nix: SecretKey = SECRET.parse().unwrap();
+        let seed: [u8; 32] = nix.key.seed().as_ref().try_into().unwrap();
+        assert_eq!(
+            SecretKey::from_seed("test-1", seed).unwrap().to_nix_text(),
+            SECRET
+        );
+        for bad in ["", "a:b", "a b", "a\tb"] {
+            assert_eq!(
+                SecretKey::from_seed(bad, [7; 32]).err(),
+                Some(KeyError::Name),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod hash;
 pub mod keys;
+pub mod nar_file;
 pub mod narinfo;
 pub mod nix32;
 pub mod store_path;

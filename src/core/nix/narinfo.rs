@@ -15,6 +15,7 @@ use thiserror::Error;
 
 use super::hash::Sha256;
 use super::keys::{PublicKey, Signature};
+use super::nar_file::Compression;
 use super::store_path::StorePathBaseName;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -42,14 +43,17 @@ fn invalid(field: &'static str, reason: impl ToString) -> NarInfoError {
 pub struct NarInfo {
     pub store_path: StorePathBaseName,
     pub url: String,
-    /// As written; `bzip2` when absent (Nix's historical default).
-    pub compression: String,
+    /// `bzip2` when absent (Nix's historical default).
+    pub compression: Compression,
     pub file_hash: Option<Sha256>,
     pub file_size: Option<u64>,
     pub nar_hash: Sha256,
     pub nar_size: u64,
     pub references: Vec<StorePathBaseName>,
     pub deriver: Option<StorePathBaseName>,
+    /// The platform the path was built for; Nix reads it and writes it back, nothing
+    /// checks it.
+    pub system: Option<String>,
     pub signatures: Vec<Signature>,
     /// Content address (`fixed:…`, `text:…`): such paths need no signature.
     pub ca: Option<String>,
@@ -119,7 +123,11 @@ impl NarInfo {
         Ok(NarInfo {
             store_path,
             url: url.to_owned(),
-            compression: get("Compression").unwrap_or("bzip2").to_owned(),
+            compression: match get("Compression") {
+                None => Compression::Bzip2,
+                Some(name) => Compression::from_narinfo_name(name)
+                    .ok_or_else(|| invalid("Compression", format!("{name:?} is not supported")))?,
+            },
             file_hash: get("FileHash")
                 .map(|h| h.parse().map_err(|e| invalid("FileHash", e)))
                 .transpose()?,
@@ -135,6 +143,7 @@ impl NarInfo {
                 .filter(|d| !d.is_empty())
                 .map(|d| d.parse().map_err(|e| invalid("Deriver", e)))
                 .transpose()?,
+            system: get("System").filter(|s| !s.is_empty()).map(str::to_owned),
             signatures,
             ca: get("CA").filter(|ca| !ca.is_empty()).map(str::to_owned),
         })
@@ -184,6 +193,9 @@ impl NarInfo {
         );
         if let Some(deriver) = &self.deriver {
             let _ = writeln!(out, "Deriver: {deriver}");
+        }
+        if let Some(system) = &self.system {
+            let _ = writeln!(out, "System: {system}");
         }
         for sig in &self.signatures {
             let _ = writeln!(out, "Sig: {sig}");
@@ -248,7 +260,7 @@ mod tests {
             top.store_path.to_string(),
             "9s6ymh891cip8bvxjfkb8qpx4dz0hdj7-nixflare-e2e-top"
         );
-        assert_eq!(top.compression, "xz");
+        assert_eq!(top.compression, Compression::Xz);
         assert_eq!(top.file_size, Some(14724));
         assert_eq!(top.nar_size, 1670328);
         assert_eq!(top.references.len(), 2);
@@ -309,7 +321,9 @@ mod tests {
             let info = NarInfo::parse(text.replacen(from, to, 1).as_bytes(), STORE).unwrap();
             assert!(!info.signed_by_any(&[key()], STORE), "{from} -> {to}");
         }
-        let other = SecretKey::generate("test-1").unwrap().public_key();
+        let other = SecretKey::from_seed("test-1", [9; 32])
+            .unwrap()
+            .public_key();
         let info = NarInfo::parse(TOP, STORE).unwrap();
         assert!(!info.signed_by_any(&[other], STORE), "same name, other key");
     }
