@@ -55,16 +55,13 @@ fn default_netrc_files() -> Vec<PathBuf> {
     files
 }
 
-/// `host` or `host:port` of a URL (netrc machines are host names; curl matches the
-/// host without the port).
+/// The host of a URL, without port or credentials (netrc machines are host names; curl
+/// matches the host without the port). Empty when the URL does not parse.
 pub fn host_of(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
-    match authority.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host.to_owned(),
-        _ => authority.to_owned(),
-    }
+    url.parse::<ureq::http::Uri>()
+        .ok()
+        .and_then(|uri| uri.host().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// The password of `machine host` (or of `default`) in netrc text.

@@ -1,5 +1,6 @@
 //! HTTP to a nixflare cache: one connection pool, the token, retries with backoff for
-//! what is worth retrying, and an optional upload rate limit.
+//! what is worth retrying, and an optional upload rate limit. The typed endpoints built
+//! on this are in `endpoints.rs`.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -8,21 +9,15 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _, Result};
+use ureq::http::Uri;
 use ureq::{Agent, SendBody};
 
-/// `/_nixflare/info`: what a client needs to know about a cache.
-#[derive(Debug, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CacheInfo {
-    pub store_dir: String,
-    pub max_request_bytes: u64,
-    pub public_keys: Vec<String>,
-}
+use crate::core::http::Method;
 
 /// A refusal or failure reported by the cache: status and its one-line reason.
 #[derive(Debug)]
 pub struct HttpError {
-    pub method: &'static str,
+    pub method: Method,
     pub path: String,
     pub status: u16,
     pub reason: String,
@@ -30,7 +25,7 @@ pub struct HttpError {
 
 impl HttpError {
     /// The refusal in `reply` to `method path` (the query string left out).
-    pub fn new(method: &'static str, path: &str, reply: &Reply) -> Self {
+    pub fn new(method: Method, path: &str, reply: &Reply) -> Self {
         Self {
             method,
             path: path.split('?').next().unwrap_or(path).to_owned(),
@@ -42,7 +37,13 @@ impl HttpError {
 
 impl std::fmt::Display for HttpError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} /{}: {}", self.method, self.path, self.reason)
+        write!(
+            f,
+            "{} /{}: {}",
+            self.method.as_str(),
+            self.path,
+            self.reason
+        )
     }
 }
 
@@ -123,7 +124,7 @@ impl Client {
     /// 5xx but 501/505) with exponential backoff. `path` is relative to the cache URL.
     pub fn send(
         &self,
-        method: &'static str,
+        method: Method,
         path: &str,
         content_type: Option<&str>,
         body: Body<'_>,
@@ -136,7 +137,8 @@ impl Client {
                 Ok(reply) if retryable_status(reply.status) && !last => {}
                 Ok(reply) => return Ok(reply),
                 Err(err) if last || !retryable_transport(&err) => {
-                    return Err(err).with_context(|| format!("{method} {}", redact(&url)));
+                    return Err(err)
+                        .with_context(|| format!("{} {}", method.as_str(), redact(&url)));
                 }
                 Err(_) => {}
             }
@@ -149,7 +151,7 @@ impl Client {
     /// Like [`send`](Self::send), but any status outside 2xx is an [`HttpError`].
     pub fn expect_success(
         &self,
-        method: &'static str,
+        method: Method,
         path: &str,
         content_type: Option<&str>,
         body: Body<'_>,
@@ -161,47 +163,33 @@ impl Client {
         Err(HttpError::new(method, path, &reply).into())
     }
 
-    /// Fetches `/_nixflare/info`; the first request to a cache, so its errors say
-    /// whether the cache is reachable and is a nixflare cache at all.
-    pub fn cache_info(&self) -> Result<CacheInfo> {
-        let reply = self
-            .send("GET", "_nixflare/info", None, Body::Empty)
-            .with_context(|| format!("cannot reach the cache at {}", self.base))?;
-        if reply.status != 200 {
-            anyhow::bail!(
-                "{} does not answer like a nixflare cache (GET /_nixflare/info: HTTP {})",
-                self.base,
-                reply.status
-            );
-        }
-        serde_json::from_str(&reply.body).context("the cache's /_nixflare/info is not JSON")
-    }
-
     /// True if `path` exists (HEAD answers 200), false on 404.
     pub fn exists(&self, path: &str) -> Result<bool> {
-        let reply = self.send("HEAD", path, None, Body::Empty)?;
+        let reply = self.send(Method::Head, path, None, Body::Empty)?;
         match reply.status {
             200 => Ok(true),
             404 => Ok(false),
-            _ => Err(HttpError::new("HEAD", path, &reply).into()),
+            _ => Err(HttpError::new(Method::Head, path, &reply).into()),
         }
     }
 
     fn attempt(
         &self,
-        method: &'static str,
+        method: Method,
         url: &str,
         content_type: Option<&str>,
         body: &Body<'_>,
     ) -> Result<Reply, ureq::Error> {
-        let mut builder = ureq::http::Request::builder().method(method).uri(url);
+        let mut builder = ureq::http::Request::builder()
+            .method(method.as_str())
+            .uri(url);
         if let Some(token) = &self.token {
             builder = builder.header("Authorization", format!("Bearer {token}"));
         }
         if let Some(content_type) = content_type {
             builder = builder.header("Content-Type", content_type);
         }
-        let has_body = !matches!(method, "GET" | "HEAD");
+        let has_body = !matches!(method, Method::Get | Method::Head);
         if has_body {
             builder = builder.header("Content-Length", body.length());
         }
@@ -229,7 +217,7 @@ impl Client {
             }
         };
         let status = response.status().as_u16();
-        let body = if method == "HEAD" {
+        let body = if method == Method::Head {
             String::new()
         } else {
             response.into_body().read_to_string().unwrap_or_default()
@@ -265,11 +253,21 @@ fn reason_line(status: u16, body: &str) -> String {
     }
 }
 
-/// `user:password@` in a URL is replaced, so credentials never reach output.
+/// `user:password@` in a URL is replaced, so credentials never reach output; a URL
+/// that does not parse is not printed at all.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(scheme), Some(at)) if at > scheme && !url[scheme + 3..at].contains('/') => {
-            format!("{}://<redacted>@{}", &url[..scheme], &url[at + 1..])
+    let Ok(uri) = url.parse::<Uri>() else {
+        return "<unparsable URL>".to_owned();
+    };
+    match uri.authority() {
+        Some(authority) if authority.as_str().contains('@') => {
+            let port = authority
+                .port()
+                .map(|p| format!(":{p}"))
+                .unwrap_or_default();
+            let path = uri.path_and_query().map_or("", |p| p.as_str());
+            let scheme = uri.scheme_str().unwrap_or("https");
+            format!("{scheme}://<redacted>@{}{port}{path}", authority.host())
         }
         _ => url.to_owned(),
     }
@@ -381,6 +379,11 @@ mod tests {
             redact("https://cache.example/a@b"),
             "https://cache.example/a@b"
         );
+        assert_eq!(
+            redact("http://u:p@127.0.0.1:8787/x?y=1"),
+            "http://<redacted>@127.0.0.1:8787/x?y=1"
+        );
+        assert_eq!(redact("http://u:p@ bad"), "<unparsable URL>");
     }
 
     #[test]

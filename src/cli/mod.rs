@@ -4,6 +4,7 @@
 
 mod auth;
 mod client;
+mod endpoints;
 mod keygen;
 mod nar;
 mod parallel;

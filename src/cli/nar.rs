@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256 as Sha256Hasher};
 
 use super::pathinfo::PathInfo;
+use crate::core::multipart::UploadId;
 use crate::core::nix::hash::Sha256;
 use crate::core::nix::nar_file::{Compression, NarFile};
 
@@ -42,7 +43,7 @@ pub struct Prepared {
 pub struct OpenUpload {
     /// The cache it was opened on: never resumed against another.
     pub cache: String,
-    pub upload_id: String,
+    pub upload_id: UploadId,
     pub part_size: u64,
     /// ETag per part, `None` until that part is acknowledged.
     pub etags: Vec<Option<String>>,

@@ -4,10 +4,9 @@
 use std::io::IsTerminal as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::pathinfo::PathInfo;
-use super::push::human;
 
 enum Mode {
     Quiet,
@@ -68,7 +67,7 @@ impl Reporter {
                 compress.set_length(nar_bytes);
                 publish.set_length(paths as u64);
             }
-            Mode::Lines => eprintln!("pushing {paths} paths ({} of NARs)", human(nar_bytes)),
+            Mode::Lines => eprintln!("pushing {paths} paths ({} of NARs)", HumanBytes(nar_bytes)),
             Mode::Quiet => {}
         }
     }
@@ -84,8 +83,8 @@ impl Reporter {
             Mode::Lines => eprintln!(
                 "{}: compressed {} to {}",
                 info.path,
-                human(info.nar_size),
-                human(file_size)
+                HumanBytes(info.nar_size),
+                HumanBytes(file_size)
             ),
             Mode::Quiet => {}
         }

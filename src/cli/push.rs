@@ -19,18 +19,20 @@ use std::thread;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use serde::Deserialize;
+use indicatif::HumanBytes;
 
-use super::client::{parse_rate, Body, CacheInfo, Client, HttpError};
+use super::client::{parse_rate, Client};
+use super::endpoints::NarinfoOutcome;
 use super::nar::{self, Codec, Prepared, SpoolEntry};
 use super::parallel;
 use super::pathinfo::{self, PathInfo};
 use super::progress::Reporter;
 use super::upload::{NarOutcome, NarUpload};
+use crate::core::api::CacheInfo;
 use crate::core::nix::keys::SecretKey;
 use crate::core::nix::nar_file::NarFile;
 use crate::core::nix::narinfo::NarInfo;
-use crate::core::route::Route;
+use crate::core::token::Permissions;
 
 pub struct PushOptions {
     pub cache: String,
@@ -43,12 +45,6 @@ pub struct PushOptions {
     pub limit_rate: Option<String>,
     pub attempts: u32,
     pub quiet: bool,
-}
-
-#[derive(Deserialize)]
-struct Whoami {
-    subject: String,
-    permissions: String,
 }
 
 pub fn run(options: PushOptions) -> Result<()> {
@@ -101,9 +97,9 @@ pub fn run(options: PushOptions) -> Result<()> {
         missing.len(),
         client.base(),
         present,
-        human(totals.nar_bytes),
-        human(totals.file_bytes),
-        human(totals.sent_bytes),
+        HumanBytes(totals.nar_bytes),
+        HumanBytes(totals.file_bytes),
+        HumanBytes(totals.sent_bytes),
         seconds,
         totals.sent_bytes as f64 / 1e6 / seconds.max(0.001)
     );
@@ -112,21 +108,16 @@ pub fn run(options: PushOptions) -> Result<()> {
 
 /// Checks reachability, the token and the signing key before any work.
 fn preflight(client: &Client, key: &SecretKey) -> Result<CacheInfo> {
-    let info = client.cache_info()?;
-    let ours = key.public_key().to_string();
+    let info = client.info()?;
+    let ours = key.public_key();
     if !info.public_keys.contains(&ours) {
         bail!(
             "the cache does not trust the signing key {:?}: add {ours} to its PUBLIC_KEYS, or push with the key it trusts",
             key.name()
         );
     }
-    let reply = client.send("GET", "_nixflare/whoami", None, Body::Empty)?;
-    if reply.status != 200 {
-        let refusal = HttpError::new("GET", "_nixflare/whoami", &reply);
-        bail!("the cache refused the upload token: {}", refusal.reason);
-    }
-    let whoami: Whoami = serde_json::from_str(&reply.body).context("whoami is not JSON")?;
-    if !whoami.permissions.split(',').any(|p| p == "write") {
+    let whoami = client.whoami()?;
+    if !whoami.permissions.contains(Permissions::WRITE) {
         bail!(
             "the token for {:?} cannot upload (its permissions: {})",
             whoami.subject,
@@ -158,8 +149,7 @@ fn find_missing(client: &Client, closure: &[PathInfo], jobs: usize) -> Result<Ve
     let found = Mutex::new(vec![false; closure.len()]);
     let indices: Vec<usize> = (0..closure.len()).collect();
     parallel::try_for_each(&indices, jobs, |&index| {
-        let narinfo = Route::Narinfo(*closure[index].path.hash()).to_string();
-        let present = client.exists(&narinfo)?;
+        let present = client.has_narinfo(closure[index].path.hash())?;
         if let Ok(mut found) = found.lock() {
             found[index] = present;
         }
@@ -277,7 +267,7 @@ impl Context<'_> {
 
     fn upload(&self, info: &PathInfo, prepared: &mut Prepared) -> Result<()> {
         let entry = SpoolEntry::new(&self.options.spool, info, &self.options.codec);
-        let nar = Route::Nar(prepared.nar_file(self.options.codec.compression));
+        let nar = prepared.nar_file(self.options.codec.compression);
         let log = |line: String| self.reporter.line(line);
         let outcome = NarUpload {
             client: self.client,
@@ -363,25 +353,14 @@ impl Context<'_> {
         let store_dir = &self.info.store_dir;
         let nar = prepared.nar_file(self.options.codec.compression);
         let narinfo = signed_narinfo(info, &nar, prepared.file_size, &self.options.key, store_dir);
-        let path = Route::Narinfo(*info.path.hash()).to_string();
-        let result = self.client.expect_success(
-            "PUT",
-            &path,
-            Some("text/x-nix-narinfo"),
-            Body::Bytes(narinfo.as_bytes()),
-        );
-        match result {
-            Ok(_) => {}
+        let outcome = self
+            .client
+            .put_narinfo(info.path.hash(), &narinfo)
+            .with_context(|| format!("publishing {}", info.path))?;
+        if outcome == NarinfoOutcome::AlreadyPublished {
             // Someone published this path meanwhile (with other signatures): it is there.
-            Err(err)
-                if err
-                    .downcast_ref::<HttpError>()
-                    .is_some_and(|e| e.status == 409) =>
-            {
-                self.reporter
-                    .line(format!("{}: already published by another push", info.path));
-            }
-            Err(err) => return Err(err.context(format!("publishing {}", info.path))),
+            self.reporter
+                .line(format!("{}: already published by another push", info.path));
         }
         SpoolEntry::new(&self.options.spool, info, &self.options.codec).remove();
         self.reporter.published(info);
@@ -433,20 +412,6 @@ pub fn default_spool() -> PathBuf {
     base.join("nixflare").join("spool")
 }
 
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    match unit {
-        0 => format!("{bytes} B"),
-        _ => format!("{value:.1} {}", UNITS[unit]),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -475,11 +440,5 @@ mod tests {
         assert!(
             text.contains("References: anfizv71z26rnrvkpdwsc1f5wwyd9kw6-nixflare-e2e-middle pv22")
         );
-    }
-
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human(512), "512 B");
-        assert_eq!(human(40 << 20), "40.0 MiB");
     }
 }

@@ -6,9 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 
-use super::client::{Body, Client};
+use super::client::Client;
 use super::keygen::read_secret_key;
-use crate::core::route::Route;
 use crate::core::token::{self, Claims, Permissions, TokenId};
 
 pub fn now_unix() -> Result<u64> {
@@ -88,9 +87,8 @@ pub fn revoke(cache: &str, admin_token: String, target: &str, attempts: u32) -> 
         }
     };
     let client = Client::new(cache, Some(admin_token), attempts);
-    let path = Route::Revocation(id).to_string();
     client
-        .expect_success("PUT", &path, None, Body::Empty)
+        .revoke(&id)
         .with_context(|| format!("revoking token {id} on {}", client.base()))?;
     eprintln!("revoked token {id} on {}", client.base());
     Ok(())

@@ -8,12 +8,13 @@ use super::client::Client;
 
 pub fn run(cache: &str, attempts: u32) -> Result<()> {
     let client = Client::new(cache, None, attempts);
-    let info = client.cache_info()?;
+    let info = client.info()?;
     if info.public_keys.is_empty() {
         bail!("the cache lists no public keys: set PUBLIC_KEYS on the worker first");
     }
     let url = client.base();
-    let keys = info.public_keys.join(" ");
+    let keys: Vec<String> = info.public_keys.iter().map(|k| k.to_string()).collect();
+    let keys = keys.join(" ");
     let quoted: Vec<String> = info
         .public_keys
         .iter()

@@ -125,24 +125,6 @@ impl CacheConfig {
             .collect()
     }
 
-    /// The body of `_nixflare/info`: what a client needs to plan an upload.
-    pub fn client_info_json(&self) -> String {
-        let keys: Vec<String> = self
-            .public_keys
-            .iter()
-            .map(|k| crate::core::multipart::json_string(&k.to_string()))
-            .collect();
-        format!(
-            "{{\"storeDir\":{},\"maxRequestBytes\":{},\"minPartBytes\":{},\"maxParts\":{},\"maxObjectBytes\":{},\"publicKeys\":[{}]}}",
-            crate::core::multipart::json_string(&self.store_dir),
-            self.max_request_bytes,
-            crate::core::multipart::MIN_PART_BYTES,
-            crate::core::multipart::MAX_PARTS,
-            crate::core::multipart::MAX_OBJECT_BYTES,
-            keys.join(",")
-        )
-    }
-
     /// The body of `nix-cache-info`.
     pub fn nix_cache_info(&self) -> String {
         format!(
@@ -194,10 +176,6 @@ mod tests {
         );
         assert!(config.public_keys.is_empty());
         assert_eq!(config.abandoned_upload_seconds, 86_400);
-        assert_eq!(
-            config.client_info_json(),
-            "{\"storeDir\":\"/nix/store\",\"maxRequestBytes\":100000000,\"minPartBytes\":5242880,\"maxParts\":10000,\"maxObjectBytes\":5368709120,\"publicKeys\":[]}"
-        );
     }
 
     #[test]

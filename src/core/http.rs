@@ -1,9 +1,44 @@
-//! HTTP semantics the worker needs, without I/O: `Range` (RFC 9110 §14),
+//! HTTP semantics the worker needs, without I/O: methods, `Range` (RFC 9110 §14),
 //! `If-None-Match` (§13.1.2) and query strings.
 //!
 //! Only single byte ranges are served as 206: that is what download resumption
 //! (curl, Nix) sends. Anything else is answered with the whole object, which RFC 9110
 //! allows for a Range header the server chooses to ignore.
+
+/// The request methods the cache tells apart; anything else is `Other` (a 405).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Put,
+    Post,
+    Delete,
+    Other,
+}
+
+impl Method {
+    pub fn parse(name: &str) -> Method {
+        match name {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "PUT" => Method::Put,
+            "POST" => Method::Post,
+            "DELETE" => Method::Delete,
+            _ => Method::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Put => "PUT",
+            Method::Post => "POST",
+            Method::Delete => "DELETE",
+            Method::Other => "OTHER",
+        }
+    }
+}
 
 /// What to answer for a `Range` header, given the object's size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +170,21 @@ fn form_decode(text: &str) -> Option<String> {
 mod tests {
     use super::*;
     use RangeRequest::*;
+
+    #[test]
+    fn methods() {
+        for method in [
+            Method::Get,
+            Method::Head,
+            Method::Put,
+            Method::Post,
+            Method::Delete,
+        ] {
+            assert_eq!(Method::parse(method.as_str()), method);
+        }
+        assert_eq!(Method::parse("get"), Method::Other);
+        assert_eq!(Method::parse("PATCH"), Method::Other);
+    }
 
     #[test]
     fn single_ranges() {

@@ -5,6 +5,8 @@
 //! in what the world looks like (a request's method and path, the bytes of an upload,
 //! what storage holds, the time) and act on what comes back. See ARCHITECTURE.md.
 //!
+//! - [`api`]: the wire contract: every JSON message between worker and client
+//!   ([`json`] writes them in the worker).
 //! - [`nix`]: Nix's own formats (nix32, hashes, store paths, narinfo, keys, signatures).
 //! - [`route`]: request paths as typed values; their canonical form is the storage key.
 //! - [`http`]: Range, If-None-Match and query strings.
@@ -12,12 +14,38 @@
 //! - [`token`]: upload tokens.
 //! - [`publish`]: what an upload must prove before it is published.
 //! - [`multipart`]: the rules of multipart NAR uploads.
+//! - [`dispatch`]: what the worker does for a method and route, and with which permission.
+//! - [`storage`]: what R2's refusals mean.
 
+/// Serializes a type as its text (`Display`) and reads it back with `FromStr`, so a
+/// value has one spelling everywhere: in a narinfo, a key file, a log line and JSON.
+macro_rules! serde_via_text {
+    ($type:ty) => {
+        impl serde::Serialize for $type {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $type {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+pub(crate) use serde_via_text;
+
+pub mod api;
 pub mod config;
+pub mod dispatch;
 pub mod http;
+pub mod json;
 pub mod lower_hex;
 pub mod multipart;
 pub mod nix;
 pub mod publish;
 pub mod route;
+pub mod storage;
 pub mod token;

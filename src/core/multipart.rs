@@ -22,6 +22,7 @@ use core::fmt;
 
 use thiserror::Error;
 
+use crate::core::http::Method;
 use crate::core::nix::nar_file::NarFile;
 use crate::core::route::Route;
 
@@ -40,8 +41,9 @@ pub const MAX_ETAG_BYTES: usize = 1024;
 /// Largest part-list body: 10,000 lines of a number and an ETag.
 pub const MAX_PART_LIST_BYTES: u64 = MAX_PARTS as u64 * (MAX_ETAG_BYTES as u64 + 7);
 
-/// Where parts are assembled (never served: `Route::parse` gives it `Kind::Internal`).
-pub const STAGING_PREFIX: &str = "_nixflare/uploads/";
+/// Where parts are assembled: the upload routes' own paths, never served (`dispatch`
+/// allows no GET there).
+pub const STAGING_PREFIX: &str = crate::core::route::UPLOADS_PREFIX;
 /// One empty object per open upload, for the cleanup cron.
 pub const PENDING_PREFIX: &str = "_nixflare/pending/";
 
@@ -61,6 +63,62 @@ pub enum MultipartError {
     TooLarge { size: u64 },
     #[error("a request limit of {limit} bytes is below R2's {MIN_PART_BYTES}-byte minimum part")]
     LimitTooSmall { limit: u64 },
+    #[error("expected POST ?uploads, PUT ?partNumber=N&uploadId=ID, POST ?uploadId=ID or DELETE ?uploadId=ID")]
+    Shape,
+}
+
+/// What a request under `/_nixflare/uploads/nar/<name>` asks for (S3's query shapes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Create,
+    UploadPart { id: UploadId, number: u16 },
+    Complete { id: UploadId },
+    Abort { id: UploadId },
+}
+
+impl Action {
+    /// Reads the action from the method and the decoded query parameters
+    /// ([`crate::core::http::query_pairs`]). Unknown parameters are ignored, as S3 does.
+    pub fn parse(method: Method, query: &[(String, String)]) -> Result<Action, MultipartError> {
+        let mut upload_id = None;
+        let mut part_number = None;
+        let mut create = false;
+        for (name, value) in query {
+            match name.as_str() {
+                "uploadId" => upload_id = Some(UploadId::parse(value)?),
+                "partNumber" => part_number = Some(parse_part_number(value)?),
+                "uploads" => create = true,
+                _ => {}
+            }
+        }
+        Ok(match (method, create, upload_id, part_number) {
+            (Method::Post, true, None, None) => Action::Create,
+            (Method::Put, false, Some(id), Some(number)) => Action::UploadPart { id, number },
+            (Method::Post, false, Some(id), None) => Action::Complete { id },
+            (Method::Delete, false, Some(id), None) => Action::Abort { id },
+            _ => return Err(MultipartError::Shape),
+        })
+    }
+
+    pub fn method(&self) -> Method {
+        match self {
+            Action::Create | Action::Complete { .. } => Method::Post,
+            Action::UploadPart { .. } => Method::Put,
+            Action::Abort { .. } => Method::Delete,
+        }
+    }
+
+    /// The query parameters, not yet percent-encoded (the client encodes them).
+    pub fn query(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Action::Create => vec![("uploads", String::new())],
+            Action::UploadPart { id, number } => vec![
+                ("partNumber", number.to_string()),
+                ("uploadId", id.to_string()),
+            ],
+            Action::Complete { id } | Action::Abort { id } => vec![("uploadId", id.to_string())],
+        }
+    }
 }
 
 /// The id R2 gives a multipart upload. Opaque; checked to be printable ASCII so it can
@@ -85,6 +143,15 @@ impl fmt::Display for UploadId {
         f.write_str(&self.0)
     }
 }
+
+impl core::str::FromStr for UploadId {
+    type Err = MultipartError;
+    fn from_str(s: &str) -> Result<Self, MultipartError> {
+        Self::parse(s)
+    }
+}
+
+crate::core::serde_via_text!(UploadId);
 
 impl fmt::Debug for UploadId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -201,22 +268,6 @@ pub fn parse_pending_key(key: &str) -> Option<(NarFile, UploadId)> {
     Some((NarFile::parse(name)?, UploadId::parse(&id).ok()?))
 }
 
-/// Escapes `text` as a JSON string literal (for the worker's small JSON answers).
-pub fn json_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,16 +365,67 @@ mod tests {
     }
 
     #[test]
+    fn actions_from_method_and_query() {
+        let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+            list.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        let id = UploadId::parse("AbC+/=").unwrap();
+        let cases = [
+            Action::Create,
+            Action::UploadPart {
+                id: id.clone(),
+                number: 3,
+            },
+            Action::Complete { id: id.clone() },
+            Action::Abort { id: id.clone() },
+        ];
+        for action in cases {
+            let query: Vec<(String, String)> = action
+                .query()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect();
+            assert_eq!(Action::parse(action.method(), &query), Ok(action));
+        }
+        let shape = |method, list: &[(&str, &str)]| Action::parse(method, &pairs(list));
+        assert_eq!(
+            shape(Method::Get, &[("uploads", "")]),
+            Err(MultipartError::Shape)
+        );
+        assert_eq!(shape(Method::Post, &[]), Err(MultipartError::Shape));
+        assert_eq!(
+            shape(Method::Post, &[("uploads", ""), ("uploadId", "x")]),
+            Err(MultipartError::Shape)
+        );
+        assert_eq!(
+            shape(Method::Put, &[("uploadId", "x")]),
+            Err(MultipartError::Shape)
+        );
+        assert_eq!(
+            shape(Method::Put, &[("uploadId", "x"), ("partNumber", "0")]),
+            Err(MultipartError::PartNumber)
+        );
+        assert_eq!(
+            shape(Method::Delete, &[("uploadId", "a b")]),
+            Err(MultipartError::UploadId)
+        );
+        assert_eq!(
+            shape(
+                Method::Post,
+                &[("uploads", ""), ("x-id", "CreateMultipartUpload")]
+            ),
+            Ok(Action::Create)
+        );
+    }
+
+    #[test]
     fn upload_ids_are_printable() {
         assert!(UploadId::parse("a").is_ok());
         assert!(UploadId::parse("").is_err());
         assert!(UploadId::parse("a b").is_err());
         assert!(UploadId::parse("a\nb").is_err());
         assert!(UploadId::parse(&"a".repeat(1025)).is_err());
-    }
-
-    #[test]
-    fn json_strings_are_escaped() {
-        assert_eq!(json_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
     }
 }

@@ -75,14 +75,15 @@ pub fn check_narinfo(
     // Content-addressed paths prove themselves: Nix recomputes the path from the CA
     // field on substitution and needs no signature (as in Nix's own checks).
     if info.ca.is_none() && !info.signed_by_any(&config.public_keys, &config.store_dir) {
-        let keys: Vec<&str> = config.public_keys.iter().map(|k| k.name()).collect();
-        return Err(NarinfoRejection::Signature {
-            keys: if keys.is_empty() {
-                "none configured".to_owned()
-            } else {
-                keys.join(", ")
-            },
-        });
+        let mut keys = String::new();
+        for key in &config.public_keys {
+            keys += if keys.is_empty() { "" } else { ", " };
+            keys += key.name();
+        }
+        if keys.is_empty() {
+            keys += "none configured";
+        }
+        return Err(NarinfoRejection::Signature { keys });
     }
     Ok(CheckedNarinfo {
         file_size: info.file_size,

@@ -140,6 +140,9 @@ impl Kind {
     }
 }
 
+/// Where multipart uploads live, as a path and (for the assembled parts) a storage key.
+pub const UPLOADS_PREFIX: &str = "_nixflare/uploads/";
+
 /// Cache-Control for a 404: short, so a path pushed a moment later shows up soon
 /// (Nix's own negative cache is an hour).
 pub const NOT_FOUND_CACHE_CONTROL: &str = "public, max-age=60";
@@ -264,7 +267,7 @@ impl fmt::Display for Route {
             Route::BuildTrace { drv, output } => write!(f, "build-trace-v2/{drv}/{output}.doi"),
             Route::DebugInfo(id) => write!(f, "debuginfo/{id}"),
             Route::Revocation(id) => write!(f, "_nixflare/revocations/{id}"),
-            Route::Upload(file) => write!(f, "_nixflare/uploads/{}{file}", NarFile::DIR),
+            Route::Upload(file) => write!(f, "{UPLOADS_PREFIX}{}{file}", NarFile::DIR),
             Route::Info => f.write_str("_nixflare/info"),
             Route::Whoami => f.write_str("_nixflare/whoami"),
         }

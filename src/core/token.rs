@@ -124,14 +124,22 @@ impl Permissions {
 
 impl fmt::Display for Permissions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<&str> = Self::NAMES
-            .iter()
-            .filter(|(p, _)| self.contains(*p))
-            .map(|(_, n)| *n)
-            .collect();
-        f.write_str(&names.join(","))
+        let mut names = Self::NAMES.iter().filter(|(p, _)| self.contains(*p));
+        if let Some((_, first)) = names.next() {
+            f.write_str(first)?;
+        }
+        names.try_for_each(|(_, name)| write!(f, ",{name}"))
     }
 }
+
+impl core::str::FromStr for Permissions {
+    type Err = UnknownPermission;
+    fn from_str(s: &str) -> Result<Self, UnknownPermission> {
+        Self::parse_list(s)
+    }
+}
+
+crate::core::serde_via_text!(Permissions);
 
 impl fmt::Debug for Permissions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -165,6 +173,8 @@ impl core::str::FromStr for TokenId {
             .ok_or(BadTokenId)
     }
 }
+
+crate::core::serde_via_text!(TokenId);
 
 /// What a token says. Not secret; the token text is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,10 @@
 use worker::{console_error, Headers, Response, ResponseBody};
 
 use crate::core::config::ConfigError;
+use crate::core::dispatch::Refusal;
+use crate::core::multipart::MultipartError;
 use crate::core::route::NOT_FOUND_CACHE_CONTROL;
+use crate::core::storage::R2Error;
 
 #[derive(Debug)]
 pub enum EdgeError {
@@ -35,13 +38,52 @@ pub enum EdgeError {
     Runtime(worker::Error),
 }
 
+/// For logs (the cron's): the details where there are any, else the client's reason.
+impl core::fmt::Display for EdgeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.log_line() {
+            Some(line) => f.write_str(&line),
+            None => f.write_str(&self.status_and_reason().1),
+        }
+    }
+}
+
 impl From<worker::Error> for EdgeError {
     fn from(err: worker::Error) -> Self {
         EdgeError::Runtime(err)
     }
 }
 
+impl From<Refusal> for EdgeError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::MethodNotAllowed { allow } => EdgeError::MethodNotAllowed { allow },
+            Refusal::Multipart(err) => err.into(),
+        }
+    }
+}
+
+impl From<MultipartError> for EdgeError {
+    fn from(err: MultipartError) -> Self {
+        EdgeError::BadRequest(err.to_string())
+    }
+}
+
 impl EdgeError {
+    /// An R2 write that failed, read by the core's one classifier
+    /// (`crate::core::storage`). `mismatch` is the reason given when R2 refused bytes
+    /// that do not hash to the SHA-256 they were sent under.
+    pub fn from_r2(err: worker::Error, mismatch: &str) -> EdgeError {
+        match R2Error::classify(&err.to_string()) {
+            R2Error::HashMismatch => EdgeError::BadRequest(mismatch.into()),
+            R2Error::NoSuchUpload => EdgeError::UploadNotFound,
+            R2Error::Refused(reason) => {
+                EdgeError::BadRequest(format!("R2 refused the upload: {reason}"))
+            }
+            R2Error::Failed => EdgeError::Runtime(err),
+        }
+    }
+
     /// Status and a one-line reason for the client. Details stay in the log.
     fn status_and_reason(&self) -> (u16, String) {
         match self {
@@ -69,13 +111,20 @@ impl EdgeError {
         }
     }
 
+    /// The log line for this error: the client's reason plus what stays in the log.
+    fn log_line(&self) -> Option<String> {
+        match self {
+            EdgeError::Misconfigured(err) => Some(format!("misconfigured: {err}")),
+            EdgeError::MissingBody => Some("R2 returned an object without a body".into()),
+            EdgeError::Runtime(err) => Some(format!("runtime error: {err}")),
+            _ => None,
+        }
+    }
+
     pub fn into_response(self, head_only: bool) -> worker::Result<Response> {
         let (status, reason) = self.status_and_reason();
-        match &self {
-            EdgeError::Misconfigured(err) => console_error!("misconfigured: {err}"),
-            EdgeError::MissingBody => console_error!("R2 returned an object without a body"),
-            EdgeError::Runtime(err) => console_error!("runtime error: {err}"),
-            _ => {}
+        if let Some(line) = self.log_line() {
+            console_error!("{line}");
         }
         let headers = Headers::new();
         headers.set("Content-Type", "text/plain; charset=utf-8")?;

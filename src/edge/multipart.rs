@@ -1,5 +1,5 @@
-//! Multipart NAR uploads (protocol and rules in `crate::core::multipart`), and the cron that
-//! cleans up uploads their client abandoned.
+//! Multipart NAR uploads (protocol and rules in `crate::core::multipart`, messages in
+//! `crate::core::api`): one function per step.
 //!
 //! Part bodies stream from the request into R2 and the assembled object streams from
 //! R2 back into R2: no NAR byte enters wasm. Completion publishes the NAR with one PUT
@@ -7,138 +7,125 @@
 
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
-use worker::{console_log, Bucket, Data, Method, Request, Response, ResponseBody, UploadedPart};
+use worker::{console_log, Bucket, Data, Request, Response, ResponseBody, UploadedPart};
 
+use super::auth::Guarded;
+use super::body::{small_body, stream_body, BodyKind};
 use super::error::EdgeError;
-use super::generated;
-use super::write::{authorize, hash_refusal, small_body, stream_body, Stored};
-use crate::core::config::CacheConfig;
+use super::response::{json, Stored};
+use crate::core::api::{render, PartUploaded, True, UploadCompleted, UploadCreated};
 use crate::core::multipart::{
-    json_string, parse_part_list, parse_part_number, pending_key, staging_key, UploadId,
-    MAX_OBJECT_BYTES, MAX_PART_LIST_BYTES, PENDING_PREFIX, STAGING_PREFIX,
+    parse_part_list, pending_key, staging_key, Action, UploadId, MAX_OBJECT_BYTES,
+    MAX_PART_LIST_BYTES,
 };
 use crate::core::nix::hash::Sha256;
 use crate::core::nix::nar_file::NarFile;
-use crate::core::route::{Kind, Route};
-use crate::core::token::Permissions;
-
-/// What a request under `/_nixflare/uploads/nar/<name>` asks for (S3's query shapes).
-enum Action {
-    Create,
-    UploadPart { id: UploadId, number: u16 },
-    Complete { id: UploadId },
-    Abort { id: UploadId },
-}
-
-fn action(req: &Request) -> Result<Action, EdgeError> {
-    let mut upload_id = None;
-    let mut part_number = None;
-    let mut create = false;
-    for (name, value) in crate::core::http::query_pairs(&req.inner().url()) {
-        match name.as_str() {
-            "uploadId" => upload_id = Some(UploadId::parse(&value).map_err(bad)?),
-            "partNumber" => part_number = Some(parse_part_number(&value).map_err(bad)?),
-            "uploads" => create = true,
-            _ => {}
-        }
-    }
-    let method = req.method();
-    Ok(match (method, create, upload_id, part_number) {
-        (Method::Post, true, None, None) => Action::Create,
-        (Method::Put, false, Some(id), Some(number)) => Action::UploadPart { id, number },
-        (Method::Post, false, Some(id), None) => Action::Complete { id },
-        (Method::Delete, false, Some(id), None) => Action::Abort { id },
-        _ => {
-            return Err(EdgeError::BadRequest(
-                "expected POST ?uploads, PUT ?partNumber=N&uploadId=ID, POST ?uploadId=ID or DELETE ?uploadId=ID".into(),
-            ))
-        }
-    })
-}
-
-fn bad(err: impl ToString) -> EdgeError {
-    EdgeError::BadRequest(err.to_string())
-}
+use crate::core::route::Route;
 
 pub async fn handle(
-    mut req: Request,
+    req: Request,
     nar: NarFile,
-    config: &CacheConfig,
-    bucket: &Bucket,
+    action: Action,
+    cache: &Guarded,
 ) -> Result<Response, EdgeError> {
-    let action = action(&req)?;
-    let claims = authorize(&req, config, bucket, Permissions::WRITE).await?;
-    let nar_key = Route::Nar(nar).to_string();
-    let staging = staging_key(&nar);
-    let response = match action {
-        Action::Create => {
-            if bucket.head(&nar_key).await?.is_some() {
-                return json(200, "{\"present\":true}".into());
-            }
-            let upload = bucket.create_multipart_upload(&staging).execute().await?;
-            let id = UploadId::parse(&upload.upload_id().await).map_err(|_| {
-                EdgeError::Runtime(worker::Error::RustError(
-                    "R2 gave an unusable upload id".into(),
-                ))
-            })?;
-            bucket
-                .put(pending_key(&nar, &id), Data::Empty)
-                .execute()
-                .await?;
-            console_log!("multipart /{nar_key} started by {}", claims.subject);
-            json(
-                201,
-                format!(
-                    "{{\"uploadId\":{},\"maxRequestBytes\":{}}}",
-                    json_string(id.as_str()),
-                    config.max_request_bytes
-                ),
-            )?
-        }
-        Action::UploadPart { id, number } => {
-            let body = stream_body(&req, config.max_request_bytes, "one part")?;
-            let upload = bucket.resume_multipart_upload(&staging, id.as_str())?;
-            let part = upload
-                .upload_part(number, Data::ReadableStream(body))
-                .await
-                .map_err(r2_refusal)?;
-            json(
-                200,
-                format!(
-                    "{{\"partNumber\":{number},\"etag\":{}}}",
-                    json_string(&part.etag())
-                ),
-            )?
-        }
-        Action::Complete { id } => {
-            let list = small_body(&mut req, MAX_PART_LIST_BYTES, "a part list").await?;
-            let list = core::str::from_utf8(&list).map_err(|_| bad("part list is not UTF-8"))?;
-            let parts = parse_part_list(list).map_err(bad)?;
-            let pending = pending_key(&nar, &id);
-            let upload = bucket.resume_multipart_upload(&staging, id.as_str())?;
-            if bucket.head(&nar_key).await?.is_some() {
-                // Someone else published these bytes meanwhile: drop ours.
-                let _ = upload.abort().await;
-                bucket.delete(&pending).await?;
-                return Stored::Unchanged.into_response();
-            }
-            let receipts = parts
-                .into_iter()
-                .map(|p| UploadedPart::new(p.number, p.etag));
-            upload.complete(receipts).await.map_err(r2_refusal)?;
-            bucket.delete(&pending).await?;
-            publish(bucket, &staging, &nar_key, &nar.file_hash).await?;
-            console_log!("multipart /{nar_key} completed by {}", claims.subject);
-            Stored::Created.into_response()?
-        }
-        Action::Abort { id } => {
-            let upload = bucket.resume_multipart_upload(&staging, id.as_str())?;
-            upload.abort().await.map_err(r2_refusal)?;
-            bucket.delete(pending_key(&nar, &id)).await?;
-            Response::empty()?.with_status(204)
-        }
+    match action {
+        Action::Create => create(&nar, cache).await,
+        Action::UploadPart { id, number } => upload_part(&req, &nar, &id, number, cache).await,
+        Action::Complete { id } => complete(req, &nar, &id, cache).await,
+        Action::Abort { id } => abort(&nar, &id, cache).await,
+    }
+}
+
+async fn create(nar: &NarFile, cache: &Guarded) -> Result<Response, EdgeError> {
+    let nar_key = Route::Nar(*nar).to_string();
+    if cache.bucket.head(&nar_key).await?.is_some() {
+        return json(
+            200,
+            render(&UploadCreated::Present { present: True }),
+            false,
+        );
+    }
+    let upload = cache
+        .bucket
+        .create_multipart_upload(staging_key(nar))
+        .execute()
+        .await?;
+    let id = UploadId::parse(&upload.upload_id().await).map_err(|_| {
+        EdgeError::Runtime(worker::Error::RustError(
+            "R2 gave an unusable upload id".into(),
+        ))
+    })?;
+    cache
+        .bucket
+        .put(pending_key(nar, &id), Data::Empty)
+        .execute()
+        .await?;
+    console_log!("multipart /{nar_key} started by {}", cache.token.subject);
+    let started = UploadCreated::Started {
+        upload_id: id,
+        max_request_bytes: cache.config.max_request_bytes,
     };
-    Ok(response)
+    json(201, render(&started), false)
+}
+
+async fn upload_part(
+    req: &Request,
+    nar: &NarFile,
+    id: &UploadId,
+    number: u16,
+    cache: &Guarded,
+) -> Result<Response, EdgeError> {
+    let body = stream_body(req, cache.config.max_request_bytes, BodyKind::Part)?;
+    let upload = cache
+        .bucket
+        .resume_multipart_upload(staging_key(nar), id.as_str())?;
+    let part = upload
+        .upload_part(number, Data::ReadableStream(body))
+        .await
+        .map_err(refused)?;
+    let receipt = PartUploaded {
+        part_number: number,
+        etag: part.etag(),
+    };
+    json(200, render(&receipt), false)
+}
+
+async fn complete(
+    mut req: Request,
+    nar: &NarFile,
+    id: &UploadId,
+    cache: &Guarded,
+) -> Result<Response, EdgeError> {
+    let list = small_body(&mut req, MAX_PART_LIST_BYTES, BodyKind::PartList).await?;
+    let list = core::str::from_utf8(&list)
+        .map_err(|_| EdgeError::BadRequest("part list is not UTF-8".into()))?;
+    let parts = parse_part_list(list)?;
+    let (bucket, staging) = (&cache.bucket, staging_key(nar));
+    let nar_key = Route::Nar(*nar).to_string();
+    let upload = bucket.resume_multipart_upload(&staging, id.as_str())?;
+    if bucket.head(&nar_key).await?.is_some() {
+        // Someone else published these bytes meanwhile: drop ours.
+        let _ = upload.abort().await;
+        bucket.delete(pending_key(nar, id)).await?;
+        return json(200, render(&UploadCompleted { created: false }), false);
+    }
+    let receipts = parts
+        .into_iter()
+        .map(|p| UploadedPart::new(p.number, p.etag));
+    upload.complete(receipts).await.map_err(refused)?;
+    bucket.delete(pending_key(nar, id)).await?;
+    publish(bucket, &staging, &nar_key, &nar.file_hash).await?;
+    console_log!("multipart /{nar_key} completed by {}", cache.token.subject);
+    json(201, render(&UploadCompleted { created: true }), false)
+}
+
+async fn abort(nar: &NarFile, id: &UploadId, cache: &Guarded) -> Result<Response, EdgeError> {
+    let upload = cache
+        .bucket
+        .resume_multipart_upload(staging_key(nar), id.as_str())?;
+    upload.abort().await.map_err(refused)?;
+    cache.bucket.delete(pending_key(nar, id)).await?;
+    Stored::Deleted.into_response()
 }
 
 /// Copies the assembled staging object to the NAR's content address. R2 hashes the
@@ -159,7 +146,9 @@ async fn publish(
         // A concurrent completion of the same NAR moved it already.
         return match bucket.head(nar_key).await? {
             Some(_) => Ok(()),
-            None => Err(bad("the assembled upload vanished; upload it again")),
+            None => Err(EdgeError::BadRequest(
+                "the assembled upload vanished; upload it again".into(),
+            )),
         };
     };
     let size = staged.size();
@@ -187,7 +176,7 @@ async fn publish(
     bucket.delete(staging).await?;
     fed?;
     copied.map_err(|err| {
-        hash_refusal(
+        EdgeError::from_r2(
             err,
             "the assembled NAR does not hash to the name in the URL; nothing was published",
         )
@@ -249,73 +238,10 @@ extern "C" {
     fn writable(this: &FixedLengthStream) -> web_sys::WritableStream;
 }
 
-/// R2 refusals that are the client's doing (unknown upload id, part too small, wrong
-/// etag) become 4xx with R2's own words; anything else is a storage error.
-fn r2_refusal(err: worker::Error) -> EdgeError {
-    let text = err.to_string();
-    if text.contains("10024") || text.contains("does not exist") {
-        return EdgeError::UploadNotFound;
-    }
-    // R2 error codes 100xx are request errors (e.g. 10011 EntityTooSmall, 10025 InvalidPart).
-    if text.contains("(100") {
-        let reason = text.lines().next().unwrap_or_default();
-        return EdgeError::BadRequest(format!("R2 refused the upload: {reason}"));
-    }
-    EdgeError::Runtime(err)
-}
-
-fn json(status: u16, body: String) -> Result<Response, EdgeError> {
-    Ok(generated(Kind::Api, body, false)?.with_status(status))
-}
-
-/// Cron: aborts uploads whose marker is older than the configured age and deletes
-/// staging objects left by a completion that died half-way.
-pub async fn clean_up(bucket: &Bucket, config: &CacheConfig, now_ms: u64) -> Result<(), EdgeError> {
-    let cutoff = now_ms.saturating_sub(config.abandoned_upload_seconds.saturating_mul(1000));
-    let mut aborted = 0;
-    for marker in list_older_than(bucket, PENDING_PREFIX, cutoff).await? {
-        if let Some((nar, id)) = crate::core::multipart::parse_pending_key(&marker) {
-            let staging = staging_key(&nar);
-            // Already completed or expired in R2: nothing to abort, the marker still goes.
-            if let Ok(upload) = bucket.resume_multipart_upload(&staging, id.as_str()) {
-                let _ = upload.abort().await;
-            }
-        }
-        bucket.delete(&marker).await?;
-        aborted += 1;
-    }
-    let staged = list_older_than(bucket, STAGING_PREFIX, cutoff).await?;
-    for key in &staged {
-        bucket.delete(key).await?;
-    }
-    console_log!(
-        "cleanup: aborted {aborted} abandoned uploads, removed {} staging objects",
-        staged.len()
-    );
-    Ok(())
-}
-
-async fn list_older_than(
-    bucket: &Bucket,
-    prefix: &str,
-    cutoff_ms: u64,
-) -> Result<Vec<String>, EdgeError> {
-    let mut keys = Vec::new();
-    let mut cursor = None;
-    loop {
-        let mut list = bucket.list().prefix(prefix);
-        if let Some(cursor) = cursor.take() {
-            list = list.cursor(cursor);
-        }
-        let page = list.execute().await?;
-        for object in page.objects() {
-            if object.uploaded().as_millis() < cutoff_ms {
-                keys.push(object.key());
-            }
-        }
-        match (page.truncated(), page.cursor()) {
-            (true, Some(next)) => cursor = Some(next),
-            _ => return Ok(keys),
-        }
-    }
+/// An R2 refusal of a multipart step, read by the core's classifier.
+fn refused(err: worker::Error) -> EdgeError {
+    EdgeError::from_r2(
+        err,
+        "the assembled NAR does not hash to the name in the URL",
+    )
 }

@@ -43,19 +43,8 @@ impl Sha256 {
     }
 }
 
-// Serialized as its canonical text, `sha256:<nix32>` (read back in any spelling).
-impl serde::Serialize for Sha256 {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Sha256 {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
+// JSON and spool records carry the canonical text, `sha256:<nix32>`.
+crate::core::serde_via_text!(Sha256);
 
 impl FromStr for Sha256 {
     type Err = HashError;

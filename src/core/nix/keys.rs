@@ -64,9 +64,17 @@ fn split_named<const N: usize>(
 pub struct PublicKey {
     name: String,
     key: ed25519_compact::PublicKey,
+    /// `name:base64`, kept from parsing (strict base64 has one spelling per key), so
+    /// the worker, which only ever parses keys, needs no base64 encoder.
+    text: String,
 }
 
 impl PublicKey {
+    fn new(name: String, key: ed25519_compact::PublicKey) -> Self {
+        let text = format!("{name}:{}", BASE64.encode(*key));
+        Self { name, key, text }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -93,18 +101,23 @@ impl FromStr for PublicKey {
     type Err = KeyError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (name, bytes) = split_named::<32>("public key", s)?;
+        // What split_named decoded: the name, a ':', and canonical base64.
+        let text = s.trim_end().to_owned();
         Ok(Self {
             name,
             key: ed25519_compact::PublicKey::new(bytes),
+            text,
         })
     }
 }
 
 impl fmt::Display for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.name, BASE64.encode(*self.key))
+        f.write_str(&self.text)
     }
 }
+
+crate::core::serde_via_text!(PublicKey);
 
 impl fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -138,10 +151,7 @@ impl SecretKey {
     }
 
     pub fn public_key(&self) -> PublicKey {
-        PublicKey {
-            name: self.name.clone(),
-            key: self.key.public_key(),
-        }
+        PublicKey::new(self.name.clone(), self.key.public_key())
     }
 
     pub fn sign(&self, message: &[u8]) -> Signature {
@@ -234,6 +244,15 @@ mod tests {
         assert_eq!(secret.to_nix_text(), SECRET);
         let public: PublicKey = PUBLIC.parse().unwrap();
         assert_eq!(public, secret.public_key());
+        assert_eq!(
+            format!("{PUBLIC}\n")
+                .parse::<PublicKey>()
+                .unwrap()
+                .to_string(),
+            PUBLIC
+        );
+        // Base64 with the same bytes but other trailing bits is not a second spelling.
+        assert!(PUBLIC.replace("E=", "F=").parse::<PublicKey>().is_err());
     }
 
     #[test]

@@ -1,0 +1,220 @@
+//! One typed method per endpoint of a nixflare cache. Paths are the core's
+//! [`Route`]s, multipart queries its [`Action`]s, answers its [`api`] messages: the
+//! worker renders from the same definitions, so the two cannot drift apart.
+
+use std::path::Path;
+
+use anyhow::{bail, Context as _, Result};
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+
+use super::client::{Body, Client, HttpError};
+use crate::core::api::{CacheInfo, PartUploaded, UploadCompleted, UploadCreated, Whoami};
+use crate::core::http::Method;
+use crate::core::multipart::{render_part_list, Action, PartReceipt, UploadId};
+use crate::core::nix::nar_file::NarFile;
+use crate::core::nix::store_path::StorePathHash;
+use crate::core::route::{Kind, Route};
+use crate::core::token::TokenId;
+
+/// What publishing a narinfo did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NarinfoOutcome {
+    Published,
+    /// A different narinfo for the path was there first (409): the path is on the cache.
+    AlreadyPublished,
+}
+
+/// Where a part's bytes come from: `length` bytes of `file` from `offset`.
+pub struct FileRange<'a> {
+    pub file: &'a Path,
+    pub offset: u64,
+    pub length: u64,
+}
+
+impl Client {
+    /// `GET /_nixflare/info`: the first request to a cache, so its errors say whether
+    /// the cache is reachable and is a nixflare cache at all.
+    pub fn info(&self) -> Result<CacheInfo> {
+        let path = Route::Info.to_string();
+        let reply = self
+            .send(Method::Get, &path, None, Body::Empty)
+            .with_context(|| format!("cannot reach the cache at {}", self.base()))?;
+        if reply.status != 200 {
+            bail!(
+                "{} does not answer like a nixflare cache (GET /{path}: HTTP {})",
+                self.base(),
+                reply.status
+            );
+        }
+        parse(&reply.body)
+            .with_context(|| format!("the cache's /{path} is not what nixflare sends"))
+    }
+
+    /// `GET /_nixflare/whoami`: what the cache makes of our token.
+    pub fn whoami(&self) -> Result<Whoami> {
+        let path = Route::Whoami.to_string();
+        let reply = self.send(Method::Get, &path, None, Body::Empty)?;
+        if reply.status != 200 {
+            let refusal = HttpError::new(Method::Get, &path, &reply);
+            bail!("the cache refused the upload token: {}", refusal.reason);
+        }
+        parse(&reply.body)
+            .with_context(|| format!("the cache's /{path} is not what nixflare sends"))
+    }
+
+    pub fn has_narinfo(&self, hash: &StorePathHash) -> Result<bool> {
+        self.exists(&Route::Narinfo(*hash).to_string())
+    }
+
+    pub fn has_nar(&self, nar: &NarFile) -> Result<bool> {
+        self.exists(&Route::Nar(*nar).to_string())
+    }
+
+    /// A NAR in one request.
+    pub fn put_nar(&self, nar: &NarFile, file: &Path, size: u64) -> Result<()> {
+        let body = Body::FileRange {
+            file,
+            offset: 0,
+            length: size,
+        };
+        let path = Route::Nar(*nar).to_string();
+        self.expect_success(Method::Put, &path, Some(Kind::Nar.content_type()), body)?;
+        Ok(())
+    }
+
+    pub fn put_narinfo(&self, hash: &StorePathHash, text: &str) -> Result<NarinfoOutcome> {
+        let path = Route::Narinfo(*hash).to_string();
+        let content_type = Some(Kind::Narinfo.content_type());
+        match self.expect_success(
+            Method::Put,
+            &path,
+            content_type,
+            Body::Bytes(text.as_bytes()),
+        ) {
+            Ok(_) => Ok(NarinfoOutcome::Published),
+            Err(err)
+                if err
+                    .downcast_ref::<HttpError>()
+                    .is_some_and(|e| e.status == 409) =>
+            {
+                Ok(NarinfoOutcome::AlreadyPublished)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    pub fn create_upload(&self, nar: &NarFile) -> Result<UploadCreated> {
+        let reply = self.upload_step(nar, &Action::Create, None, Body::Empty)?;
+        parse(&reply.body)
+            .context("the cache's answer to starting an upload is not what nixflare sends")
+    }
+
+    pub fn upload_part(
+        &self,
+        nar: &NarFile,
+        id: &UploadId,
+        number: u16,
+        bytes: FileRange<'_>,
+    ) -> Result<PartUploaded> {
+        let action = Action::UploadPart {
+            id: id.clone(),
+            number,
+        };
+        let body = Body::FileRange {
+            file: bytes.file,
+            offset: bytes.offset,
+            length: bytes.length,
+        };
+        let reply = self.upload_step(nar, &action, Some("application/octet-stream"), body)?;
+        parse(&reply.body).context("the cache's part receipt is not what nixflare sends")
+    }
+
+    pub fn complete_upload(
+        &self,
+        nar: &NarFile,
+        id: &UploadId,
+        parts: &[PartReceipt],
+    ) -> Result<UploadCompleted> {
+        let list = render_part_list(parts);
+        let action = Action::Complete { id: id.clone() };
+        let reply = self.upload_step(
+            nar,
+            &action,
+            Some("text/plain"),
+            Body::Bytes(list.as_bytes()),
+        )?;
+        parse(&reply.body)
+            .context("the cache's answer to completing an upload is not what nixflare sends")
+    }
+
+    /// PUT `/_nixflare/revocations/<id>`.
+    pub fn revoke(&self, id: &TokenId) -> Result<()> {
+        let path = Route::Revocation(*id).to_string();
+        self.expect_success(Method::Put, &path, None, Body::Empty)?;
+        Ok(())
+    }
+
+    fn upload_step(
+        &self,
+        nar: &NarFile,
+        action: &Action,
+        content_type: Option<&str>,
+        body: Body<'_>,
+    ) -> Result<super::client::Reply> {
+        let path = format!("{}?{}", Route::Upload(*nar), encode_query(action));
+        self.expect_success(action.method(), &path, content_type, body)
+    }
+}
+
+/// A message of the wire contract, as the worker rendered it.
+fn parse<'a, T: serde::Deserialize<'a>>(text: &'a str) -> serde_json::Result<T> {
+    serde_json::from_str(text)
+}
+
+/// The action's query string (`name=value&…`), values percent-encoded.
+fn encode_query(action: &Action) -> String {
+    let pairs: Vec<String> = action
+        .query()
+        .into_iter()
+        .map(|(name, value)| match value.is_empty() {
+            true => name.to_owned(),
+            false => format!("{name}={}", utf8_percent_encode(&value, NON_ALPHANUMERIC)),
+        })
+        .collect();
+    pairs.join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::http::query_pairs;
+
+    #[test]
+    fn queries_read_back_as_the_same_action_in_the_core() {
+        let id = UploadId::parse("AbC+/= x~%&").unwrap_err();
+        assert!(matches!(
+            id,
+            crate::core::multipart::MultipartError::UploadId
+        ));
+        let id = UploadId::parse("AbC+/=x~%&?#").unwrap();
+        for action in [
+            Action::Create,
+            Action::UploadPart {
+                id: id.clone(),
+                number: 7,
+            },
+            Action::Complete { id: id.clone() },
+            Action::Abort { id: id.clone() },
+        ] {
+            let url = format!(
+                "https://h/_nixflare/uploads/nar/x.nar?{}",
+                encode_query(&action)
+            );
+            assert_eq!(
+                Action::parse(action.method(), &query_pairs(&url)),
+                Ok(action),
+                "{url}"
+            );
+        }
+    }
+}

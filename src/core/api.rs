@@ -1,0 +1,218 @@
+//! The wire contract between the worker and the `nixflare` client: every JSON message
+//! under `/_nixflare/`, defined once. The worker renders these types with [`render`]; the
+//! client reads them with serde_json into the same types. Paths are [`Route`](crate::core::route::Route)s
+//! (`Route::Info`, `Route::Whoami`, `Route::Upload`, `Route::Revocation`), multipart
+//! queries are [`multipart::Action`](crate::core::multipart::Action)s, and the part list
+//! a completion sends is [`multipart::render_part_list`](crate::core::multipart::render_part_list).
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /_nixflare/info` | [`CacheInfo`] |
+//! | `GET /_nixflare/whoami` (any valid token) | [`Whoami`] |
+//! | `POST /_nixflare/uploads/nar/<file>?uploads` | [`UploadCreated`] |
+//! | `PUT …?partNumber=N&uploadId=ID` | [`PartUploaded`] |
+//! | `POST …?uploadId=ID` (part list) | [`UploadCompleted`] |
+//! | `DELETE …?uploadId=ID` | 204, no body |
+//!
+//! Refusals are not JSON: a status and a one-line `text/plain` reason, the same for
+//! every request (Nix reads them too).
+//!
+//! Field names are camelCase; values that have a text form in Nix or in nixflare (keys,
+//! token ids, permission lists) travel as that text.
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::config::CacheConfig;
+use crate::core::multipart::{UploadId, MAX_OBJECT_BYTES, MAX_PARTS, MIN_PART_BYTES};
+use crate::core::nix::keys::PublicKey;
+use crate::core::token::{Permissions, TokenId, VerifiedToken};
+
+/// `GET /_nixflare/info`: what a client needs to know before it uploads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheInfo {
+    pub store_dir: String,
+    /// Largest request body the cache takes; larger NARs go up in parts.
+    pub max_request_bytes: u64,
+    pub min_part_bytes: u64,
+    pub max_parts: u16,
+    pub max_object_bytes: u64,
+    /// Keys whose narinfo signatures the cache accepts.
+    pub public_keys: Vec<PublicKey>,
+}
+
+impl CacheInfo {
+    pub fn of(config: &CacheConfig) -> Self {
+        Self {
+            store_dir: config.store_dir.clone(),
+            max_request_bytes: config.max_request_bytes,
+            min_part_bytes: MIN_PART_BYTES,
+            max_parts: MAX_PARTS,
+            max_object_bytes: MAX_OBJECT_BYTES,
+            public_keys: config.public_keys.clone(),
+        }
+    }
+}
+
+/// `GET /_nixflare/whoami`: what the cache makes of the request's token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Whoami {
+    pub subject: String,
+    pub token_id: TokenId,
+    pub permissions: Permissions,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+impl Whoami {
+    pub fn of(token: &VerifiedToken) -> Self {
+        Self {
+            subject: token.subject.clone(),
+            token_id: token.id,
+            permissions: token.permissions,
+            expires_at: token.expires_at,
+        }
+    }
+}
+
+/// `POST …?uploads`: an upload was started, or the NAR is already on the cache and
+/// there is nothing to send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged, rename_all_fields = "camelCase")]
+pub enum UploadCreated {
+    Started {
+        upload_id: UploadId,
+        /// Parts must fit in a request of this size.
+        max_request_bytes: u64,
+    },
+    /// `{"present":true}`.
+    Present { present: True },
+}
+
+/// A `true` that cannot be anything else, so `{"present":false}` never reads as
+/// [`UploadCreated::Present`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct True;
+
+impl Serialize for True {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bool(true)
+    }
+}
+
+impl<'de> Deserialize<'de> for True {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match bool::deserialize(deserializer)? {
+            true => Ok(True),
+            false => Err(serde::de::Error::custom("expected true")),
+        }
+    }
+}
+
+/// `PUT …?partNumber=N&uploadId=ID`: R2's receipt for the part, to be sent back in
+/// the part list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartUploaded {
+    pub part_number: u16,
+    pub etag: String,
+}
+
+/// `POST …?uploadId=ID`: the NAR is published under `nar/`. `created` is false when
+/// another upload published the same bytes first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadCompleted {
+    pub created: bool,
+}
+
+/// The JSON text of a message, as the worker sends it.
+pub fn render<T: Serialize>(message: &T) -> String {
+    // The messages above hold only what the writer writes (tests prove each); were one
+    // ever to hold more, the client would see an empty object and refuse it.
+    crate::core::json::to_string(message).unwrap_or_else(|_| "{}".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::token::Claims;
+
+    const PUBLIC: &str = "test-1:lZK8TvdFo6yEOp1D7yQkeLwxrshDPF1iwDJ6pNX1xHE=";
+
+    /// What the worker renders is what serde_json writes, and the client (serde_json)
+    /// reads it back unchanged.
+    fn round_trip<T>(message: T) -> String
+    where
+        T: Serialize + for<'a> Deserialize<'a> + PartialEq + core::fmt::Debug,
+    {
+        let text = render(&message);
+        assert_eq!(text, serde_json::to_string(&message).unwrap());
+        assert_eq!(parse::<T>(&text).unwrap(), message, "{text}");
+        text
+    }
+
+    fn parse<'a, T: Deserialize<'a>>(text: &'a str) -> serde_json::Result<T> {
+        serde_json::from_str(text)
+    }
+
+    #[test]
+    fn cache_info() {
+        let config = CacheConfig {
+            public_keys: vec![PUBLIC.parse().unwrap()],
+            ..CacheConfig::default()
+        };
+        let text = round_trip(CacheInfo::of(&config));
+        assert_eq!(
+            text,
+            format!(
+                "{{\"storeDir\":\"/nix/store\",\"maxRequestBytes\":100000000,\"minPartBytes\":5242880,\
+                 \"maxParts\":10000,\"maxObjectBytes\":5368709120,\"publicKeys\":[\"{PUBLIC}\"]}}"
+            )
+        );
+    }
+
+    #[test]
+    fn whoami() {
+        let admin = crate::core::nix::keys::SecretKey::from_seed("admin", [1; 32]).unwrap();
+        let claims = Claims {
+            id: TokenId([7; 16]),
+            subject: "ci \"quoted\"".into(),
+            permissions: Permissions::READ.union(Permissions::WRITE),
+            expires_at: 2_000_000_000,
+        };
+        let token = claims.mint(&admin).unwrap();
+        let verified =
+            crate::core::token::verify(&token, &[admin.public_key()], 1_000_000_000).unwrap();
+        let text = round_trip(Whoami::of(&verified));
+        assert_eq!(
+            text,
+            "{\"subject\":\"ci \\\"quoted\\\"\",\"tokenId\":\"07070707070707070707070707070707\",\
+             \"permissions\":\"read,write\",\"expiresAt\":2000000000}"
+        );
+    }
+
+    #[test]
+    fn multipart_messages() {
+        let started = UploadCreated::Started {
+            upload_id: UploadId::parse("AbC+/=").unwrap(),
+            max_request_bytes: 100,
+        };
+        assert_eq!(
+            round_trip(started),
+            "{\"uploadId\":\"AbC+/=\",\"maxRequestBytes\":100}"
+        );
+        assert_eq!(
+            round_trip(UploadCreated::Present { present: True }),
+            "{\"present\":true}"
+        );
+        assert!(parse::<UploadCreated>("{\"present\":false}").is_err());
+        assert!(parse::<UploadCreated>("{\"uploadId\":\"a b\",\"maxRequestBytes\":1}").is_err());
+        round_trip(PartUploaded {
+            part_number: 2,
+            etag: "\"abc\"".into(),
+        });
+        round_trip(UploadCompleted { created: false });
+    }
+}

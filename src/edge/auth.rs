@@ -1,0 +1,65 @@
+//! Tokens at the edge: the core parses and verifies them (`crate::core::token`); the edge
+//! adds the one thing that needs storage, the revocation check.
+
+use worker::{Bucket, Env, Request};
+
+use super::error::EdgeError;
+use crate::core::config::CacheConfig;
+use crate::core::route::Route;
+use crate::core::token::{self, Permissions, VerifiedToken};
+
+/// What a guarded operation works with: the configuration, the bucket, and a token that
+/// passed every check for the permission the operation needs.
+pub struct Guarded {
+    pub config: CacheConfig,
+    pub bucket: Bucket,
+    pub token: VerifiedToken,
+}
+
+impl Guarded {
+    pub async fn open(req: &Request, env: &Env, needs: Permissions) -> Result<Guarded, EdgeError> {
+        let config = super::config(env)?;
+        let bucket = super::bucket(env)?;
+        let token = authorize(req, &config, &bucket, needs).await?;
+        Ok(Guarded {
+            config,
+            bucket,
+            token,
+        })
+    }
+}
+
+/// Checks the token: present, well-formed, signed by a token key, unexpired, carrying
+/// `needs`, and not revoked (one R2 HEAD).
+async fn authorize(
+    req: &Request,
+    config: &CacheConfig,
+    bucket: &Bucket,
+    needs: Permissions,
+) -> Result<VerifiedToken, EdgeError> {
+    let header = req.headers().get("Authorization")?.ok_or_else(|| {
+        EdgeError::Unauthorized(
+            "a token is required (Authorization: Bearer TOKEN, or the token as netrc password)"
+                .into(),
+        )
+    })?;
+    let text = token::from_authorization(&header)
+        .ok_or_else(|| EdgeError::Unauthorized("Authorization must be Bearer or Basic".into()))?;
+    let now = worker::Date::now().as_millis() / 1000;
+    let token = token::verify(&text, &config.token_keys, now)
+        .map_err(|e| EdgeError::Unauthorized(e.to_string()))?;
+    if !token.permissions.contains(needs) {
+        return Err(EdgeError::Forbidden(format!(
+            "token for {:?} lacks {needs} permission",
+            token.subject
+        )));
+    }
+    let revocation = Route::Revocation(token.id).to_string();
+    if bucket.head(&revocation).await?.is_some() {
+        return Err(EdgeError::Unauthorized(format!(
+            "token {} is revoked",
+            token.id
+        )));
+    }
+    Ok(token)
+}

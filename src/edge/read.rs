@@ -1,0 +1,129 @@
+//! GET and HEAD: every protocol file, anonymous. Stored files come from R2 and nothing
+//! else (no configuration, no token, no index); their bodies stream from R2 to the client
+//! without entering wasm.
+
+use worker::{Bucket, Headers, Request, Response};
+
+use super::error::EdgeError;
+use super::response::generated;
+use crate::core::api;
+use crate::core::config::CacheConfig;
+use crate::core::http::{content_range, if_none_match_matches, unsatisfied_range, RangeRequest};
+use crate::core::route::{Kind, Route};
+
+/// The landing page. Built in rather than served as a static asset: with `[assets]`,
+/// every request first passes an asset router, which cost ~35% of narinfo throughput
+/// in `make bench`.
+const LANDING_PAGE: &str = include_str!("../../www/index.html");
+
+/// Files made from configuration.
+pub fn render(route: &Route, config: &CacheConfig, head_only: bool) -> Result<Response, EdgeError> {
+    let text = match route {
+        Route::LandingPage => LANDING_PAGE.to_owned(),
+        Route::PublicKeys => config.public_keys_text(),
+        Route::Info => api::render(&api::CacheInfo::of(config)),
+        Route::CacheInfo => config.nix_cache_info(),
+        // Not a rendered file (the core never plans it): nothing to show.
+        _ => return Err(EdgeError::NotFound),
+    };
+    generated(route.kind(), text, head_only)
+}
+
+/// A stored file.
+pub async fn serve(
+    req: &Request,
+    bucket: &Bucket,
+    route: &Route,
+    head_only: bool,
+) -> Result<Response, EdgeError> {
+    let key = route.to_string();
+    let range_header = req.headers().get("Range")?;
+    let if_none_match = req.headers().get("If-None-Match")?;
+    // The common case (Nix fetching a file) costs one R2 read. Conditional, ranged and
+    // HEAD requests need size and ETag first, so they look at the metadata first.
+    if !head_only && range_header.is_none() && if_none_match.is_none() {
+        let object = bucket
+            .get(&key)
+            .execute()
+            .await?
+            .ok_or(EdgeError::NotFound)?;
+        let headers = object_headers(route.kind(), &object.http_etag())?;
+        headers.set("Content-Length", &object.size().to_string())?;
+        return stream(object, headers, 200);
+    }
+    let meta = bucket.head(&key).await?.ok_or(EdgeError::NotFound)?;
+    let (size, etag) = (meta.size(), meta.http_etag());
+    let headers = object_headers(route.kind(), &etag)?;
+    if if_none_match.is_some_and(|header| if_none_match_matches(&header, &etag)) {
+        return Ok(Response::empty()?.with_status(304).with_headers(headers));
+    }
+    if head_only {
+        headers.set("Content-Length", &size.to_string())?;
+        return Ok(Response::empty()?.with_headers(headers));
+    }
+    let range = RangeRequest::resolve(range_header.as_deref(), size);
+    serve_range(bucket, &key, size, range, headers).await
+}
+
+/// The body of a GET whose object exists and is `size` bytes.
+async fn serve_range(
+    bucket: &Bucket,
+    key: &str,
+    size: u64,
+    range: RangeRequest,
+    headers: Headers,
+) -> Result<Response, EdgeError> {
+    match range {
+        RangeRequest::Full => {
+            let object = bucket
+                .get(key)
+                .execute()
+                .await?
+                .ok_or(EdgeError::NotFound)?;
+            headers.set("Content-Length", &object.size().to_string())?;
+            stream(object, headers, 200)
+        }
+        RangeRequest::Partial { start, end } => {
+            let length = end - start + 1;
+            let object = bucket
+                .get(key)
+                .range(worker::Range::OffsetWithLength {
+                    offset: start,
+                    length,
+                })
+                .execute()
+                .await?
+                .ok_or(EdgeError::NotFound)?;
+            // Built from what was asked and the size seen: Object::range() panics in
+            // workers-rs 0.8.7 (docs/platform.md).
+            headers.set("Content-Range", &content_range(start, end, size))?;
+            headers.set("Content-Length", &length.to_string())?;
+            stream(object, headers, 206)
+        }
+        RangeRequest::Unsatisfiable => {
+            headers.set("Content-Range", &unsatisfied_range(size))?;
+            // A 416 is about this request, not the object: do not cache it.
+            headers.set("Cache-Control", "no-store")?;
+            Ok(Response::empty()?.with_status(416).with_headers(headers))
+        }
+    }
+}
+
+/// Headers shared by every answer about a stored object.
+fn object_headers(kind: Kind, etag: &str) -> Result<Headers, EdgeError> {
+    let headers = Headers::new();
+    headers.set("Content-Type", kind.content_type())?;
+    headers.set("Cache-Control", kind.cache_control())?;
+    headers.set("ETag", etag)?;
+    // Lets Nix resume an interrupted download (it checks for this header).
+    headers.set("Accept-Ranges", "bytes")?;
+    Ok(headers)
+}
+
+/// Hands the object's body to the runtime as a stream: its bytes never enter wasm.
+fn stream(object: worker::Object, headers: Headers, status: u16) -> Result<Response, EdgeError> {
+    let body = object.body().ok_or(EdgeError::MissingBody)?;
+    Ok(Response::from_body(body.response_body()?)?
+        .with_status(status)
+        .with_headers(headers))
+}
