@@ -255,7 +255,7 @@ fn reason_line(status: u16, body: &str) -> String {
 
 /// `user:password@` in a URL is replaced, so credentials never reach output; a URL
 /// that does not parse is not printed at all.
-pub fn redact(url: &str) -> String {
+fn redact(url: &str) -> String {
     let Ok(uri) = url.parse::<Uri>() else {
         return "<unparsable URL>".to_owned();
     };
@@ -300,7 +300,7 @@ impl<R: Read> Read for Metered<R> {
 }
 
 /// One budget of bytes per second shared by all uploads.
-pub struct RateLimiter {
+struct RateLimiter {
     bytes_per_second: u64,
     /// When the bytes granted so far will have been "paid for".
     next_free: Mutex<Instant>,

@@ -185,7 +185,8 @@ struct Uploaded {
 
 impl Context<'_> {
     /// Prepares and uploads every missing path, publishing narinfos as their
-    /// references become available.
+    /// references become available. Three stages joined by channels: preparers
+    /// (dump, check, compress), uploaders, and this thread publishing narinfos.
     fn transfer(&self, closure: &[PathInfo], missing: &[usize]) -> Result<Totals> {
         // Biggest first: the long compressions start early and overlap the rest.
         let mut order = missing.to_vec();
@@ -198,50 +199,20 @@ impl Context<'_> {
             missing.len(),
             missing.iter().map(|&i| closure[i].nar_size).sum(),
         );
-
         let mut totals = Totals::default();
         let result = thread::scope(|scope| -> Result<()> {
             // Compression runs zstd on every core already; two at a time keep the
             // cores busy while one waits on nix-store.
             for _ in 0..2.min(missing.len()) {
-                let prepared_tx = prepared_tx.clone();
-                let done_tx = done_tx.clone();
+                let (prepared_tx, done_tx) = (prepared_tx.clone(), done_tx.clone());
                 let queue = &queue;
-                scope.spawn(move || loop {
-                    if self.cancelled.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let Some(index) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
-                        return;
-                    };
-                    match self.prepare(&closure[index]) {
-                        Ok(prepared) => {
-                            let _ = prepared_tx.send((index, prepared));
-                        }
-                        Err(err) => {
-                            let _ = done_tx.send(Err(err));
-                            return;
-                        }
-                    }
-                });
+                scope.spawn(move || self.prepare_queued(closure, queue, prepared_tx, done_tx));
             }
             drop(prepared_tx);
             for _ in 0..self.options.jobs.clamp(1, missing.len()) {
                 let done_tx = done_tx.clone();
                 let prepared_rx = &prepared_rx;
-                scope.spawn(move || loop {
-                    let next = prepared_rx.lock().ok().and_then(|rx| rx.recv().ok());
-                    let Some((index, mut prepared)) = next else {
-                        return;
-                    };
-                    if self.cancelled.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let outcome = self
-                        .upload(&closure[index], &mut prepared)
-                        .map(|()| Uploaded { index, prepared });
-                    let _ = done_tx.send(outcome);
-                });
+                scope.spawn(move || self.upload_prepared(closure, prepared_rx, done_tx));
             }
             drop(done_tx);
             let outcome = self.publish_as_ready(closure, missing, &done_rx, &mut totals);
@@ -252,6 +223,54 @@ impl Context<'_> {
         });
         totals.sent_bytes = self.reporter.sent_total();
         result.map(|()| totals)
+    }
+
+    /// A preparer: takes paths from `queue` until it is empty, sends each prepared NAR
+    /// on; the first failure goes to the publisher and ends this worker.
+    fn prepare_queued(
+        &self,
+        closure: &[PathInfo],
+        queue: &Mutex<VecDeque<usize>>,
+        prepared: mpsc::Sender<(usize, Prepared)>,
+        done: mpsc::Sender<Result<Uploaded>>,
+    ) {
+        while !self.cancelled.load(Ordering::Relaxed) {
+            let Some(index) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
+                return;
+            };
+            match self.prepare(&closure[index]) {
+                Ok(nar) => {
+                    let _ = prepared.send((index, nar));
+                }
+                Err(err) => {
+                    let _ = done.send(Err(err));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// An uploader: uploads prepared NARs as they come, reporting each to the publisher.
+    fn upload_prepared(
+        &self,
+        closure: &[PathInfo],
+        prepared: &Mutex<mpsc::Receiver<(usize, Prepared)>>,
+        done: mpsc::Sender<Result<Uploaded>>,
+    ) {
+        loop {
+            let next = prepared.lock().ok().and_then(|rx| rx.recv().ok());
+            let Some((index, mut nar)) = next else {
+                return;
+            };
+            if self.cancelled.load(Ordering::Relaxed) {
+                return;
+            }
+            let outcome = self.upload(&closure[index], &mut nar).map(|()| Uploaded {
+                index,
+                prepared: nar,
+            });
+            let _ = done.send(outcome);
+        }
     }
 
     fn prepare(&self, info: &PathInfo) -> Result<Prepared> {

@@ -111,7 +111,7 @@ fn not_allowed(route: &Route) -> Refusal {
 }
 
 /// The methods a route takes (a 405's `Allow`): what [`plan`] accepts, spelled out.
-pub fn allowed_methods(route: &Route) -> &'static str {
+fn allowed_methods(route: &Route) -> &'static str {
     match route {
         Route::Narinfo(_) | Route::Nar(_) => "GET, HEAD, PUT, DELETE",
         Route::CacheInfo

@@ -37,7 +37,7 @@ pub const MAX_OBJECT_BYTES: u64 = 5 * 1024 * 1024 * 1024;
 const REQUEST_OVERHEAD: u64 = 64 * 1024;
 
 /// Longest part ETag accepted (R2's are ~170 characters locally, 32 hex in production).
-pub const MAX_ETAG_BYTES: usize = 1024;
+const MAX_ETAG_BYTES: usize = 1024;
 /// Largest part-list body: 10,000 lines of a number and an ETag.
 pub const MAX_PART_LIST_BYTES: u64 = MAX_PARTS as u64 * (MAX_ETAG_BYTES as u64 + 7);
 
@@ -160,7 +160,7 @@ impl fmt::Debug for UploadId {
 }
 
 /// A part number, 1..=[`MAX_PARTS`].
-pub fn parse_part_number(text: &str) -> Result<u16, MultipartError> {
+fn parse_part_number(text: &str) -> Result<u16, MultipartError> {
     match text.parse::<u16>() {
         Ok(n) if text.bytes().all(|b| b.is_ascii_digit()) && (1..=MAX_PARTS).contains(&n) => Ok(n),
         _ => Err(MultipartError::PartNumber),

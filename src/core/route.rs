@@ -231,22 +231,10 @@ impl Route {
             Route::Info | Route::Whoami => Kind::Api,
         }
     }
-
-    /// The R2 key of the object this route names; `None` for routes not backed by
-    /// storage.
-    pub fn storage_key(&self) -> Option<String> {
-        match self {
-            Route::LandingPage
-            | Route::CacheInfo
-            | Route::PublicKeys
-            | Route::Info
-            | Route::Whoami => None,
-            other => Some(other.to_string()),
-        }
-    }
 }
 
-/// The canonical path without the leading `/` (also the storage key).
+/// The canonical path without the leading `/`; for a route the core plans as
+/// `Public::Serve` or `Operation::Store`, also its storage key.
 impl fmt::Display for Route {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -357,14 +345,12 @@ mod tests {
 
     #[test]
     fn storage_keys_are_canonical_paths() {
-        assert_eq!(Route::CacheInfo.storage_key(), None);
-        assert_eq!(Route::PublicKeys.storage_key(), None);
         let route = Route::parse(&format!("/{HASH}.narinfo")).unwrap();
-        assert_eq!(route.storage_key().unwrap(), format!("{HASH}.narinfo"));
+        assert_eq!(route.to_string(), format!("{HASH}.narinfo"));
         // An escaped character that is legal decodes to the same key as the plain one.
         let escaped = Route::parse(&format!("/realisations/sha256%3A{DRV_HEX}%21out.doi")).unwrap();
         assert_eq!(
-            escaped.storage_key().unwrap(),
+            escaped.to_string(),
             format!("realisations/sha256:{DRV_HEX}!out.doi")
         );
     }

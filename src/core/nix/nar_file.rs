@@ -23,16 +23,6 @@ pub enum Compression {
 }
 
 impl Compression {
-    pub const ALL: [Compression; 7] = [
-        Compression::None,
-        Compression::Xz,
-        Compression::Bzip2,
-        Compression::Zstd,
-        Compression::Brotli,
-        Compression::Lz4,
-        Compression::Lzip,
-    ];
-
     /// What follows `.nar` in the file name.
     pub fn extension(self) -> &'static str {
         match self {
@@ -59,7 +49,7 @@ impl Compression {
         }
     }
 
-    pub fn from_extension(extension: &str) -> Option<Self> {
+    fn from_extension(extension: &str) -> Option<Self> {
         Some(match extension {
             "" => Compression::None,
             ".xz" => Compression::Xz,
@@ -141,10 +131,19 @@ mod tests {
     use super::*;
 
     const HASH: &str = "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73";
+    const ALL: [Compression; 7] = [
+        Compression::None,
+        Compression::Xz,
+        Compression::Bzip2,
+        Compression::Zstd,
+        Compression::Brotli,
+        Compression::Lz4,
+        Compression::Lzip,
+    ];
 
     #[test]
     fn names_round_trip_for_every_compression() {
-        for compression in Compression::ALL {
+        for compression in ALL {
             let name = format!("{HASH}.nar{}", compression.extension());
             let file = NarFile::parse(&name).unwrap();
             assert_eq!(file.compression, compression);

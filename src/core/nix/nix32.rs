@@ -7,7 +7,7 @@
 use thiserror::Error;
 
 /// The 32 digits, in value order.
-pub const ALPHABET: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
+const ALPHABET: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum Nix32Error {
@@ -30,11 +30,6 @@ pub const fn encoded_len(byte_len: usize) -> usize {
 
 fn digit_value(c: u8) -> Option<u8> {
     ALPHABET.iter().position(|&a| a == c).map(|p| p as u8)
-}
-
-/// True when `c` is one of the 32 nix32 digits.
-pub fn is_digit(c: u8) -> bool {
-    digit_value(c).is_some()
 }
 
 pub fn encode(bytes: &[u8]) -> String {

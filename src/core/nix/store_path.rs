@@ -12,7 +12,7 @@ use thiserror::Error;
 use super::nix32;
 
 /// Longest store path name Nix accepts.
-pub const MAX_NAME_LEN: usize = 211;
+const MAX_NAME_LEN: usize = 211;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum StorePathError {
@@ -36,11 +36,7 @@ pub enum StorePathError {
 pub struct StorePathHash([u8; 20]);
 
 impl StorePathHash {
-    pub const TEXT_LEN: usize = nix32::encoded_len(20);
-
-    pub fn as_bytes(&self) -> &[u8; 20] {
-        &self.0
-    }
+    const TEXT_LEN: usize = nix32::encoded_len(20);
 }
 
 impl FromStr for StorePathHash {
