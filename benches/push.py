@@ -5,7 +5,7 @@ The closure: 20 paths chained by references, ~240 MiB of NARs in mixed sizes and
 kinds (machine code, text, base64, random bytes), built by Nix with a fresh salt.
 
 Local workerd never answers `Expect: 100-continue`, so Nix's curl stalls 1 s before
-every PUT body (FIELD-NOTES §1); Cloudflare does answer it. Ratios are printed both as
+every PUT body (docs/platform.md §2); Cloudflare does answer it. Ratios are printed both as
 measured and with nix copy's stall (1 s per PUT, counted in the worker log) removed:
 the second is the fair comparison."""
 

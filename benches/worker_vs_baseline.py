@@ -5,7 +5,7 @@ nixflare), loopback only. Each figure keeps the better of its two rounds per wor
 
 Load: wrk for request rates (bounded by time), curl for big bodies, a Python client
 for nixflare's multipart upload. CPU and RSS are read from /proc for the workerd
-process (which also runs the simulated R2: FIELD-NOTES §1)."""
+process (which also runs the simulated R2: docs/platform.md §2)."""
 
 from __future__ import annotations
 

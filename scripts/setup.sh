@@ -37,7 +37,7 @@ cargo_tool() { # binary, crate, version: installs unless that exact version is t
   local bin=$1 crate=$2 version=$3
   if ! "$bin" --version 2>/dev/null | grep -qw "$version"; then
     step "cargo install $crate $version (a few minutes, once)"
-    # Not --locked: wasm-bindgen-cli's lock file does not build here (FIELD-NOTES §1).
+    # Not --locked: wasm-bindgen-cli's own lock file does not build (docs/platform.md §1).
     cargo install --quiet "$crate" --version "$version" --force
   fi
 }

@@ -11,7 +11,7 @@
 //! | `POST …?uploadId=ID` | complete: body is one `N ETAG` line per part |
 //! | `DELETE …?uploadId=ID` | abort |
 //!
-//! R2's rules (FIELD-NOTES §2): part numbers 1..=10000, every part but the last at
+//! R2's rules (docs/platform.md §4): part numbers 1..=10000, every part but the last at
 //! least 5 MiB and all of one size. The parts are assembled under a staging key that is
 //! never served. Completing copies the staging object to the NAR's content address with
 //! R2 checking its SHA-256, so nothing appears under `nar/` until its bytes are proven.

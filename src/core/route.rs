@@ -4,7 +4,7 @@
 //! that does not parse is a 404 and never reaches storage. The storage key is the
 //! route's canonical [`Display`](core::fmt::Display) form, rebuilt from parsed values,
 //! so no unchecked byte of the request ever becomes part of a key (workerd leaves
-//! `%2f` encoded: see FIELD-NOTES §1).
+//! `%2f` encoded: docs/platform.md §2).
 //!
 //! Path shapes come from NixOS/nix `src/libstore/binary-cache-store.cc` and
 //! `http-binary-cache-store.cc`.

@@ -3,7 +3,7 @@
 //! Kept thin on purpose. What to do is decided by the core ([`Route::parse`],
 //! [`dispatch::plan`], [`publish`](crate::core::publish), [`multipart`](crate::core::multipart));
 //! this layer moves headers and streams and talks to R2. Object bodies go from R2 to the
-//! client as the runtime's own stream and never enter wasm (docs/platform.md).
+//! client as the runtime's own stream and never enter wasm (docs/platform.md §3).
 
 mod auth;
 mod body;

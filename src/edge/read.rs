@@ -95,7 +95,7 @@ async fn serve_range(
                 .await?
                 .ok_or(EdgeError::NotFound)?;
             // Built from what was asked and the size seen: Object::range() panics in
-            // workers-rs 0.8.7 (docs/platform.md).
+            // workers-rs 0.8.7 (docs/platform.md §3).
             headers.set("Content-Range", &content_range(start, end, size))?;
             headers.set("Content-Length", &length.to_string())?;
             stream(object, headers, 206)
