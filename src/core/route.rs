@@ -51,6 +51,10 @@ impl fmt::Display for OutputName {
 
 /// Longest build id accepted under `debuginfo/` (GNU build ids are 20 bytes = 40 hex).
 const MAX_BUILD_ID_HEX: usize = 128;
+/// What Nix's `index-debug-info` appends to the build id in the key it writes (the
+/// file's own name, `<38 hex>.debug`, after its 2-hex directory); Hydra's indexer writes
+/// the bare id. Both are served as written.
+const DEBUG_SUFFIX: &str = ".debug";
 
 /// One file of the binary-cache protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +85,7 @@ pub enum Route {
         drv: DrvBaseName,
         output: OutputName,
     },
-    /// `debuginfo/<build-id>`: a JSON pointer into a NAR (`index-debug-info`).
+    /// `debuginfo/<build-id>[.debug]`: a JSON pointer into a NAR (`index-debug-info`).
     DebugInfo(String),
     /// `_nixflare/revocations/<token id>`: PUT revokes a token. Not a Nix file.
     Revocation(TokenId),
@@ -207,8 +211,9 @@ impl Route {
                 })
             }
             "debuginfo" => {
-                let ok = (2..=MAX_BUILD_ID_HEX).contains(&file.len())
-                    && file.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+                let id = file.strip_suffix(DEBUG_SUFFIX).unwrap_or(file);
+                let ok = (2..=MAX_BUILD_ID_HEX).contains(&id.len())
+                    && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
                 ok.then(|| Route::DebugInfo(file.to_owned()))
             }
             _ => None,
@@ -328,6 +333,10 @@ mod tests {
             Kind::Json
         );
         assert_eq!(
+            round_trip("/debuginfo/0123456789abcdef0123456789abcdef01234567.debug").kind(),
+            Kind::Json
+        );
+        assert_eq!(
             round_trip("/debuginfo/0123456789abcdef0123456789abcdef01234567").kind(),
             Kind::Json
         );
@@ -397,6 +406,9 @@ mod tests {
             "/debuginfo/0",
             "/debuginfo/ABCDEF",
             "/debuginfo/xyz",
+            "/debuginfo/.debug",
+            "/debuginfo/ab.debug.debug",
+            "/debuginfo/ab.DEBUG",
             &format!("/debuginfo/{}", "a".repeat(MAX_BUILD_ID_HEX + 2)),
             "/index.html",
             "//",

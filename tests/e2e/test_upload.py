@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (MAX_REQUEST_BYTES, Closure, Keys, Nix, Tokens, Worker, bearer, build_closure, nix32_sha256,
+from conftest import (MAX_REQUEST_BYTES, MK, Closure, Keys, Nix, Tokens, Worker, bearer, build_closure, nix32_sha256,
                       request, run, CLI)
 
 ABSENT_NAR = "/nar/" + "1" * 52 + ".nar.xz"
@@ -41,6 +41,35 @@ def test_stock_nix_copy_to_then_substitute(nix: Nix, worker: Worker, keys: Keys,
     store = str(tmp_path / "store")
     nix("copy", "--from", worker.url, "--to", store, "--option", "trusted-public-keys", keys.public, fresh_closure.top)
     assert nar_hashes(nix, store, fresh_closure.top) == fresh_closure.nar_hashes
+
+
+DEBUGINFO_EXPR = r"""
+{ salt }:
+let
+""" + MK + r"""
+in mk "nixflare-e2e-debuginfo-${salt}" ''
+  mkdir -p $out/lib/debug/.build-id/ab
+  echo ${salt} > $out/lib/debug/.build-id/ab/cdef0123456789abcdef0123456789abcdef01.debug
+''
+"""
+
+
+def test_stock_nix_copy_with_debug_info_index(nix: Nix, worker: Worker, keys: Keys, tokens: Tokens, tmp_path):
+    """Nix's index-debug-info writes `debuginfo/<build id>.debug` (the key carries the
+    file's suffix); the cache must take it, or `nix copy` fails."""
+    top = run(["nix-build", "--no-out-link", "-E", DEBUGINFO_EXPR, "--argstr", "salt", os.urandom(6).hex()],
+              env=nix.env).stdout.strip()
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine {worker.host} login nix password {tokens.mint('read,write')}\n")
+    to = f"{worker.url}?secret-key={keys.secret_file}&compression=zstd&index-debug-info=true"
+    nix("copy", "--option", "netrc-file", str(netrc), "--to", to, top)
+
+    status, headers, body = request(worker, "GET", "/debuginfo/abcdef0123456789abcdef0123456789abcdef01.debug")
+    assert status == 200, body
+    assert headers["content-type"] == "application/json"
+    pointer = json.loads(body)
+    assert pointer["member"] == "lib/debug/.build-id/ab/cdef0123456789abcdef0123456789abcdef01.debug"
+    assert pointer["archive"].startswith("../nar/")
 
 
 def test_nix_copy_without_token_fails_and_stores_nothing(nix: Nix, worker: Worker, keys: Keys, tmp_path):
