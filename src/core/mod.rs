@@ -39,6 +39,7 @@ pub(crate) use serde_via_text;
 
 pub mod api;
 pub mod config;
+mod corpus;
 pub mod dispatch;
 pub mod http;
 pub mod json;

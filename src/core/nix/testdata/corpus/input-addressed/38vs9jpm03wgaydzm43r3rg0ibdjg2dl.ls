@@ -1,0 +1,1 @@
+{"version":1,"root":{"type":"regular","size":56,"narOffset":96}}

@@ -1,0 +1,1 @@
+{"version":1,"root":{"type":"regular","size":7,"narOffset":96}}

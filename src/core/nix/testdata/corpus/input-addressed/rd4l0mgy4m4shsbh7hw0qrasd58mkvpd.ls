@@ -1,0 +1,1 @@
+{"version":1,"root":{"type":"directory","entries":{"bin":{"type":"directory","entries":{"self":{"type":"regular","size":18,"executable":true,"narOffset":400}}},"first":{"type":"symlink","target":"/nix/store/4hah0yxpmf5wdsgq17gbnn4izh3myfb6-corpus-leaf-0"},"refs":{"type":"regular","size":1406,"narOffset":888},"self":{"type":"regular","size":61,"narOffset":2480}}}}
