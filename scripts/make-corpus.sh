@@ -2,7 +2,8 @@
 # Regenerates src/core/nix/testdata/corpus/: binary-cache files written by stock Nix
 # (`nix copy --to file://…`, `nix store copy-log`), which the core's tests parse and
 # render back byte for byte. NAR bodies are left out (the tests need only their names).
-# Deterministic: the same Nix writes the same files. Needs Nix (scripts/setup.sh).
+# Deterministic but for the gzip case (its header carries a time stamp): the same Nix
+# writes the same files. Needs Nix (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,14 +23,8 @@ SIGN="secret-key=$work/sk"
 
 EXPR=$work/corpus.nix
 cat > "$EXPR" <<'NIX'
+{ mk }:
 let
-  mk = name: script: derivation {
-    inherit name;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" script ];
-    PATH = "/usr/bin:/bin";
-  };
   leaves = builtins.genList (i: mk "corpus-leaf-${toString i}" "echo leaf ${toString i} > $out") 24;
   text = builtins.toFile "corpus-text" "written by builtins.toFile\n";
 in {
@@ -70,7 +65,8 @@ in {
 }
 NIX
 
-build() { nix-build --no-out-link "$EXPR" -A "$1" --option extra-experimental-features ca-derivations; }
+MK=(--arg mk "import $PWD/tests/nix/mk.nix")
+build() { nix-build --no-out-link "$EXPR" "${MK[@]}" -A "$1" --option extra-experimental-features ca-derivations; }
 # Copies into the cache at $1 (query string $2) the rest of the arguments.
 copy() { local dir=$1 query=$2; shift 2; nix copy --to "file://$work/out/$dir?$query" "$@"; }
 
@@ -92,7 +88,7 @@ copy content-addressed "compression=zstd" \
   "$(build fixed-output)"
 # A floating CA derivation: its realisation too (Nix <= 2.34 layout).
 build floating-ca >/dev/null
-copy content-addressed "compression=zstd" -f "$EXPR" floating-ca
+copy content-addressed "compression=zstd" -f "$EXPR" "${MK[@]}" floating-ca
 
 # Debug info index and a build log.
 debuginfo=$(build debuginfo)

@@ -135,16 +135,9 @@ def tokens(tmp_path_factory) -> Tokens:
     return Tokens(d / "admin.sec", public)
 
 
-# `mk name script`: a derivation running a shell script, for closures built in tests.
-MK = r"""
-  mk = name: script: derivation {
-    inherit name;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" script ];
-    # The host's coreutils: tests/nix/nix.conf turns the build sandbox off.
-    PATH = "/usr/bin:/bin";
-  };
+# `mk name script`, for closures built in tests (tests/nix/mk.nix says how).
+MK = f"""
+  mk = import {NIX_CONF_DIR / "mk.nix"};
 """
 
 CLOSURE_EXPR = r"""
