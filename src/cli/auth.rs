@@ -22,7 +22,7 @@ pub fn find_token(
             fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         return Ok(text.trim().to_owned());
     }
-    let host = host_of(cache_url);
+    let host = host_of(cache_url)?;
     let candidates: Vec<PathBuf> = match netrc {
         Some(path) => vec![path.to_owned()],
         None => default_netrc_files(),
@@ -56,12 +56,14 @@ fn default_netrc_files() -> Vec<PathBuf> {
 }
 
 /// The host of a URL, without port or credentials (netrc machines are host names; curl
-/// matches the host without the port). Empty when the URL does not parse.
-pub fn host_of(url: &str) -> String {
+/// matches the host without the port).
+pub fn host_of(url: &str) -> Result<String> {
     url.parse::<ureq::http::Uri>()
         .ok()
         .and_then(|uri| uri.host().map(str::to_owned))
-        .unwrap_or_default()
+        .with_context(|| {
+            format!("{url:?} is not a URL with a host (write an IDN host in punycode)")
+        })
 }
 
 /// The password of `machine host` (or of `default`) in netrc text.
@@ -105,12 +107,16 @@ mod tests {
 
     #[test]
     fn hosts() {
-        assert_eq!(host_of("http://127.0.0.1:8787"), "127.0.0.1");
-        assert_eq!(host_of("https://cache.example.org/"), "cache.example.org");
+        assert_eq!(host_of("http://127.0.0.1:8787").unwrap(), "127.0.0.1");
         assert_eq!(
-            host_of("https://u:p@cache.example.org:443/x"),
+            host_of("https://cache.example.org/").unwrap(),
             "cache.example.org"
         );
+        assert_eq!(
+            host_of("https://u:p@cache.example.org:443/x").unwrap(),
+            "cache.example.org"
+        );
+        assert!(host_of("https://café.example").is_err());
     }
 
     #[test]

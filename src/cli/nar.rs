@@ -31,7 +31,9 @@ pub struct Codec {
 /// A NAR ready to upload, and what is known about its upload so far.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Prepared {
-    /// SHA-256 of the compressed file: its name on the cache.
+    /// SHA-256 of the compressed file: its name on the cache. Written as bare nix32,
+    /// the spool's format since its first version, so an interrupted push resumes.
+    #[serde(with = "bare_nix32")]
     pub file_hash: Sha256,
     pub file_size: u64,
     /// An open multipart upload of this file, for resuming.
@@ -47,6 +49,25 @@ pub struct OpenUpload {
     pub part_size: u64,
     /// ETag per part, `None` until that part is acknowledged.
     pub etags: Vec<Option<String>>,
+}
+
+/// `Sha256` as its bare nix32 digest (a NAR file's name without `.nar`).
+mod bare_nix32 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::core::nix::hash::Sha256;
+    use crate::core::nix::nix32;
+
+    pub fn serialize<S: Serializer>(hash: &Sha256, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&hash.nix32())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Sha256, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        nix32::decode(&text)
+            .map(Sha256)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 impl Prepared {
@@ -214,5 +235,23 @@ impl<W: Write> Write for HashingWriter<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spool_records_keep_their_first_format() {
+        // As the first nixflare wrote it: a bare nix32 file hash, an open upload.
+        let old = r#"{"file_hash":"0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73","file_size":3,"upload":{"cache":"http://c","upload_id":"AbC+/=","part_size":5242880,"etags":["e1",null]}}"#;
+        let record: Prepared = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            record.file_hash.nix32(),
+            "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73"
+        );
+        assert_eq!(record.upload.as_ref().unwrap().upload_id.as_str(), "AbC+/=");
+        assert_eq!(serde_json::to_string(&record).unwrap(), old);
     }
 }

@@ -31,6 +31,6 @@ pub fn run(cache: &str, attempts: u32) -> Result<()> {
     println!("}};");
     println!();
     println!("# netrc (only to push with stock `nix copy`; reading needs no token)");
-    println!("machine {} password <TOKEN>", host_of(url));
+    println!("machine {} password <TOKEN>", host_of(url)?);
     Ok(())
 }

@@ -14,8 +14,8 @@ pub enum R2Error {
     /// NoSuchUpload; the local simulator says "does not exist" instead).
     NoSuchUpload,
     /// Another fault of the request (e.g. 10011 EntityTooSmall: a part under 5 MiB that
-    /// is not the last; 10025 InvalidPart: a wrong ETag), with R2's own first line.
-    Refused(String),
+    /// is not the last; 10025 InvalidPart: a wrong ETag): R2's message says which.
+    Refused,
     /// R2 or the runtime failed: worth a retry.
     Failed,
 }
@@ -28,9 +28,7 @@ impl R2Error {
             _ if message.contains("does not exist") => R2Error::NoSuchUpload,
             // InternalError (500), ServiceUnavailable (503), TooManyRequests (429).
             Some("10001" | "10043" | "10058") => R2Error::Failed,
-            Some(code) if code.starts_with("100") => {
-                R2Error::Refused(message.lines().next().unwrap_or_default().to_owned())
-            }
+            Some(code) if code.starts_with("100") => R2Error::Refused,
             _ => R2Error::Failed,
         }
     }
@@ -72,9 +70,7 @@ mod tests {
         );
         assert_eq!(
             R2Error::classify("completeMultipartUpload: Your proposed upload is smaller than the minimum allowed object size. (10011)\nstack"),
-            R2Error::Refused(
-                "completeMultipartUpload: Your proposed upload is smaller than the minimum allowed object size. (10011)".into()
-            )
+            R2Error::Refused
         );
         assert_eq!(
             R2Error::classify("get: We encountered an internal error. (10001)"),

@@ -70,14 +70,26 @@ impl From<MultipartError> for EdgeError {
 }
 
 impl EdgeError {
-    /// An R2 write that failed, read by the core's one classifier
-    /// (`crate::core::storage`). `mismatch` is the reason given when R2 refused bytes
-    /// that do not hash to the SHA-256 they were sent under.
-    pub fn from_r2(err: worker::Error, mismatch: &str) -> EdgeError {
+    /// A failed R2 PUT that was given the SHA-256 of its bytes (a NAR, the copy that
+    /// publishes an assembled upload): refused bytes are the client's fault, answered
+    /// with `mismatch`; anything else is a storage error. R2's codes are read by the
+    /// core's one classifier (`crate::core::storage`).
+    pub fn from_r2_put(err: worker::Error, mismatch: &str) -> EdgeError {
         match R2Error::classify(&err.to_string()) {
             R2Error::HashMismatch => EdgeError::BadRequest(mismatch.into()),
+            _ => EdgeError::Runtime(err),
+        }
+    }
+
+    /// A failed multipart step: an upload R2 does not know (completed, aborted,
+    /// expired) is a 404 the client restarts from; R2's refusals of the request (a part
+    /// too small, a wrong ETag) a 400 with R2's own words; R2's own failures a 502.
+    pub fn from_r2_multipart(err: worker::Error) -> EdgeError {
+        let message = err.to_string();
+        match R2Error::classify(&message) {
             R2Error::NoSuchUpload => EdgeError::UploadNotFound,
-            R2Error::Refused(reason) => {
+            R2Error::HashMismatch | R2Error::Refused => {
+                let reason = message.lines().next().unwrap_or_default();
                 EdgeError::BadRequest(format!("R2 refused the upload: {reason}"))
             }
             R2Error::Failed => EdgeError::Runtime(err),

@@ -57,7 +57,7 @@ async fn handle(req: Request, method: Method, env: &Env) -> Result<Response, Edg
         Plan::Public(Public::Serve) => {
             return read::serve(&req, &bucket(env)?, &route, head_only).await
         }
-        Plan::Public(Public::Render) => return read::render(&route, &config(env)?, head_only),
+        Plan::Public(Public::Render) => return read::render(&route, || config(env), head_only),
         Plan::Guarded { operation, needs } => (operation, needs),
     };
     let cache = Guarded::open(&req, env, needs).await?;
@@ -65,7 +65,7 @@ async fn handle(req: Request, method: Method, env: &Env) -> Result<Response, Edg
         Operation::Whoami => {
             response::json(200, api::render(&api::Whoami::of(&cache.token)), head_only)
         }
-        Operation::KeepCacheInfo => response::Stored::Unchanged.into_response(),
+        Operation::KeepCacheInfo => write::keep_cache_info(&route, &cache),
         Operation::Store => write::store(req, &route, &cache).await,
         Operation::Revoke(id) => write::revoke(id, &cache).await,
         Operation::Delete => write::delete(&route, &cache).await,

@@ -176,7 +176,7 @@ async fn publish(
     bucket.delete(staging).await?;
     fed?;
     copied.map_err(|err| {
-        EdgeError::from_r2(
+        EdgeError::from_r2_put(
             err,
             "the assembled NAR does not hash to the name in the URL; nothing was published",
         )
@@ -238,10 +238,7 @@ extern "C" {
     fn writable(this: &FixedLengthStream) -> web_sys::WritableStream;
 }
 
-/// An R2 refusal of a multipart step, read by the core's classifier.
+/// An R2 refusal of a multipart step.
 fn refused(err: worker::Error) -> EdgeError {
-    EdgeError::from_r2(
-        err,
-        "the assembled NAR does not hash to the name in the URL",
-    )
+    EdgeError::from_r2_multipart(err)
 }

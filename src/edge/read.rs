@@ -16,13 +16,18 @@ use crate::core::route::{Kind, Route};
 /// in `make bench`.
 const LANDING_PAGE: &str = include_str!("../../www/index.html");
 
-/// Files made from configuration.
-pub fn render(route: &Route, config: &CacheConfig, head_only: bool) -> Result<Response, EdgeError> {
+/// Files made here: the landing page, and files made from configuration (read only for
+/// those: the page is served whatever the variables say).
+pub fn render(
+    route: &Route,
+    config: impl FnOnce() -> Result<CacheConfig, EdgeError>,
+    head_only: bool,
+) -> Result<Response, EdgeError> {
     let text = match route {
         Route::LandingPage => LANDING_PAGE.to_owned(),
-        Route::PublicKeys => config.public_keys_text(),
-        Route::Info => api::render(&api::CacheInfo::of(config)),
-        Route::CacheInfo => config.nix_cache_info(),
+        Route::PublicKeys => config()?.public_keys_text(),
+        Route::Info => api::render(&api::CacheInfo::of(&config()?)),
+        Route::CacheInfo => config()?.nix_cache_info(),
         // Not a rendered file (the core never plans it): nothing to show.
         _ => return Err(EdgeError::NotFound),
     };

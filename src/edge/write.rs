@@ -41,7 +41,9 @@ async fn store_nar(req: &Request, nar: &NarFile, cache: &Guarded) -> Result<Stor
         .sha256(nar.file_hash.0.to_vec())
         .execute()
         .await
-        .map_err(|err| EdgeError::from_r2(err, "NAR bytes do not hash to the name in the URL"))?;
+        .map_err(|err| {
+            EdgeError::from_r2_put(err, "NAR bytes do not hash to the name in the URL")
+        })?;
     Ok(Stored::Created)
 }
 
@@ -92,6 +94,12 @@ async fn store_json(mut req: Request, route: &Route, cache: &Guarded) -> Result<
     js_sys::JSON::parse(text).map_err(|_| EdgeError::BadRequest("not valid JSON".into()))?;
     cache.bucket.put(route.to_string(), bytes).execute().await?;
     Ok(Stored::Created)
+}
+
+/// PUT `nix-cache-info`: Nix sends one when it finds none; the worker's is configuration.
+pub fn keep_cache_info(route: &Route, cache: &Guarded) -> Result<Response, EdgeError> {
+    log_write("PUT", route, &cache.token, &Stored::Unchanged);
+    Stored::Unchanged.into_response()
 }
 
 /// PUT `_nixflare/revocations/<id>`: from now on the token is refused.
