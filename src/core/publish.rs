@@ -27,9 +27,11 @@ pub enum NarinfoRejection {
         field: Compression,
         extension: &'static str,
     },
+    #[error("narinfo has no {0}: the cache binds a narinfo to its NAR by FileHash and FileSize")]
+    Missing(&'static str),
     #[error("narinfo FileHash does not match the hash in its URL")]
     FileHash,
-    #[error("narinfo has no FileHash and its uncompressed NAR is not named by NarHash")]
+    #[error("narinfo says its NAR is uncompressed, but FileHash/FileSize are not NarHash/NarSize")]
     NarHash,
     #[error("no Sig verifies under this cache's public keys ({keys})")]
     Signature { keys: String },
@@ -41,8 +43,8 @@ pub struct CheckedNarinfo {
     pub info: NarInfo,
     /// The NAR it points at, which must already be stored...
     pub nar: NarFile,
-    /// ...with exactly this size, when the narinfo says.
-    pub file_size: Option<u64>,
+    /// ...with exactly this size.
+    pub file_size: u64,
 }
 
 /// Checks a narinfo uploaded as `<url_hash>.narinfo`.
@@ -65,12 +67,23 @@ pub fn check_narinfo(
             extension: nar.compression.extension(),
         });
     }
-    match info.file_hash {
-        Some(hash) if hash != nar.file_hash => return Err(NarinfoRejection::FileHash),
-        None if nar.compression == Compression::None && info.nar_hash != nar.file_hash => {
-            return Err(NarinfoRejection::NarHash)
-        }
-        _ => {}
+    // FileHash and FileSize are not signed: they must name exactly the NAR in the URL
+    // (whose stored size the edge checks), so a signed narinfo replayed with other
+    // values cannot be bound to another stored NAR. An uncompressed NAR is the NAR
+    // itself, so it must be the one NarHash names.
+    let file_hash = info
+        .file_hash
+        .ok_or(NarinfoRejection::Missing("FileHash"))?;
+    let file_size = info
+        .file_size
+        .ok_or(NarinfoRejection::Missing("FileSize"))?;
+    if file_hash != nar.file_hash {
+        return Err(NarinfoRejection::FileHash);
+    }
+    if nar.compression == Compression::None
+        && (info.nar_hash != file_hash || info.nar_size != file_size)
+    {
+        return Err(NarinfoRejection::NarHash);
     }
     // Content-addressed paths prove themselves: Nix recomputes the path from the CA
     // field on substitution and needs no signature (as in Nix's own checks).
@@ -86,7 +99,7 @@ pub fn check_narinfo(
         return Err(NarinfoRejection::Signature { keys });
     }
     Ok(CheckedNarinfo {
-        file_size: info.file_size,
+        file_size,
         nar,
         info,
     })
@@ -118,7 +131,7 @@ mod tests {
             checked.nar.url(),
             "nar/1ijb57b4fq0j7vvxgbxrl0bwranndf7nzc9xp03iq1d83alflb3w.nar.xz"
         );
-        assert_eq!(checked.file_size, Some(14724));
+        assert_eq!(checked.file_size, 14724);
     }
 
     #[test]
@@ -153,6 +166,25 @@ mod tests {
             check(&TOP.replace("FileHash: sha256:1ijb", "FileHash: sha256:0ijb")),
             Err(NarinfoRejection::FileHash)
         );
+        // Uncompressed: the file is the NAR, so FileHash must be NarHash.
+        let nar_hash = "0n9mkxv19xc62j57rr25lmy09nakpq6lncrrd964ga55620lpkhc";
+        let file_hash = "1ijb57b4fq0j7vvxgbxrl0bwranndf7nzc9xp03iq1d83alflb3w";
+        let uncompressed = TOP
+            .replace(".nar.xz", ".nar")
+            .replace("Compression: xz", "Compression: none");
+        assert_eq!(check(&uncompressed), Err(NarinfoRejection::NarHash));
+        let named_by_nar_hash = uncompressed
+            .replace(file_hash, nar_hash)
+            .replace("FileSize: 14724", "FileSize: 1670328");
+        assert!(check(&named_by_nar_hash).is_ok());
+        for field in ["FileHash", "FileSize"] {
+            let without: String = TOP
+                .lines()
+                .filter(|l| !l.starts_with(field))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            assert_eq!(check(&without), Err(NarinfoRejection::Missing(field)));
+        }
         let unsigned = TOP
             .lines()
             .filter(|l| !l.starts_with("Sig:"))

@@ -64,9 +64,10 @@ async fn store_narinfo(
             "{nar_key} is not in the cache: upload the NAR first"
         ))
     })?;
-    if let Some(size) = checked.file_size.filter(|&size| size != nar.size()) {
+    if checked.file_size != nar.size() {
         return Err(EdgeError::BadRequest(format!(
-            "narinfo FileSize {size} but the stored NAR has {} bytes",
+            "narinfo FileSize {} but the stored NAR has {} bytes",
+            checked.file_size,
             nar.size()
         )));
     }

@@ -223,6 +223,15 @@ def tamper_sig(narinfo: str) -> str:
         ("nar-missing", 400, b"upload the NAR first"),
         ("file-size-mismatch", 400, b"FileSize"),
         ("malformed-line", 400, b"not 'Key: value'"),
+        # Lines Nix would read differently: refused, whatever the signature says.
+        ("nix-reads-another-url", 400, b"not 'Key: value'"),
+        ("value-on-next-line", 400, b"not 'Key: value'"),
+        ("crlf", 400, b"not 'Key: value'"),
+        ("empty-deriver", 400, b"narinfo Deriver"),
+        # Unsigned fields must bind the narinfo to exactly the NAR in its URL.
+        ("no-file-hash", 400, b"no FileHash"),
+        ("no-file-size", 400, b"no FileSize"),
+        ("file-hash-mismatch", 400, b"FileHash does not match"),
         ("duplicate-field", 400, b"more than once"),
         ("url-traversal", 400, b"narinfo URL"),
         ("br-encoded", 415, b"Content-Encoding"),
@@ -255,6 +264,19 @@ def test_bad_narinfos_are_refused(worker: Worker, tokens: Tokens, signed, leaf, 
         text = text.replace(f"FileSize: {size}", f"FileSize: {int(size) + 1}")  # not signed: checked against R2
     elif case == "malformed-line":
         text += "no colon here\n"
+    elif case == "nix-reads-another-url":
+        text += "URL:xhttp://elsewhere/evil.nar#: y\n"
+    elif case == "value-on-next-line":
+        text = text.replace("URL: nar/", "URL:\nnar/")
+    elif case == "crlf":
+        text = text.replace("\n", "\r\n")
+    elif case == "empty-deriver":
+        text = text.replace(f"Deriver: {field(text, 'Deriver')}", "Deriver: ")
+    elif case in ("no-file-hash", "no-file-size"):
+        name = {"no-file-hash": "FileHash", "no-file-size": "FileSize"}[case]
+        text = "".join(line + "\n" for line in text.splitlines() if not line.startswith(name + ":"))
+    elif case == "file-hash-mismatch":
+        text = text.replace(f"FileHash: {field(text, 'FileHash')}", "FileHash: sha256:" + "1" * 52)
     elif case == "duplicate-field":
         text += "NarSize: 1\n"
     elif case == "url-traversal":

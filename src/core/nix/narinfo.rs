@@ -74,78 +74,103 @@ const SINGLE_FIELDS: [&str; 11] = [
     "CA",
 ];
 
-impl NarInfo {
-    /// Parses narinfo bytes; `store_dir` is the cache's (e.g. `/nix/store`).
-    pub fn parse(bytes: &[u8], store_dir: &str) -> Result<NarInfo, NarInfoError> {
-        let text = core::str::from_utf8(bytes).map_err(|_| NarInfoError::Utf8)?;
-        let mut values: [Option<&str>; SINGLE_FIELDS.len()] = [None; SINGLE_FIELDS.len()];
-        let mut signatures = Vec::new();
-        let mut rest = text;
-        let mut line_no = 0;
-        while !rest.is_empty() {
-            line_no += 1;
-            let (line, after) = rest.split_once('\n').ok_or(NarInfoError::Line(line_no))?;
-            rest = after;
-            let (key, value) = line.split_once(": ").ok_or(NarInfoError::Line(line_no))?;
-            if key == "Sig" {
-                let sig = value.parse().map_err(|e| invalid("Sig", e))?;
-                signatures.push(sig);
-            } else if let Some(i) = SINGLE_FIELDS.iter().position(|f| *f == key) {
-                if values[i].replace(value).is_some() {
+/// The known fields of a narinfo, as text, each at most once; and the signatures.
+struct Fields<'a> {
+    values: [Option<&'a str>; SINGLE_FIELDS.len()],
+    signatures: Vec<&'a str>,
+}
+
+impl<'a> Fields<'a> {
+    /// Splits narinfo text into fields the way Nix reads it, refusing every line Nix
+    /// could read differently from this parser.
+    ///
+    /// Nix (`NarInfo::NarInfo` in libstore/nar-info.cc) takes the name up to the first
+    /// `:` (even across lines), skips exactly one character, and takes the value up to
+    /// the next `\n` searched from two characters past the colon; a later duplicate
+    /// wins. So `URL:xhttp://elsewhere` is a URL line to Nix, `Key:\n` swallows the
+    /// next line, and a line with no colon merges into the next one's name. Here every
+    /// line must be `Name: value\n` with no `:` in the name and no control character
+    /// anywhere; a known name may appear once (`Sig` may repeat). On such text Nix reads
+    /// exactly the fields read here.
+    fn split(text: &'a str) -> Result<Fields<'a>, NarInfoError> {
+        let mut fields = Fields {
+            values: [None; SINGLE_FIELDS.len()],
+            signatures: Vec::new(),
+        };
+        for (index, line) in text.split_inclusive('\n').enumerate() {
+            let line_no = index + 1;
+            let line = line.strip_suffix('\n').ok_or(NarInfoError::Line(line_no))?;
+            let (name, value) = line.split_once(':').ok_or(NarInfoError::Line(line_no))?;
+            let value = value.strip_prefix(' ').ok_or(NarInfoError::Line(line_no))?;
+            if name.is_empty() || line.chars().any(char::is_control) {
+                return Err(NarInfoError::Line(line_no));
+            }
+            if name == "Sig" {
+                fields.signatures.push(value);
+            } else if let Some(i) = SINGLE_FIELDS.iter().position(|f| *f == name) {
+                if fields.values[i].replace(value).is_some() {
                     return Err(NarInfoError::Duplicate(SINGLE_FIELDS[i]));
                 }
             }
         }
-        let get = |name: &'static str| -> Option<&str> {
-            let i = SINGLE_FIELDS.iter().position(|f| *f == name)?;
-            values[i]
-        };
-        let require = |name: &'static str| get(name).ok_or(NarInfoError::Missing(name));
+        Ok(fields)
+    }
 
-        let store_path = parse_store_path(require("StorePath")?, store_dir)?;
-        let url = require("URL")?;
+    fn get(&self, name: &'static str) -> Option<&'a str> {
+        let i = SINGLE_FIELDS.iter().position(|f| *f == name)?;
+        self.values[i]
+    }
+
+    fn require(&self, name: &'static str) -> Result<&'a str, NarInfoError> {
+        self.get(name).ok_or(NarInfoError::Missing(name))
+    }
+}
+
+impl NarInfo {
+    /// Parses narinfo bytes; `store_dir` is the cache's (e.g. `/nix/store`).
+    pub fn parse(bytes: &[u8], store_dir: &str) -> Result<NarInfo, NarInfoError> {
+        let text = core::str::from_utf8(bytes).map_err(|_| NarInfoError::Utf8)?;
+        let fields = Fields::split(text)?;
+        let url = fields.require("URL")?;
         if url.is_empty() {
             return Err(invalid("URL", "is empty"));
         }
-        let nar_size: u64 = parse_number("NarSize", require("NarSize")?)?;
+        let nar_size: u64 = parse_number("NarSize", fields.require("NarSize")?)?;
         if nar_size == 0 {
             return Err(invalid("NarSize", "is zero"));
         }
-        let references = require("References")?
-            .split(' ')
-            .filter(|r| !r.is_empty())
-            .enumerate()
-            .map(|(i, r)| {
-                r.parse()
-                    .map_err(|e| invalid("References", format!("entry {i}: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
         Ok(NarInfo {
-            store_path,
+            store_path: parse_store_path(fields.require("StorePath")?, store_dir)?,
             url: url.to_owned(),
-            compression: match get("Compression") {
-                None => Compression::Bzip2,
-                Some(name) => Compression::from_narinfo_name(name)
-                    .ok_or_else(|| invalid("Compression", format!("{name:?} is not supported")))?,
-            },
-            file_hash: get("FileHash")
+            compression: parse_compression(fields.get("Compression"))?,
+            file_hash: fields
+                .get("FileHash")
                 .map(|h| h.parse().map_err(|e| invalid("FileHash", e)))
                 .transpose()?,
-            file_size: get("FileSize")
+            file_size: fields
+                .get("FileSize")
                 .map(|s| parse_number("FileSize", s))
                 .transpose()?,
-            nar_hash: require("NarHash")?
+            nar_hash: fields
+                .require("NarHash")?
                 .parse()
                 .map_err(|e| invalid("NarHash", e))?,
             nar_size,
-            references,
-            deriver: get("Deriver")
-                .filter(|d| !d.is_empty())
-                .map(|d| d.parse().map_err(|e| invalid("Deriver", e)))
-                .transpose()?,
-            system: get("System").filter(|s| !s.is_empty()).map(str::to_owned),
-            signatures,
-            ca: get("CA").filter(|ca| !ca.is_empty()).map(str::to_owned),
+            references: parse_references(fields.require("References")?)?,
+            deriver: parse_deriver(fields.get("Deriver"))?,
+            system: fields
+                .get("System")
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
+            signatures: fields
+                .signatures
+                .iter()
+                .map(|sig| sig.parse().map_err(|e| invalid("Sig", e)))
+                .collect::<Result<_, _>>()?,
+            ca: fields
+                .get("CA")
+                .filter(|ca| !ca.is_empty())
+                .map(str::to_owned),
         })
     }
 
@@ -222,6 +247,38 @@ fn parse_store_path(value: &str, store_dir: &str) -> Result<StorePathBaseName, N
         .and_then(|rest| rest.strip_prefix('/'))
         .ok_or_else(|| invalid("StorePath", format!("is not in {store_dir}")))?;
     base.parse().map_err(|e| invalid("StorePath", e))
+}
+
+/// `bzip2` when absent: Nix's historical default.
+fn parse_compression(value: Option<&str>) -> Result<Compression, NarInfoError> {
+    match value {
+        None => Ok(Compression::Bzip2),
+        Some(name) => Compression::from_narinfo_name(name)
+            .ok_or_else(|| invalid("Compression", format!("{name:?} is not supported"))),
+    }
+}
+
+/// Space-separated base names; Nix skips empty tokens (it writes `References: ` with a
+/// trailing space for none).
+fn parse_references(value: &str) -> Result<Vec<StorePathBaseName>, NarInfoError> {
+    value
+        .split(' ')
+        .filter(|r| !r.is_empty())
+        .enumerate()
+        .map(|(i, r)| {
+            r.parse()
+                .map_err(|e| invalid("References", format!("entry {i}: {e}")))
+        })
+        .collect()
+}
+
+/// Nix reads `unknown-deriver` as none (older Nix wrote it) and fails on anything
+/// else that is not a store path base name, the empty string included.
+fn parse_deriver(value: Option<&str>) -> Result<Option<StorePathBaseName>, NarInfoError> {
+    match value {
+        None | Some("unknown-deriver") => Ok(None),
+        Some(deriver) => deriver.parse().map(Some).map_err(|e| invalid("Deriver", e)),
+    }
 }
 
 fn parse_number(field: &'static str, value: &str) -> Result<u64, NarInfoError> {
@@ -326,6 +383,50 @@ mod tests {
             .public_key();
         let info = NarInfo::parse(TOP, STORE).unwrap();
         assert!(!info.signed_by_any(&[other], STORE), "same name, other key");
+    }
+
+    #[test]
+    fn refuses_every_line_nix_would_read_differently() {
+        let text = String::from_utf8(TOP.to_vec()).unwrap();
+        let url = "URL: nar/1ijb57b4fq0j7vvxgbxrl0bwranndf7nzc9xp03iq1d83alflb3w.nar.xz\n";
+        let cases = [
+            // Nix: a URL line (name up to the first ':', one character skipped).
+            format!("{text}URL:xhttp://elsewhere/evil.nar#: y\n"),
+            text.replace(
+                url,
+                "URL:xnar/1ijb57b4fq0j7vvxgbxrl0bwranndf7nzc9xp03iq1d83alflb3w.nar.xz\n",
+            ),
+            // Nix: `URL:` takes the next line as its value.
+            text.replace(url, "URL:\nnar/x.nar.xz\n"),
+            // Nix: a line without ':' joins the next line's name.
+            text.replace(url, &format!("junk\n{url}")),
+            // Nix keeps the '\r' in the value.
+            text.replace(url, &url.replace('\n', "\r\n")),
+            text.replace("NarSize: 1670328", "NarSize:\t1670328"),
+            format!("{text}: no name\n"),
+            // Nix: a later duplicate wins (and a second References is corrupt).
+            format!("{text}{url}"),
+            format!("{text}References: \n"),
+            // Nix fails on an empty Deriver.
+            text.replace(
+                "Deriver: h15vw3d8vjq21wraq1p08xcw6jby7s0c-nixflare-e2e-top.drv",
+                "Deriver: ",
+            ),
+        ];
+        for case in cases {
+            assert!(NarInfo::parse(case.as_bytes(), STORE).is_err(), "{case:?}");
+        }
+        // What Nix accepts and reads the same way.
+        let unknown = text.replace(
+            "Deriver: h15vw3d8vjq21wraq1p08xcw6jby7s0c-nixflare-e2e-top.drv",
+            "Deriver: unknown-deriver",
+        );
+        assert_eq!(
+            NarInfo::parse(unknown.as_bytes(), STORE).unwrap().deriver,
+            None
+        );
+        let with_colons = format!("{text}Future: a: b:c\n");
+        assert!(NarInfo::parse(with_colons.as_bytes(), STORE).is_ok());
     }
 
     #[test]
