@@ -27,6 +27,15 @@ cat > "$EXPR" <<'NIX'
 let
   leaves = builtins.genList (i: mk "corpus-leaf-${toString i}" "echo leaf ${toString i} > $out") 24;
   text = builtins.toFile "corpus-text" "written by builtins.toFile\n";
+  floating = name: script: derivation {
+    inherit name;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" script ];
+    __contentAddressed = true;
+    outputHashMode = "recursive";
+    outputHashAlgo = "sha256";
+  };
 in {
   small = mk "corpus-small" "echo small > $out";
   # 24 references plus one to itself, a directory, a symlink and an executable.
@@ -36,8 +45,9 @@ in {
     printf '#!/bin/sh\necho $0\n' > $out/bin/self; chmod +x $out/bin/self
     echo $out > $out/self
   '' + builtins.concatStringsSep "" (map (l: "echo ${l} >> $out/refs\n") leaves));
-  # Refers to a text-hashed path (builtins.toFile: CA text:sha256).
-  uses-text = mk "corpus-uses-text" "echo ${text} > $out";
+  # Refers to text-hashed paths (builtins.toFile: CA text:sha256), one of which refers
+  # to the other (references go into a text path's type).
+  uses-text = mk "corpus-uses-text" "echo ${builtins.toFile "corpus-text-ref" "see ${text}\n"} > $out";
   # A file where Nix's index-debug-info looks for it.
   debuginfo = mk "corpus-debuginfo" ''
     echo "building the debug info fixture"; echo "a line on stderr" >&2
@@ -53,15 +63,9 @@ in {
     outputHashAlgo = "sha256";
     outputHash = builtins.hashString "sha256" "fixed\n";
   };
-  floating-ca = derivation {
-    name = "corpus-floating-ca";
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" "echo floating > $out" ];
-    __contentAddressed = true;
-    outputHashMode = "recursive";
-    outputHashAlgo = "sha256";
-  };
+  floating-ca = floating "corpus-floating-ca" "echo floating > $out";
+  # References go into a recursive CA path's type; a self-reference as ":self".
+  floating-ca-refs = floating "corpus-floating-ca-refs" "echo ${mk "corpus-ia-dep" "echo dep > $out"} $out > $out";
 }
 NIX
 
@@ -86,9 +90,11 @@ copy content-addressed "compression=zstd" \
   "$(nix-store --add "$work/recursive.txt")" \
   "$(nix-store --add-fixed sha256 "$work/flat.txt")" \
   "$(build fixed-output)"
-# A floating CA derivation: its realisation too (Nix <= 2.34 layout).
-build floating-ca >/dev/null
-copy content-addressed "compression=zstd" -f "$EXPR" "${MK[@]}" floating-ca
+# Floating CA derivations: their realisations too (Nix <= 2.34 layout).
+for attr in floating-ca floating-ca-refs; do
+  build "$attr" >/dev/null
+  copy content-addressed "compression=zstd" -f "$EXPR" "${MK[@]}" "$attr"
+done
 
 # Debug info index and a build log.
 debuginfo=$(build debuginfo)

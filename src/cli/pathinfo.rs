@@ -13,6 +13,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use base64::Engine as _;
 use serde_json::Value;
 
+use crate::core::nix::content_address::ContentAddress;
 use crate::core::nix::hash::Sha256;
 use crate::core::nix::keys::Signature;
 use crate::core::nix::store_path::StorePathBaseName;
@@ -26,7 +27,7 @@ pub struct PathInfo {
     pub references: Vec<StorePathBaseName>,
     pub deriver: Option<StorePathBaseName>,
     pub signatures: Vec<Signature>,
-    pub ca: Option<String>,
+    pub ca: Option<ContentAddress>,
 }
 
 /// Parses the whole `path-info --json` output for paths under `store_dir`.
@@ -93,6 +94,12 @@ fn parse_entry(path: &str, item: &Value, store_dir: &str) -> Result<PathInfo> {
         Some(object @ Value::Object(_)) => Some(structured_ca(object)?),
         _ => None,
     };
+    let ca = ca
+        .map(|text| {
+            text.parse::<ContentAddress>()
+                .map_err(|e| anyhow!("ca {text:?}: {e}"))
+        })
+        .transpose()?;
     Ok(PathInfo {
         path: base_name(path, store_dir)?,
         nar_hash,
@@ -205,7 +212,10 @@ mod tests {
         assert!(infos.iter().all(|i| i.nar_hash == sha));
         let top = infos.iter().find(|i| i.nar_size == 9).unwrap();
         assert_eq!(top.references[0].to_string(), &LEAF[11..]);
-        assert_eq!(top.ca.as_deref(), Some(&*format!("fixed:r:{NAR_HASH}")));
+        assert_eq!(
+            top.ca.as_ref().map(ToString::to_string),
+            Some(format!("fixed:r:{NAR_HASH}"))
+        );
     }
 
     #[test]

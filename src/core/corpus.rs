@@ -65,6 +65,8 @@ fn every_narinfo_parses_renders_back_and_passes_the_publish_rules() {
     let mut seen = 0;
     let mut compressions = Vec::new();
     let mut content_addresses = Vec::new();
+    let mut unsigned_refused = 0;
+    let mut self_references = 0;
     for (folder, key, bytes) in all_files() {
         let Some(Route::Narinfo(hash)) = Route::parse(&format!("/{key}")) else {
             continue;
@@ -80,25 +82,40 @@ fn every_narinfo_parses_renders_back_and_passes_the_publish_rules() {
             (nar.compression, Some(nar.file_hash)),
             (info.compression, info.file_hash)
         );
-        let checked = check_narinfo(&bytes, &hash, &config())
-            .unwrap_or_else(|e| panic!("{folder}/{key}: {e}"));
+        // Nix signs whatever it copies with a key, content-addressed paths too. Without
+        // one, only content-addressed paths are publishable: the unsigned
+        // input-addressed dependency copied along with a CA derivation must be refused.
+        let checked = check_narinfo(&bytes, &hash, &config());
+        if info.signatures.is_empty() && info.ca.is_none() {
+            assert!(
+                checked.is_err(),
+                "{folder}/{key}: unsigned, not content-addressed"
+            );
+            unsigned_refused += 1;
+            continue;
+        }
+        let checked = checked.unwrap_or_else(|e| panic!("{folder}/{key}: {e}"));
         assert_eq!(checked.nar, nar);
-        // Nix signs whatever it copies with a key, content-addressed paths too; without
-        // one, only content-addressed paths are publishable.
-        match info.signatures.is_empty() {
-            true => assert!(info.ca.is_some(), "{folder}/{key}"),
-            false => assert!(
+        if !info.signatures.is_empty() {
+            assert!(
                 info.signed_by_any(&config().public_keys, STORE),
                 "{folder}/{key}"
-            ),
+            );
         }
         if let Some(ca) = &info.ca {
-            content_addresses.push(ca.split(':').take(2).collect::<Vec<_>>().join(":"));
+            // Nix's own computation gives back the path Nix wrote.
+            let recomputed = ca.store_path_hash(&info.store_path, &info.references, STORE);
+            self_references += usize::from(info.references.contains(&info.store_path));
+            assert_eq!(recomputed.as_ref(), Ok(&hash), "{folder}/{key}: {ca}");
+            let text = ca.to_string();
+            content_addresses.push(text.split(':').take(2).collect::<Vec<_>>().join(":"));
         }
         compressions.push(info.compression);
         seen += 1;
     }
     assert!(seen >= 30, "{seen} narinfos");
+    assert_eq!(unsigned_refused, 1);
+    assert_eq!(self_references, 1, "a CA path that refers to itself");
     compressions.sort_by_key(|c| c.narinfo_name());
     compressions.dedup();
     assert_eq!(

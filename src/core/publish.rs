@@ -4,6 +4,7 @@
 use thiserror::Error;
 
 use crate::core::config::CacheConfig;
+use crate::core::nix::content_address::ContentAddressError;
 use crate::core::nix::nar_file::{Compression, NarFile};
 use crate::core::nix::narinfo::{NarInfo, NarInfoError};
 use crate::core::nix::store_path::StorePathHash;
@@ -35,6 +36,10 @@ pub enum NarinfoRejection {
     NarHash,
     #[error("no Sig verifies under this cache's public keys ({keys})")]
     Signature { keys: String },
+    #[error("no Sig verifies under this cache's public keys ({keys}), and its CA does not make its store path")]
+    NotContentAddressed { keys: String },
+    #[error("narinfo CA: {0} (Nix could not check it)")]
+    ContentAddress(#[from] ContentAddressError),
 }
 
 /// A narinfo that passed every check that needs no storage.
@@ -45,6 +50,18 @@ pub struct CheckedNarinfo {
     pub nar: NarFile,
     /// ...with exactly this size.
     pub file_size: u64,
+}
+
+/// True when the narinfo's CA recomputes its store path, as Nix checks before it looks
+/// at signatures (`ValidPathInfo::isContentAddressed`): such a path needs no signature.
+/// An error where Nix's own check would fail: such a narinfo would break every client,
+/// signed or not.
+fn content_addressed(info: &NarInfo, store_dir: &str) -> Result<bool, NarinfoRejection> {
+    let Some(ca) = &info.ca else {
+        return Ok(false);
+    };
+    let hash = ca.store_path_hash(&info.store_path, &info.references, store_dir)?;
+    Ok(&hash == info.store_path.hash())
 }
 
 /// Checks a narinfo uploaded as `<url_hash>.narinfo`.
@@ -85,9 +102,9 @@ pub fn check_narinfo(
     {
         return Err(NarinfoRejection::NarHash);
     }
-    // Content-addressed paths prove themselves: Nix recomputes the path from the CA
-    // field on substitution and needs no signature (as in Nix's own checks).
-    if info.ca.is_none() && !info.signed_by_any(&config.public_keys, &config.store_dir) {
+    if !content_addressed(&info, &config.store_dir)?
+        && !info.signed_by_any(&config.public_keys, &config.store_dir)
+    {
         let mut keys = String::new();
         for key in &config.public_keys {
             keys += if keys.is_empty() { "" } else { ", " };
@@ -96,7 +113,10 @@ pub fn check_narinfo(
         if keys.is_empty() {
             keys += "none configured";
         }
-        return Err(NarinfoRejection::Signature { keys });
+        return Err(match info.ca {
+            Some(_) => NarinfoRejection::NotContentAddressed { keys },
+            None => NarinfoRejection::Signature { keys },
+        });
     }
     Ok(CheckedNarinfo {
         file_size,
@@ -207,10 +227,27 @@ mod tests {
             err.to_string(),
             "no Sig verifies under this cache's public keys (none configured)"
         );
-        // A CA path needs no signature.
-        assert!(check(&format!(
-            "{unsigned}CA: fixed:r:sha256:1ijb57b4fq0j7vvxgbxrl0bwranndf7nzc9xp03iq1d83alflb3w\n"
-        ))
-        .is_ok());
+        // A CA field alone proves nothing: it must make the store path.
+        assert_eq!(
+            check(&format!(
+                "{unsigned}CA: fixed:r:sha256:1ijb57b4fq0j7vvxgbxrl0bwranndf7nzc9xp03iq1d83alflb3w\n"
+            )),
+            Err(NarinfoRejection::NotContentAddressed {
+                keys: "test-1".into()
+            })
+        );
+        assert!(matches!(
+            check(&format!("{unsigned}CA: x\n")),
+            Err(NarinfoRejection::Parse(_))
+        ));
+        // A flat fixed CA with references would make Nix abort: refused even signed.
+        assert_eq!(
+            check(&format!(
+                "{TOP}CA: fixed:sha256:1ijb57b4fq0j7vvxgbxrl0bwranndf7nzc9xp03iq1d83alflb3w\n"
+            )),
+            Err(NarinfoRejection::ContentAddress(
+                ContentAddressError::References
+            ))
+        );
     }
 }

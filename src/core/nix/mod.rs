@@ -1,5 +1,6 @@
 //! Nix's own formats, one module each.
 
+pub mod content_address;
 pub mod hash;
 pub mod keys;
 pub mod nar_file;

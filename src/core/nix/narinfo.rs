@@ -13,6 +13,7 @@
 
 use thiserror::Error;
 
+use super::content_address::ContentAddress;
 use super::hash::Sha256;
 use super::keys::{PublicKey, Signature};
 use super::nar_file::Compression;
@@ -55,8 +56,9 @@ pub struct NarInfo {
     /// checks it.
     pub system: Option<String>,
     pub signatures: Vec<Signature>,
-    /// Content address (`fixed:…`, `text:…`): such paths need no signature.
-    pub ca: Option<String>,
+    /// Content address (`fixed:…`, `text:…`): a path whose store path it recomputes
+    /// needs no signature (`crate::core::publish`).
+    pub ca: Option<ContentAddress>,
 }
 
 /// Fields the parser knows; each may appear once except `Sig`.
@@ -167,10 +169,12 @@ impl NarInfo {
                 .iter()
                 .map(|sig| sig.parse().map_err(|e| invalid("Sig", e)))
                 .collect::<Result<_, _>>()?,
+            // Nix fails to read a narinfo whose CA it cannot parse; empty means none.
             ca: fields
                 .get("CA")
                 .filter(|ca| !ca.is_empty())
-                .map(str::to_owned),
+                .map(|ca| ca.parse().map_err(|e| invalid("CA", e)))
+                .transpose()?,
         })
     }
 

@@ -52,15 +52,22 @@ pub fn encode(bytes: &[u8]) -> String {
 
 /// Decodes exactly `N` bytes; the text must be exactly `encoded_len(N)` digits.
 pub fn decode<const N: usize>(text: &str) -> Result<[u8; N], Nix32Error> {
+    let mut out = [0u8; N];
+    decode_into(text, &mut out)?;
+    Ok(out)
+}
+
+/// Decodes into all of `out`; one function for every length keeps the worker small.
+pub fn decode_into(text: &str, out: &mut [u8]) -> Result<(), Nix32Error> {
     let text = text.as_bytes();
-    let expected = encoded_len(N);
+    let expected = encoded_len(out.len());
     if text.len() != expected {
         return Err(Nix32Error::Length {
             expected,
             actual: text.len(),
         });
     }
-    let mut out = [0u8; N];
+    out.fill(0);
     for (k, &c) in text.iter().enumerate() {
         let digit = digit_value(c).ok_or(Nix32Error::Character(c as char))?;
         let n = expected - 1 - k;
@@ -68,13 +75,13 @@ pub fn decode<const N: usize>(text: &str) -> Result<[u8; N], Nix32Error> {
         let (i, j) = (bit / 8, bit % 8);
         out[i] |= digit << j;
         let carry = ((digit as u16) >> (8 - j)) as u8;
-        if i + 1 < N {
+        if i + 1 < out.len() {
             out[i + 1] |= carry;
         } else if carry != 0 {
             return Err(Nix32Error::Overflow);
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -37,6 +37,11 @@ pub struct StorePathHash([u8; 20]);
 
 impl StorePathHash {
     const TEXT_LEN: usize = nix32::encoded_len(20);
+
+    /// The hash a store path computation produced (`content_address`).
+    pub fn from_bytes(bytes: [u8; 20]) -> Self {
+        Self(bytes)
+    }
 }
 
 impl FromStr for StorePathHash {

@@ -1,1 +1,0 @@
-{"version":1,"root":{"type":"regular","size":56,"narOffset":96}}

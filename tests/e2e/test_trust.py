@@ -1,0 +1,118 @@
+"""What a write token alone cannot do: make a Nix client accept, or lose, a path the
+signing key did not vouch for. Each test plays the holder of a plain read,write token
+and checks storage after every refusal."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import MK, Keys, Nix, Tokens, Worker, bearer, build_closure, request, run
+
+CA_EXPR = r"""
+{ salt }:
+let
+""" + MK + r"""
+in {
+  text = builtins.toFile "nixflare-ca-text-${salt}" "written by builtins.toFile ${salt}\n";
+  fixed = derivation {
+    name = "nixflare-ca-fixed-${salt}";
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" "echo ${salt} > $out" ];
+    outputHashMode = "flat";
+    outputHashAlgo = "sha256";
+    outputHash = builtins.hashString "sha256" "${salt}\n";
+  };
+}
+"""
+
+
+def netrc_for(worker: Worker, tokens: Tokens, tmp_path: Path) -> Path:
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine {worker.host} login nix password {tokens.mint('read,write')}\n")
+    return netrc
+
+
+def narinfo_path(store_path: str) -> str:
+    return f"/{Path(store_path).name[:32]}.narinfo"
+
+
+def test_stock_nix_pushes_content_addressed_paths_unsigned(nix: Nix, worker: Worker, keys: Keys,
+                                                          tokens: Tokens, tmp_path):
+    salt = os.urandom(6).hex()
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "file").write_text(f"added recursively {salt}\n")
+    (tmp_path / "flat").write_text(f"added flat {salt}\n")
+    expr = ["-E", CA_EXPR, "--argstr", "salt", salt]
+    paths = [
+        # CA fixed:r:sha256 and flat fixed:sha256.
+        run(["nix-store", "--add", str(tmp_path / "tree")], env=nix.env).stdout.strip(),
+        run(["nix-store", "--add-fixed", "sha256", str(tmp_path / "flat")], env=nix.env).stdout.strip(),
+        # A fixed-output derivation (flat) and builtins.toFile (text:sha256).
+        run(["nix-build", "--no-out-link", *expr, "-A", "fixed"], env=nix.env).stdout.strip(),
+        json.loads(run(["nix-instantiate", "--eval", "--read-write-mode", "--json", *expr, "-A", "text"],
+                       env=nix.env).stdout),
+    ]
+    assert all(p.startswith("/nix/store/") for p in paths), paths
+    # No secret-key: the narinfos Nix uploads carry no signature, only their CA.
+    netrc = netrc_for(worker, tokens, tmp_path)
+    nix("copy", "--option", "netrc-file", str(netrc), "--to", f"{worker.url}?compression=zstd", *paths)
+    for path in paths:
+        status, _, body = request(worker, "GET", narinfo_path(path))
+        assert status == 200, (path, body)
+        assert b"\nCA: " in body and b"\nSig: " not in body, body
+    # A client that requires signatures still takes them: Nix recomputes each path.
+    store = tmp_path / "fresh-store"
+    nix("copy", "--from", worker.url, "--to", str(store), "--option", "trusted-public-keys", keys.public,
+        "--option", "require-sigs", "true", *paths)
+    for path in paths:
+        assert (store / Path(path).relative_to("/")).exists(), path
+
+
+@pytest.fixture(scope="module")
+def unsigned_leaf(nix: Nix, keys: Keys, worker: Worker, tokens: Tokens, tmp_path_factory):
+    """An input-addressed path with its NAR on the cache: its narinfo as Nix writes it
+    unsigned, and signed with the trusted key."""
+    closure = build_closure(nix, salt="-trust-" + os.urandom(6).hex())
+    leaf = next(p for p in closure.paths if "-leaf-" in p)
+    plain, signed = tmp_path_factory.mktemp("unsigned"), tmp_path_factory.mktemp("signed")
+    nix("copy", "--to", f"file://{plain}?compression=xz", leaf)
+    nix("copy", "--to", f"file://{signed}?secret-key={keys.secret_file}&compression=xz", leaf)
+    name = narinfo_path(leaf)[1:]
+    text = (plain / name).read_text()
+    url = next(line.split(": ", 1)[1] for line in text.splitlines() if line.startswith("URL: "))
+    status, _, body = request(worker, "PUT", "/" + url, bearer(tokens.mint()), (plain / url).read_bytes())
+    assert status in (200, 201), body
+    return "/" + name, text, (signed / name).read_text()
+
+
+@pytest.mark.parametrize(
+    "ca, reason",
+    [
+        ("x", b"narinfo CA"),
+        ("fixed:r:sha256:" + "0" * 52, b"does not make its store path"),
+        # The path's own NarHash as a recursive CA: well-formed, still not its path.
+        ("NARHASH", b"does not make its store path"),
+        ("text:sha256:" + "1" * 52, b"does not make its store path"),
+    ],
+)
+def test_a_ca_field_alone_proves_nothing(worker: Worker, tokens: Tokens, unsigned_leaf, ca, reason):
+    path, unsigned, signed = unsigned_leaf
+    nar_hash = next(line.split(": ", 1)[1] for line in unsigned.splitlines() if line.startswith("NarHash: "))
+    forged = unsigned + f"CA: {ca.replace('NARHASH', 'fixed:r:' + nar_hash)}\n"
+    status, _, body = request(worker, "PUT", path, bearer(tokens.mint()), forged.encode())
+    assert (status, reason in body) == (400, True), body
+    assert request(worker, "GET", path)[0] == 404, "nothing published"
+
+
+def test_a_refused_squat_leaves_the_path_to_its_signed_narinfo(worker: Worker, tokens: Tokens, unsigned_leaf):
+    path, unsigned, signed = unsigned_leaf
+    squat = unsigned + "CA: fixed:r:sha256:" + "0" * 52 + "\n"
+    assert request(worker, "PUT", path, bearer(tokens.mint()), squat.encode())[0] == 400
+    status, _, body = request(worker, "PUT", path, bearer(tokens.mint()), signed.encode())
+    assert status == 201, body
+    assert request(worker, "GET", path)[2] == signed.encode()
