@@ -42,6 +42,30 @@ pub enum NarinfoRejection {
     ContentAddress(#[from] ContentAddressError),
 }
 
+/// What an upload to a key that already holds an object does: the rule for every key
+/// the cache stores (narinfos, side files, logs). The edge applies it with R2's
+/// conditional writes, so no interleaving of requests can break it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnExisting {
+    /// The same bytes: a success that changes nothing.
+    Unchanged,
+    /// Different bytes, and the token may not replace them: 409.
+    Conflict,
+    /// Different bytes, and the token has `overwrite`: replace exactly the object that
+    /// was compared (a concurrent change makes it a conflict instead).
+    Replace,
+}
+
+impl OnExisting {
+    pub fn decide(same_bytes: bool, may_overwrite: bool) -> OnExisting {
+        match (same_bytes, may_overwrite) {
+            (true, _) => OnExisting::Unchanged,
+            (false, false) => OnExisting::Conflict,
+            (false, true) => OnExisting::Replace,
+        }
+    }
+}
+
 /// A narinfo that passed every check that needs no storage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckedNarinfo {
@@ -142,6 +166,14 @@ mod tests {
 
     fn check(text: &str) -> Result<CheckedNarinfo, NarinfoRejection> {
         check_narinfo(text.as_bytes(), &TOP_HASH.parse().unwrap(), &config())
+    }
+
+    #[test]
+    fn existing_objects_change_only_with_overwrite() {
+        assert_eq!(OnExisting::decide(true, false), OnExisting::Unchanged);
+        assert_eq!(OnExisting::decide(true, true), OnExisting::Unchanged);
+        assert_eq!(OnExisting::decide(false, false), OnExisting::Conflict);
+        assert_eq!(OnExisting::decide(false, true), OnExisting::Replace);
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod error;
 mod multipart;
 mod read;
 mod response;
+mod store;
 mod write;
 
 use worker::{

@@ -1,17 +1,18 @@
 //! PUT and DELETE of protocol files: verified, then stored. Nothing reaches R2 under a
 //! protocol name before it has been checked (the rules are `crate::core::publish`).
 
-use worker::{console_log, Bucket, Data, Request, Response};
+use worker::{console_log, Data, Request, Response};
 
 use super::auth::Guarded;
 use super::body::{reject_content_encoding, small_body, stream_body, BodyKind};
 use super::error::EdgeError;
 use super::response::Stored;
+use super::store;
 use crate::core::nix::nar_file::NarFile;
 use crate::core::nix::store_path::StorePathHash;
 use crate::core::publish::{self, MAX_JSON_BYTES, MAX_NARINFO_BYTES};
 use crate::core::route::{Kind, Route};
-use crate::core::token::{Permissions, TokenId, VerifiedToken};
+use crate::core::token::{TokenId, VerifiedToken};
 
 /// PUT of a protocol file (the core planned `Operation::Store` for this route).
 pub async fn store(req: Request, route: &Route, cache: &Guarded) -> Result<Response, EdgeError> {
@@ -71,19 +72,14 @@ async fn store_narinfo(
             nar.size()
         )));
     }
-    put_unless_different(&cache.bucket, &route.to_string(), bytes, &cache.token).await
+    store::put_small(&cache.bucket, &route.to_string(), bytes, &cache.token).await
 }
 
 /// A build log, streamed into R2.
 async fn store_log(req: &Request, route: &Route, cache: &Guarded) -> Result<Stored, EdgeError> {
     reject_content_encoding(req)?;
     let body = stream_body(req, cache.config.max_request_bytes, BodyKind::Log)?;
-    cache
-        .bucket
-        .put(route.to_string(), Data::ReadableStream(body))
-        .execute()
-        .await?;
-    Ok(Stored::Created)
+    store::put_stream(&cache.bucket, &route.to_string(), body, &cache.token).await
 }
 
 /// A JSON side file (`.ls`, realisation, debuginfo), validated by the runtime's own
@@ -93,8 +89,7 @@ async fn store_json(mut req: Request, route: &Route, cache: &Guarded) -> Result<
     let text = core::str::from_utf8(&bytes)
         .map_err(|_| EdgeError::BadRequest("not valid JSON: not UTF-8".into()))?;
     js_sys::JSON::parse(text).map_err(|_| EdgeError::BadRequest("not valid JSON".into()))?;
-    cache.bucket.put(route.to_string(), bytes).execute().await?;
-    Ok(Stored::Created)
+    store::put_small(&cache.bucket, &route.to_string(), bytes, &cache.token).await
 }
 
 /// PUT `nix-cache-info`: Nix sends one when it finds none; the worker's is configuration.
@@ -125,31 +120,4 @@ pub async fn delete(route: &Route, cache: &Guarded) -> Result<Response, EdgeErro
 /// Subject and path only: the token itself never reaches a log.
 fn log_write(method: &str, route: &Route, token: &VerifiedToken, outcome: &Stored) {
     console_log!("{method} /{route} by {}: {outcome:?}", token.subject);
-}
-
-/// Stores `bytes` at `key` unless a different object is there, which only a token
-/// with overwrite permission may replace.
-async fn put_unless_different(
-    bucket: &Bucket,
-    key: &str,
-    bytes: Vec<u8>,
-    token: &VerifiedToken,
-) -> Result<Stored, EdgeError> {
-    if let Some(existing) = bucket.get(key).execute().await? {
-        let old = existing
-            .body()
-            .ok_or(EdgeError::MissingBody)?
-            .bytes()
-            .await?;
-        if old == bytes {
-            return Ok(Stored::Unchanged);
-        }
-        if !token.permissions.contains(Permissions::OVERWRITE) {
-            return Err(EdgeError::Conflict(format!(
-                "a different /{key} is already published; a token with overwrite permission may replace it"
-            )));
-        }
-    }
-    bucket.put(key, bytes).execute().await?;
-    Ok(Stored::Created)
 }

@@ -116,3 +116,76 @@ def test_a_refused_squat_leaves_the_path_to_its_signed_narinfo(worker: Worker, t
     status, _, body = request(worker, "PUT", path, bearer(tokens.mint()), signed.encode())
     assert status == 201, body
     assert request(worker, "GET", path)[2] == signed.encode()
+
+
+def race(worker: Worker, path: str, token: str, bodies: list[bytes]) -> list[int]:
+    """PUTs each body to `path` from its own thread, released at the same moment."""
+    import threading
+
+    barrier = threading.Barrier(len(bodies))
+    statuses: list[int] = [0] * len(bodies)
+
+    def put(i: int) -> None:
+        barrier.wait()
+        statuses[i] = request(worker, "PUT", path, bearer(token), bodies[i])[0]
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return statuses
+
+
+RACES = 8
+
+
+def test_racing_different_narinfos_publish_exactly_one(worker: Worker, tokens: Tokens, unsigned_leaf):
+    path, _, signed = unsigned_leaf
+    # Both pass every check: unknown fields are not signed.
+    bodies = [signed.encode(), (signed + "X-Other: 1\n").encode()]
+    writer, deleter = tokens.mint("read,write"), tokens.mint("read,delete")
+    for attempt in range(RACES):
+        request(worker, "DELETE", path, bearer(deleter))
+        statuses = race(worker, path, writer, bodies)
+        assert sorted(statuses) == [201, 409], (attempt, statuses)
+        stored = request(worker, "GET", path)[2]
+        assert stored == bodies[statuses.index(201)], attempt
+
+
+# Two different bodies for the same side file: a NAR listing and a build log.
+SIDE_FILES = {
+    "listing": (b'{"version":1,"root":{"type":"regular","size":1}}', b'{"version":1,"root":{"type":"regular","size":2}}'),
+    "log": (b"one build log\n", b"another build log\n"),
+}
+
+
+def side_file_path(kind: str, tag: str) -> str:
+    """A fresh path of that kind (nix32 digits only)."""
+    digits = "".join("0123456789abcdfghijklmnpqrsvwxyz"[b % 32] for b in os.urandom(32))
+    return {"listing": f"/{digits}.ls", "log": f"/log/{digits}-{tag}.drv"}[kind]
+
+
+@pytest.mark.parametrize("kind", ["listing", "log"])
+def test_racing_different_side_files_store_exactly_one(worker: Worker, tokens: Tokens, kind):
+    writer = tokens.mint("read,write")
+    bodies = list(SIDE_FILES[kind])
+    for attempt in range(RACES):
+        path = side_file_path(kind, "race")
+        statuses = race(worker, path, writer, bodies)
+        assert sorted(statuses) == [201, 409], (attempt, statuses)
+        assert request(worker, "GET", path)[2] == bodies[statuses.index(201)], attempt
+
+
+@pytest.mark.parametrize("kind", ["listing", "log"])
+def test_side_files_follow_the_narinfo_rule(worker: Worker, tokens: Tokens, kind):
+    target = side_file_path(kind, "rule")
+    first, second = SIDE_FILES[kind]
+    writer, overwriter = bearer(tokens.mint("read,write")), bearer(tokens.mint("read,write,overwrite"))
+    assert request(worker, "PUT", target, writer, first)[0] == 201
+    assert request(worker, "PUT", target, writer, first)[0] == 200, "the same bytes again"
+    status, _, body = request(worker, "PUT", target, writer, second)
+    assert (status, b"overwrite" in body) == (409, True), body
+    assert request(worker, "GET", target)[2] == first, "unchanged by the refusal"
+    assert request(worker, "PUT", target, overwriter, second)[0] == 201
+    assert request(worker, "GET", target)[2] == second
