@@ -36,7 +36,12 @@ let
     outputHashMode = "recursive";
     outputHashAlgo = "sha256";
   };
+  # Built under secret-key-files, so the local store signs their realisations.
+  signed-ca = floating "corpus-signed-ca" "echo signed > $out";
 in {
+  inherit signed-ca;
+  # A CA derivation that depends on another: its realisation lists that one's.
+  signed-ca-dep = floating "corpus-signed-ca-dep" "echo ${signed-ca} > $out";
   small = mk "corpus-small" "echo small > $out";
   # 24 references plus one to itself, a directory, a symlink and an executable.
   many-refs = mk "corpus-many-refs" (''
@@ -70,7 +75,8 @@ in {
 NIX
 
 MK=(--arg mk "import $PWD/tests/nix/mk.nix")
-build() { nix-build --no-out-link "$EXPR" "${MK[@]}" -A "$1" --option extra-experimental-features ca-derivations; }
+# `build ATTR [NIX OPTIONS…]`
+build() { nix-build --no-out-link "$EXPR" "${MK[@]}" -A "$1" --option extra-experimental-features ca-derivations "${@:2}"; }
 # Copies into the cache at $1 (query string $2) the rest of the arguments.
 copy() { local dir=$1 query=$2; shift 2; nix copy --to "file://$work/out/$dir?$query" "$@"; }
 
@@ -95,6 +101,18 @@ for attr in floating-ca floating-ca-refs; do
   build "$attr" >/dev/null
   copy content-addressed "compression=zstd" -f "$EXPR" "${MK[@]}" "$attr"
 done
+
+# Realisations signed by Nix (the local store signs them at build time; nix copy
+# carries the signatures), one with a dependent realisation.
+# Outputs built before (their realisations unsigned) go first, with everything that
+# refers to them (resolved derivations): their realisations are deleted with them.
+if built=$(build signed-ca 2>/dev/null); then
+  nix-store --delete --ignore-liveness $(nix-store --query --referrers-closure "$built") >/dev/null 2>&1 || true
+fi
+for attr in signed-ca signed-ca-dep; do
+  build "$attr" --option secret-key-files "$work/sk" >/dev/null
+done
+copy realisations-signed "compression=zstd&$SIGN" -f "$EXPR" "${MK[@]}" signed-ca signed-ca-dep
 
 # Debug info index and a build log.
 debuginfo=$(build debuginfo)

@@ -9,6 +9,8 @@ WORKER_BUILD_VERSION=0.8.7
 # Must equal the wasm-bindgen crate version pinned in Cargo.toml / Cargo.lock.
 WASM_BINDGEN_VERSION=0.2.130
 PYTEST_VERSION=8.3.5
+# ed25519 for tests that sign what Nix 2.8 cannot write (build-trace-v2 realisations).
+CRYPTOGRAPHY_VERSION=44.0.2
 # wrk: the load generator of `make bench`.
 APT_PACKAGES=(nix-bin chromium wrk)
 
@@ -50,8 +52,10 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
   npm ci --no-audit --no-fund --loglevel=error
 fi
 
-if ! .venv/bin/pytest --version 2>/dev/null | grep -qw "$PYTEST_VERSION"; then
-  step "python venv with pytest $PYTEST_VERSION"
+if ! .venv/bin/pytest --version 2>/dev/null | grep -qw "$PYTEST_VERSION" \
+  || ! .venv/bin/python -c "import cryptography, sys; sys.exit(cryptography.__version__ != '$CRYPTOGRAPHY_VERSION')" 2>/dev/null; then
+  step "python venv with pytest $PYTEST_VERSION, cryptography $CRYPTOGRAPHY_VERSION"
   python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check "pytest==$PYTEST_VERSION"
+  .venv/bin/pip install --quiet --disable-pip-version-check "pytest==$PYTEST_VERSION" \
+    "cryptography==$CRYPTOGRAPHY_VERSION"
 fi

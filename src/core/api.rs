@@ -131,7 +131,7 @@ pub struct UploadCompleted {
 pub fn render<T: Serialize>(message: &T) -> String {
     // The messages above hold only what the writer writes (tests prove each); were one
     // ever to hold more, the client would see an empty object and refuse it.
-    crate::core::json::to_string(message).unwrap_or_else(|_| "{}".to_owned())
+    crate::core::json_write::to_string(message).unwrap_or_else(|_| "{}".to_owned())
 }
 
 #[cfg(test)]

@@ -188,3 +188,39 @@ fn every_side_file_is_a_route_under_the_key_nix_wrote() {
     kinds.dedup();
     assert_eq!(kinds, ["debuginfo", "listing", "log", "realisation"]);
 }
+
+#[test]
+fn nix_signed_realisations_verify_over_our_fingerprint() {
+    use crate::core::nix::realisation::{Realisation, RealisationKey};
+    let (mut signed, mut unsigned, mut with_dependents) = (0, 0, 0);
+    for (folder, key, bytes) in all_files() {
+        let Some(Route::Realisation { drv_hash, output }) = Route::parse(&format!("/{key}")) else {
+            continue;
+        };
+        let realisation_key = RealisationKey::Legacy {
+            drv_hash,
+            output: output.to_string(),
+        };
+        let realisation = Realisation::parse(&bytes, &realisation_key)
+            .unwrap_or_else(|e| panic!("{folder}/{key}: {e}"));
+        with_dependents += usize::from(
+            !realisation
+                .fingerprint()
+                .contains("\"dependentRealisations\":{}"),
+        );
+        if realisation.signatures.is_empty() {
+            assert!(!realisation.signed_by_any(&config().public_keys));
+            unsigned += 1;
+        } else {
+            // Nix signed it (at build time); our fingerprint is the bytes it signed.
+            assert!(
+                realisation.signed_by_any(&config().public_keys),
+                "{folder}/{key}"
+            );
+            signed += 1;
+        }
+    }
+    assert_eq!(signed, 2);
+    assert!(with_dependents >= 1, "a realisation that lists another");
+    assert!(unsigned >= 2);
+}

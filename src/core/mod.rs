@@ -6,7 +6,7 @@
 //! what storage holds, the time) and act on what comes back. See ARCHITECTURE.md.
 //!
 //! - [`api`]: the wire contract: every JSON message between worker and client
-//!   ([`json`] writes them in the worker).
+//!   ([`json_write`] writes them in the worker; [`json_read`] reads side files).
 //! - [`nix`]: Nix's own formats (nix32, hashes, store paths, narinfo, keys, signatures).
 //! - [`route`]: request paths as typed values; their canonical form is the storage key.
 //! - [`http`]: Range, If-None-Match and query strings.
@@ -42,7 +42,8 @@ pub mod config;
 mod corpus;
 pub mod dispatch;
 pub mod http;
-pub mod json;
+pub mod json_read;
+pub mod json_write;
 pub mod lower_hex;
 pub mod multipart;
 pub mod nix;

@@ -7,13 +7,82 @@ use crate::core::config::CacheConfig;
 use crate::core::nix::content_address::ContentAddressError;
 use crate::core::nix::nar_file::{Compression, NarFile};
 use crate::core::nix::narinfo::{NarInfo, NarInfoError};
+use crate::core::nix::realisation::{Realisation, RealisationError, RealisationKey};
+use crate::core::nix::side_file::{check_debuginfo, check_listing, SideFileError};
 use crate::core::nix::store_path::StorePathHash;
+use crate::core::route::Route;
 
 /// Largest narinfo accepted. Real ones are a few hundred bytes; a path with thousands
 /// of references stays well below this.
 pub const MAX_NARINFO_BYTES: u64 = 1 << 20;
-/// Largest JSON side file (`.ls` listings of huge trees, realisations, debuginfo).
-pub const MAX_JSON_BYTES: u64 = 32 << 20;
+/// Largest NAR listing. A listing is read whole into the worker and parsed into a tree
+/// there (a few times its size in memory, against the isolate's 128 MB); a tree of
+/// 100,000 files lists in about 8 MB.
+pub const MAX_LISTING_BYTES: u64 = 8 << 20;
+/// Largest realisation or debuginfo pointer: a few hundred bytes in practice.
+pub const MAX_POINTER_BYTES: u64 = 64 << 10;
+
+/// A JSON side file the cache stores, by what its route says it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SideFile {
+    Listing,
+    Realisation(RealisationKey),
+    DebugInfo,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SideFileRejection {
+    #[error(transparent)]
+    Shape(#[from] SideFileError),
+    #[error(transparent)]
+    Realisation(#[from] RealisationError),
+}
+
+impl SideFile {
+    /// `None` for a route that is not a JSON side file.
+    pub fn of(route: &Route) -> Option<SideFile> {
+        Some(match route {
+            Route::Listing(_) => SideFile::Listing,
+            Route::DebugInfo(_) => SideFile::DebugInfo,
+            Route::Realisation { drv_hash, output } => {
+                SideFile::Realisation(RealisationKey::Legacy {
+                    drv_hash: *drv_hash,
+                    output: output.to_string(),
+                })
+            }
+            Route::BuildTrace { drv, output } => {
+                SideFile::Realisation(RealisationKey::BuildTrace {
+                    drv: drv.to_string(),
+                    output: output.to_string(),
+                })
+            }
+            _ => return None,
+        })
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        match self {
+            SideFile::Listing => MAX_LISTING_BYTES,
+            SideFile::Realisation(_) | SideFile::DebugInfo => MAX_POINTER_BYTES,
+        }
+    }
+
+    /// Checks the file's shape and, for a realisation, its signature: Nix does not
+    /// check realisation signatures when it substitutes, so this is the only gate.
+    pub fn check(&self, bytes: &[u8], config: &CacheConfig) -> Result<(), SideFileRejection> {
+        match self {
+            SideFile::Listing => Ok(check_listing(bytes)?),
+            SideFile::DebugInfo => Ok(check_debuginfo(bytes)?),
+            SideFile::Realisation(key) => {
+                let realisation = Realisation::parse(bytes, key)?;
+                match realisation.signed_by_any(&config.public_keys) {
+                    true => Ok(()),
+                    false => Err(RealisationError::Signature.into()),
+                }
+            }
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum NarinfoRejection {

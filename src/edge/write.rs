@@ -10,8 +10,8 @@ use super::response::Stored;
 use super::store;
 use crate::core::nix::nar_file::NarFile;
 use crate::core::nix::store_path::StorePathHash;
-use crate::core::publish::{self, MAX_JSON_BYTES, MAX_NARINFO_BYTES};
-use crate::core::route::{Kind, Route};
+use crate::core::publish::{self, SideFile, MAX_NARINFO_BYTES};
+use crate::core::route::Route;
 use crate::core::token::{TokenId, VerifiedToken};
 
 /// PUT of a protocol file (the core planned `Operation::Store` for this route).
@@ -20,8 +20,10 @@ pub async fn store(req: Request, route: &Route, cache: &Guarded) -> Result<Respo
         Route::Nar(nar) => store_nar(&req, nar, cache).await?,
         Route::Narinfo(hash) => store_narinfo(req, route, hash, cache).await?,
         Route::Log(_) => store_log(&req, route, cache).await?,
-        _ if route.kind() == Kind::Json => store_json(req, route, cache).await?,
-        _ => return Err(EdgeError::NotFound),
+        _ => match SideFile::of(route) {
+            Some(kind) => store_side_file(req, route, &kind, cache).await?,
+            None => return Err(EdgeError::NotFound),
+        },
     };
     log_write("PUT", route, &cache.token, &outcome);
     outcome.into_response()
@@ -82,13 +84,17 @@ async fn store_log(req: &Request, route: &Route, cache: &Guarded) -> Result<Stor
     store::put_stream(&cache.bucket, &route.to_string(), body, &cache.token).await
 }
 
-/// A JSON side file (`.ls`, realisation, debuginfo), validated by the runtime's own
-/// `JSON.parse` (no JSON parser in the wasm).
-async fn store_json(mut req: Request, route: &Route, cache: &Guarded) -> Result<Stored, EdgeError> {
-    let bytes = small_body(&mut req, MAX_JSON_BYTES, BodyKind::Json).await?;
-    let text = core::str::from_utf8(&bytes)
-        .map_err(|_| EdgeError::BadRequest("not valid JSON: not UTF-8".into()))?;
-    js_sys::JSON::parse(text).map_err(|_| EdgeError::BadRequest("not valid JSON".into()))?;
+/// A JSON side file (`.ls`, realisation, debuginfo): its shape, and a realisation's
+/// signature, checked by the core before it is stored.
+async fn store_side_file(
+    mut req: Request,
+    route: &Route,
+    kind: &SideFile,
+    cache: &Guarded,
+) -> Result<Stored, EdgeError> {
+    let bytes = small_body(&mut req, kind.max_bytes(), BodyKind::Json).await?;
+    kind.check(&bytes, &cache.config)
+        .map_err(|e| EdgeError::BadRequest(e.to_string()))?;
     store::put_small(&cache.bucket, &route.to_string(), bytes, &cache.token).await
 }
 

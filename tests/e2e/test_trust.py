@@ -189,3 +189,117 @@ def test_side_files_follow_the_narinfo_rule(worker: Worker, tokens: Tokens, kind
     assert request(worker, "GET", target)[2] == first, "unchanged by the refusal"
     assert request(worker, "PUT", target, overwriter, second)[0] == 201
     assert request(worker, "GET", target)[2] == second
+
+
+REALISATION_EXPR = r"""
+{ salt }:
+derivation {
+  name = "nixflare-realisation-${salt}";
+  system = builtins.currentSystem;
+  builder = "/bin/sh";
+  args = [ "-c" "echo ${salt} > $out" ];
+  __contentAddressed = true;
+  outputHashMode = "recursive";
+  outputHashAlgo = "sha256";
+}
+"""
+
+
+def ca_derivation(nix: Nix, tmp_path: Path, *, sign_with: Path | None) -> tuple[Path, dict]:
+    """Builds a fresh content-addressed derivation (its realisation signed by the local
+    store when `sign_with` is a key) and copies it to a file cache; returns the cache
+    and the realisation Nix wrote."""
+    expr = tmp_path / "ca.nix"
+    expr.write_text(REALISATION_EXPR)
+    salt = os.urandom(6).hex()
+    options = ["--option", "extra-experimental-features", "ca-derivations"]
+    if sign_with:
+        options += ["--option", "secret-key-files", str(sign_with)]
+    run(["nix-build", "--no-out-link", str(expr), "--argstr", "salt", salt, *options], env=nix.env)
+    cache = tmp_path / "cache"
+    nix("copy", *options, "--to", f"file://{cache}?compression=zstd", "-f", str(expr), "--argstr", "salt", salt)
+    (doi,) = (cache / "realisations").iterdir()
+    return cache, {"path": "/realisations/" + doi.name, "text": doi.read_text()}
+
+
+def test_stock_nix_cannot_push_an_unsigned_realisation(nix: Nix, worker: Worker, tokens: Tokens, tmp_path):
+    cache, realisation = ca_derivation(nix, tmp_path, sign_with=None)
+    assert '"signatures":[]' in realisation["text"]
+    status, _, body = request(worker, "PUT", realisation["path"], bearer(tokens.mint()), realisation["text"].encode())
+    assert (status, b"no realisation signature verifies" in body) == (400, True), body
+    assert request(worker, "GET", realisation["path"])[0] == 404
+
+
+def test_a_signed_realisation_publishes_and_cannot_be_bent(nix: Nix, worker: Worker, keys: Keys,
+                                                          tokens: Tokens, tmp_path):
+    cache, realisation = ca_derivation(nix, tmp_path, sign_with=keys.secret_file)
+    path, text = realisation["path"], realisation["text"]
+    out = json.loads(text)["outPath"]
+    writer = bearer(tokens.mint())
+    # The signature covers the output path: pointing it elsewhere breaks it.
+    bent = text.replace(out, "0" * 32 + "-evil")
+    assert request(worker, "PUT", path, writer, bent.encode())[0] == 400
+    # Under another id (another derivation's), the same body is refused too.
+    other = path.replace(path[len("/realisations/sha256:"):][:8], "00000000")
+    assert request(worker, "PUT", other, writer, text.encode())[0] == 400
+    assert request(worker, "GET", path)[0] == 404
+    assert request(worker, "PUT", path, writer, text.encode())[0] == 201
+    assert request(worker, "GET", path)[2] == text.encode()
+
+
+def sign_fingerprint(secret_file: Path, fingerprint: str) -> tuple[str, str]:
+    """(key name, base64 signature) with a Nix secret key file."""
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    name, data = secret_file.read_text().strip().split(":", 1)
+    key = Ed25519PrivateKey.from_private_bytes(base64.b64decode(data)[:32])
+    return name, base64.b64encode(key.sign(fingerprint.encode())).decode()
+
+
+def test_build_trace_entries_need_a_trusted_signature(worker: Worker, keys: Keys, tokens: Tokens):
+    drv, out = "1" * 32 + "-trace.drv", "2" * 32 + "-trace"
+    path = f"/build-trace-v2/{drv}/out.doi"
+    fingerprint = f'{{"key":{{"drvPath":"{drv}","outputName":"out"}},"value":{{"outPath":"{out}"}}}}'
+    writer = bearer(tokens.mint())
+    for secret, expected in [(keys.wrong_secret_file, 400), (keys.secret_file, 201)]:
+        name, sig = sign_fingerprint(secret, fingerprint)
+        body = json.dumps({"outPath": out, "signatures": [{"keyName": name, "sig": sig}]}).encode()
+        status, _, reply = request(worker, "PUT", path, writer, body)
+        assert status == expected, reply
+    unsigned = json.dumps({"outPath": out, "signatures": []}).encode()
+    assert request(worker, "PUT", path.replace("/out.doi", "/dev.doi"), writer, unsigned)[0] == 400
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/" + "3" * 32 + ".ls", b'{"anything": "at all"}'),
+        ("/" + "3" * 32 + ".ls", b'{"version":1,"root":{"type":"directory","entries":{"..":{"type":"regular","size":1}}}}'),
+        ("/debuginfo/" + "ab" * 20, b'{"archive":"https://elsewhere/x.nar","member":"lib/x.debug"}'),
+        ("/debuginfo/" + "ab" * 20 + ".debug", b'{"archive":"../nar/' + b"1" * 52 + b'.nar.xz","member":"/etc/passwd"}'),
+    ],
+)
+def test_side_files_must_have_the_shape_nix_writes(worker: Worker, tokens: Tokens, path, body):
+    status, _, reply = request(worker, "PUT", path, bearer(tokens.mint()), body)
+    assert status == 400, reply
+    assert request(worker, "GET", path)[0] == 404
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_stock_nix_copy_of_a_ca_derivation(nix: Nix, worker: Worker, keys: Keys, tokens: Tokens, tmp_path, signed):
+    expr = tmp_path / "ca.nix"
+    expr.write_text(REALISATION_EXPR)
+    salt = os.urandom(6).hex()
+    options = ["--option", "extra-experimental-features", "ca-derivations"]
+    build = options + (["--option", "secret-key-files", str(keys.secret_file)] if signed else [])
+    run(["nix-build", "--no-out-link", str(expr), "--argstr", "salt", salt, *build], env=nix.env)
+    netrc = netrc_for(worker, tokens, tmp_path)
+    to = f"{worker.url}?secret-key={keys.secret_file}&compression=zstd"
+    proc = nix("copy", *options, "--option", "netrc-file", str(netrc), "--to", to,
+               "-f", str(expr), "--argstr", "salt", salt, check=False)
+    if signed:
+        assert proc.returncode == 0, proc.stderr
+    else:
+        assert proc.returncode != 0 and "no realisation signature verifies" in proc.stderr, proc.stderr

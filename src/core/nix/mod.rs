@@ -6,4 +6,6 @@ pub mod keys;
 pub mod nar_file;
 pub mod narinfo;
 pub mod nix32;
+pub mod realisation;
+pub mod side_file;
 pub mod store_path;
