@@ -18,6 +18,8 @@ pub mod var {
     pub const MAX_REQUEST_BYTES: &str = "MAX_REQUEST_BYTES";
     /// Age in seconds after which the cron aborts an unfinished multipart upload.
     pub const ABANDONED_UPLOAD_SECONDS: &str = "ABANDONED_UPLOAD_SECONDS";
+    /// Most multipart uploads open at once (default 1000).
+    pub const MAX_OPEN_UPLOADS: &str = "MAX_OPEN_UPLOADS";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -34,6 +36,10 @@ pub enum ConfigError {
         index: usize,
         source: KeyError,
     },
+    #[error("{name} lists the key name {key:?} twice (a rotated key needs a new name)")]
+    DuplicateName { name: &'static str, key: String },
+    #[error("PUBLIC_KEYS and TOKEN_PUBLIC_KEYS share the key {key:?}: a narinfo signature could pass as a token signature's key and the reverse; use separate keys")]
+    SharedKey { key: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +55,8 @@ pub struct CacheConfig {
     pub max_request_bytes: u64,
     /// Unfinished multipart uploads older than this are aborted by the cron.
     pub abandoned_upload_seconds: u64,
+    /// New multipart uploads are refused (429) while this many are open.
+    pub max_open_uploads: u32,
 }
 
 impl Default for CacheConfig {
@@ -63,6 +71,7 @@ impl Default for CacheConfig {
             // A day: long enough to resume after a laptop sleeps, far below R2's own
             // seven-day expiry of unfinished uploads.
             abandoned_upload_seconds: 86_400,
+            max_open_uploads: crate::core::multipart::MAX_OPEN_UPLOADS,
         }
     }
 }
@@ -112,8 +121,30 @@ impl CacheConfig {
                     name: var::ABANDONED_UPLOAD_SECONDS,
                 })?;
         }
+        if let Some(count) = get(var::MAX_OPEN_UPLOADS) {
+            config.max_open_uploads = count
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=crate::core::multipart::MAX_OPEN_UPLOADS).contains(n))
+                .ok_or(ConfigError::Number {
+                    name: var::MAX_OPEN_UPLOADS,
+                })?;
+        }
         config.public_keys = parse_keys(var::PUBLIC_KEYS, get(var::PUBLIC_KEYS))?;
         config.token_keys = parse_keys(var::TOKEN_PUBLIC_KEYS, get(var::TOKEN_PUBLIC_KEYS))?;
+        // One key signing both narinfos and tokens would let whoever holds it for one
+        // purpose act for the other; the domain prefix of token signatures is the
+        // second line of defence, not the first.
+        if let Some(shared) = config
+            .public_keys
+            .iter()
+            .find(|k| config.token_keys.iter().any(|t| t.same_key(k)))
+        {
+            return Err(ConfigError::SharedKey {
+                key: shared.to_string(),
+            });
+        }
         Ok(config)
     }
 
@@ -140,7 +171,7 @@ fn parse_keys(name: &'static str, value: Option<String>) -> Result<Vec<PublicKey
     let Some(value) = value else {
         return Ok(Vec::new());
     };
-    value
+    let keys: Vec<PublicKey> = value
         .split(|c: char| c == ',' || c.is_whitespace())
         .filter(|k| !k.is_empty())
         .enumerate()
@@ -151,7 +182,16 @@ fn parse_keys(name: &'static str, value: Option<String>) -> Result<Vec<PublicKey
                 source,
             })
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    for (i, key) in keys.iter().enumerate() {
+        if keys[..i].iter().any(|k| k.name() == key.name()) {
+            return Err(ConfigError::DuplicateName {
+                name,
+                key: key.name().to_owned(),
+            });
+        }
+    }
+    Ok(keys)
 }
 
 #[cfg(test)]
@@ -219,5 +259,18 @@ mod tests {
             )]),
             "PUBLIC_KEYS entry 1: public key has no ':' between name and key"
         );
+        let key = "a:Z5WfzIfU77kmab70KqLM6aL03xWvc39APCUCxXS0184=";
+        let same_bytes_other_name = "b:Z5WfzIfU77kmab70KqLM6aL03xWvc39APCUCxXS0184=";
+        let shared = from(&[
+            (var::PUBLIC_KEYS, key),
+            (var::TOKEN_PUBLIC_KEYS, same_bytes_other_name),
+        ]);
+        assert!(matches!(shared, Err(ConfigError::SharedKey { .. })));
+        let other = "a:lZK8TvdFo6yEOp1D7yQkeLwxrshDPF1iwDJ6pNX1xHE=";
+        let both = format!("{key} {other}");
+        assert!(from(&[(var::PUBLIC_KEYS, &both)])
+            .unwrap_err()
+            .to_string()
+            .starts_with("PUBLIC_KEYS lists the key name \"a\" twice"));
     }
 }

@@ -44,6 +44,12 @@ pub const MAX_PART_LIST_BYTES: u64 = MAX_PARTS as u64 * (MAX_ETAG_BYTES as u64 +
 /// Where parts are assembled: the upload routes' own paths, never served (`dispatch`
 /// allows no GET there).
 pub const STAGING_PREFIX: &str = crate::core::route::UPLOADS_PREFIX;
+/// Most multipart uploads open at once, and the default of `MAX_OPEN_UPLOADS`: each
+/// holds R2 storage until completed, aborted or cleaned up, and a token holder could
+/// otherwise open them without end. Counted from the pending markers with one list call
+/// (R2 lists at most 1000 keys a page).
+pub const MAX_OPEN_UPLOADS: u32 = 1000;
+
 /// One empty object per open upload, for the cleanup cron.
 pub const PENDING_PREFIX: &str = "_nixflare/pending/";
 

@@ -28,6 +28,8 @@ pub enum EdgeError {
     LengthRequired,
     /// The body is larger than this kind of upload may be.
     TooLarge(String),
+    /// A bound on what token holders may make the worker keep (open uploads) is reached.
+    TooMany(String),
     /// A Content-Encoding the worker cannot undo.
     UnsupportedEncoding(String),
     /// A worker variable is invalid: the operator's fault, not the client's.
@@ -115,6 +117,7 @@ impl EdgeError {
             EdgeError::LengthRequired => (411, "a Content-Length is required".into()),
             EdgeError::TooLarge(why) => (413, format!("too large: {why}")),
             EdgeError::UnsupportedEncoding(why) => (415, format!("unsupported: {why}")),
+            EdgeError::TooMany(why) => (429, format!("too many: {why}")),
             EdgeError::Misconfigured(_) => (500, "cache misconfigured: see the worker log".into()),
             // 502 lets Nix retry: the storage behind us failed, not the request.
             EdgeError::MissingBody | EdgeError::Runtime(_) => {

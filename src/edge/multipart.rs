@@ -16,7 +16,7 @@ use super::response::{json, Stored};
 use crate::core::api::{render, PartUploaded, True, UploadCompleted, UploadCreated};
 use crate::core::multipart::{
     parse_part_list, pending_key, staging_key, Action, UploadId, MAX_OBJECT_BYTES,
-    MAX_PART_LIST_BYTES,
+    MAX_PART_LIST_BYTES, PENDING_PREFIX,
 };
 use crate::core::nix::hash::Sha256;
 use crate::core::nix::nar_file::NarFile;
@@ -45,6 +45,7 @@ async fn create(nar: &NarFile, cache: &Guarded) -> Result<Response, EdgeError> {
             false,
         );
     }
+    refuse_past_open_limit(&cache.bucket, cache.config.max_open_uploads).await?;
     let upload = cache
         .bucket
         .create_multipart_upload(staging_key(nar))
@@ -66,6 +67,22 @@ async fn create(nar: &NarFile, cache: &Guarded) -> Result<Response, EdgeError> {
         max_request_bytes: cache.config.max_request_bytes,
     };
     json(201, render(&started), false)
+}
+
+/// One list call of at most `limit` markers: at the limit, no new upload.
+async fn refuse_past_open_limit(bucket: &Bucket, limit: u32) -> Result<(), EdgeError> {
+    let open = bucket
+        .list()
+        .prefix(PENDING_PREFIX)
+        .limit(limit)
+        .execute()
+        .await?;
+    match open.objects().len() < limit as usize {
+        true => Ok(()),
+        false => Err(EdgeError::TooMany(format!(
+            "{limit} multipart uploads are open; complete or abort some, or wait for the hourly cleanup"
+        ))),
+    }
 }
 
 async fn upload_part(

@@ -303,3 +303,58 @@ def test_stock_nix_copy_of_a_ca_derivation(nix: Nix, worker: Worker, keys: Keys,
         assert proc.returncode == 0, proc.stderr
     else:
         assert proc.returncode != 0 and "no realisation signature verifies" in proc.stderr, proc.stderr
+
+
+def test_a_narinfo_may_not_carry_endless_signatures(worker: Worker, tokens: Tokens, unsigned_leaf):
+    path, _, signed = unsigned_leaf
+    sig = next(line for line in signed.splitlines() if line.startswith("Sig: "))
+    flooded = signed + (sig + "\n") * 16
+    status, _, body = request(worker, "PUT", path, bearer(tokens.mint()), flooded.encode())
+    assert (status, b"more than 16 Sig" in body) == (400, True), body
+
+
+@pytest.fixture
+def small_worker(keys: Keys, tokens: Tokens, tmp_path):
+    """A worker of its own, for limits the shared one must not hit."""
+    from conftest import start_worker, stop_worker
+
+    proc, url = start_worker(tmp_path, {"PUBLIC_KEYS": keys.public, "TOKEN_PUBLIC_KEYS": tokens.public,
+                                        "MAX_REQUEST_BYTES": str(16 << 20), "MAX_OPEN_UPLOADS": "3"})
+    try:
+        yield Worker(url=url, host="127.0.0.1", port=int(url.rsplit(":", 1)[1]), persist=tmp_path)
+    finally:
+        stop_worker(proc)
+
+
+def test_open_multipart_uploads_are_bounded(small_worker: Worker, tokens: Tokens):
+    writer = bearer(tokens.mint())
+    from conftest import nix32_sha256
+
+    names = [nix32_sha256(os.urandom(16)) for _ in range(4)]
+    ids = []
+    for name in names[:3]:
+        status, _, body = request(small_worker, "POST", f"/_nixflare/uploads/nar/{name}.nar?uploads", writer)
+        assert status == 201, body
+        ids.append((name, json.loads(body)["uploadId"]))
+    status, _, body = request(small_worker, "POST", f"/_nixflare/uploads/nar/{names[3]}.nar?uploads", writer)
+    assert (status, b"3 multipart uploads are open" in body) == (429, True), body
+    from urllib.parse import quote
+
+    name, upload_id = ids[0]
+    assert request(small_worker, "DELETE", f"/_nixflare/uploads/nar/{name}.nar?uploadId={quote(upload_id, safe='')}",
+                   writer)[0] == 204
+    assert request(small_worker, "POST", f"/_nixflare/uploads/nar/{names[3]}.nar?uploads", writer)[0] == 201
+
+
+def test_a_key_may_not_sign_both_narinfos_and_tokens(keys: Keys, tokens: Tokens, tmp_path):
+    """Refused as a misconfiguration: nothing is answered but the page and stored files."""
+    from conftest import start_worker, stop_worker
+
+    proc, url = start_worker(tmp_path, {"PUBLIC_KEYS": f"{keys.public} {tokens.public}",
+                                        "TOKEN_PUBLIC_KEYS": tokens.public}, ready_path="/")
+    try:
+        broken = Worker(url=url, host="127.0.0.1", port=int(url.rsplit(":", 1)[1]), persist=tmp_path)
+        assert request(broken, "GET", "/nix-cache-info")[0] == 500
+        assert request(broken, "PUT", "/" + "4" * 32 + ".ls", bearer(tokens.mint()), b"{}")[0] == 500
+    finally:
+        stop_worker(proc)

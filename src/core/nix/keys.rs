@@ -79,6 +79,11 @@ impl PublicKey {
         &self.name
     }
 
+    /// True when both are the same ed25519 key, whatever their names.
+    pub fn same_key(&self, other: &PublicKey) -> bool {
+        self.key == other.key
+    }
+
     /// True when the 64 signature bytes verify over `message` (name not involved: for
     /// signatures that carry no key name, such as upload tokens).
     pub fn verifies_raw(&self, message: &[u8], signature: &[u8; 64]) -> bool {
@@ -95,6 +100,23 @@ impl PublicKey {
                 .verify(message, &ed25519_compact::Signature::new(signature.bytes))
                 .is_ok()
     }
+}
+
+/// Most signatures a narinfo or realisation may carry. Nix adds one per signing key;
+/// a handful is plenty.
+pub const MAX_SIGNATURES: usize = 16;
+
+/// True when one of `signatures` verifies over `message` under one of `keys`. Only the
+/// first signature naming each trusted key is tried, so a body costs at most one ed25519
+/// verification per trusted key however many signatures it carries. (Nix tries them
+/// all; a cache whose key was rotated under the same name should rotate the name too.)
+pub fn any_verifies(keys: &[PublicKey], signatures: &[Signature], message: &[u8]) -> bool {
+    keys.iter().any(|key| {
+        signatures
+            .iter()
+            .find(|sig| sig.key_name == key.name)
+            .is_some_and(|sig| key.verifies(message, sig))
+    })
 }
 
 impl FromStr for PublicKey {
@@ -292,6 +314,20 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn one_verification_per_trusted_key_name() {
+        let secret: SecretKey = SECRET.parse().unwrap();
+        let good = secret.sign(b"m");
+        let stale = SecretKey::from_seed("test-1", [3; 32]).unwrap().sign(b"m");
+        let keys = [secret.public_key()];
+        assert!(any_verifies(&keys, std::slice::from_ref(&good), b"m"));
+        assert!(!any_verifies(&keys, std::slice::from_ref(&good), b"other"));
+        // Only the first signature under a trusted name counts.
+        assert!(!any_verifies(&keys, &[stale.clone(), good.clone()], b"m"));
+        assert!(any_verifies(&keys, &[good, stale], b"m"));
+        assert!(!any_verifies(&[], &[], b"m"));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use thiserror::Error;
 
 use super::content_address::ContentAddress;
 use super::hash::Sha256;
-use super::keys::{PublicKey, Signature};
+use super::keys::{any_verifies, PublicKey, Signature, MAX_SIGNATURES};
 use super::nar_file::Compression;
 use super::store_path::StorePathBaseName;
 
@@ -29,6 +29,8 @@ pub enum NarInfoError {
     Duplicate(&'static str),
     #[error("narinfo has no {0}")]
     Missing(&'static str),
+    #[error("narinfo has more than {limit} {field}")]
+    TooMany { field: &'static str, limit: usize },
     #[error("narinfo {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
 }
@@ -108,6 +110,12 @@ impl<'a> Fields<'a> {
                 return Err(NarInfoError::Line(line_no));
             }
             if name == "Sig" {
+                if fields.signatures.len() == MAX_SIGNATURES {
+                    return Err(NarInfoError::TooMany {
+                        field: "Sig",
+                        limit: MAX_SIGNATURES,
+                    });
+                }
                 fields.signatures.push(value);
             } else if let Some(i) = SINGLE_FIELDS.iter().position(|f| *f == name) {
                 if fields.values[i].replace(value).is_some() {
@@ -235,13 +243,11 @@ impl NarInfo {
         out
     }
 
-    /// True when some `Sig:` verifies under one of `keys`.
+    /// True when some `Sig:` verifies under one of `keys` (at most one verification per
+    /// key: [`any_verifies`]).
     pub fn signed_by_any(&self, keys: &[PublicKey], store_dir: &str) -> bool {
         let fingerprint = self.fingerprint(store_dir);
-        self.signatures.iter().any(|sig| {
-            keys.iter()
-                .any(|key| key.verifies(fingerprint.as_bytes(), sig))
-        })
+        any_verifies(keys, &self.signatures, fingerprint.as_bytes())
     }
 }
 
@@ -262,9 +268,20 @@ fn parse_compression(value: Option<&str>) -> Result<Compression, NarInfoError> {
     }
 }
 
+/// Most references a narinfo may list. Large closures' roots have a few thousand; the
+/// 1 MiB narinfo limit would allow about 20,000.
+pub const MAX_REFERENCES: usize = 10_000;
+
 /// Space-separated base names; Nix skips empty tokens (it writes `References: ` with a
 /// trailing space for none).
 fn parse_references(value: &str) -> Result<Vec<StorePathBaseName>, NarInfoError> {
+    let count = value.split(' ').filter(|r| !r.is_empty()).count();
+    if count > MAX_REFERENCES {
+        return Err(NarInfoError::TooMany {
+            field: "References",
+            limit: MAX_REFERENCES,
+        });
+    }
     value
         .split(' ')
         .filter(|r| !r.is_empty())
@@ -387,6 +404,32 @@ mod tests {
             .public_key();
         let info = NarInfo::parse(TOP, STORE).unwrap();
         assert!(!info.signed_by_any(&[other], STORE), "same name, other key");
+    }
+
+    #[test]
+    fn bounds_what_one_narinfo_may_make_the_worker_do() {
+        let text = String::from_utf8(TOP.to_vec()).unwrap();
+        let sig = text.lines().find(|l| l.starts_with("Sig: ")).unwrap();
+        let many_sigs = format!("{text}{}", format!("{sig}\n").repeat(MAX_SIGNATURES));
+        assert_eq!(
+            NarInfo::parse(many_sigs.as_bytes(), STORE),
+            Err(NarInfoError::TooMany {
+                field: "Sig",
+                limit: MAX_SIGNATURES
+            })
+        );
+        let reference = "anfizv71z26rnrvkpdwsc1f5wwyd9kw6-nixflare-e2e-middle ";
+        let many_refs = text.replace(
+            "References: ",
+            &format!("References: {}", reference.repeat(MAX_REFERENCES)),
+        );
+        assert!(matches!(
+            NarInfo::parse(many_refs.as_bytes(), STORE),
+            Err(NarInfoError::TooMany {
+                field: "References",
+                ..
+            })
+        ));
     }
 
     #[test]

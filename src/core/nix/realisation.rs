@@ -22,7 +22,7 @@
 use thiserror::Error;
 
 use super::hash::Sha256;
-use super::keys::{PublicKey, Signature};
+use super::keys::{any_verifies, PublicKey, Signature, MAX_SIGNATURES};
 use super::store_path::{check_name, StorePathBaseName};
 use crate::core::json_read::{self, JsonError, Value};
 
@@ -90,12 +90,10 @@ impl Realisation {
         &self.fingerprint
     }
 
-    /// True when a signature verifies under one of `keys`.
+    /// True when a signature verifies under one of `keys` (at most one verification
+    /// per key: [`any_verifies`]).
     pub fn signed_by_any(&self, keys: &[PublicKey]) -> bool {
-        self.signatures.iter().any(|sig| {
-            keys.iter()
-                .any(|key| key.verifies(self.fingerprint.as_bytes(), sig))
-        })
+        any_verifies(keys, &self.signatures, self.fingerprint.as_bytes())
     }
 }
 
@@ -109,7 +107,7 @@ fn signatures(value: Option<&Value>) -> Result<Vec<Signature>, RealisationError>
     let bad = || RealisationError::Field("signatures");
     let items = match value {
         None => return Ok(Vec::new()),
-        Some(Value::Array(items)) => items,
+        Some(Value::Array(items)) if items.len() <= MAX_SIGNATURES => items,
         Some(_) => return Err(bad()),
     };
     items
