@@ -66,29 +66,20 @@ pub fn host_of(url: &str) -> Result<String> {
         })
 }
 
-/// The password of `machine host` (or of `default`) in netrc text.
+/// The password of `machine host` in netrc text. A `default` entry is never used: its
+/// password may be meant for any site, and a token sent to the cache is a credential
+/// handed over, so only an entry naming the cache's host counts.
 fn netrc_password(text: &str, host: &str) -> Option<String> {
     let mut words = text.split_whitespace();
     let mut in_match = false;
-    let mut default_password = None;
-    let mut in_default = false;
     while let Some(word) = words.next() {
         match word {
-            "machine" => {
-                in_match = words.next() == Some(host);
-                in_default = false;
-            }
-            "default" => {
-                in_match = false;
-                in_default = true;
-            }
+            "machine" => in_match = words.next() == Some(host),
+            "default" => in_match = false,
             "password" => {
-                let password = words.next()?.to_owned();
+                let password = words.next()?;
                 if in_match {
-                    return Some(password);
-                }
-                if in_default {
-                    default_password = Some(password);
+                    return Some(password.to_owned());
                 }
             }
             // login, account, macdef take a value we do not need.
@@ -98,7 +89,7 @@ fn netrc_password(text: &str, host: &str) -> Option<String> {
             _ => {}
         }
     }
-    default_password
+    None
 }
 
 #[cfg(test)]
@@ -123,9 +114,11 @@ mod tests {
     fn netrc_lookup() {
         let text = "machine other password nope\nmachine 127.0.0.1 login nix password tok1\ndefault login x password fallback\n";
         assert_eq!(netrc_password(text, "127.0.0.1").as_deref(), Some("tok1"));
+        // A default entry's password is not for the cache.
+        assert_eq!(netrc_password(text, "elsewhere"), None);
         assert_eq!(
-            netrc_password(text, "elsewhere").as_deref(),
-            Some("fallback")
+            netrc_password("default password x machine c password y", "c").as_deref(),
+            Some("y")
         );
         assert_eq!(netrc_password("machine a password b", "c"), None);
     }

@@ -2,7 +2,6 @@
 //! what is worth retrying, and an optional upload rate limit. The typed endpoints built
 //! on this are in `endpoints.rs`.
 
-use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -209,7 +208,8 @@ impl Client {
                 offset,
                 length,
             } => {
-                let mut handle = File::open(file)?;
+                // Spool files only: never through a symbolic link.
+                let mut handle = super::spool::open_read(file)?;
                 handle.seek(SeekFrom::Start(*offset))?;
                 let reader = self.metered(handle.take(*length));
                 self.agent

@@ -11,6 +11,7 @@ mod parallel;
 mod pathinfo;
 mod progress;
 mod push;
+mod spool;
 mod token;
 mod upload;
 mod use_cache;
@@ -216,7 +217,10 @@ fn run(cli: Cli) -> Result<()> {
                     level: args.compression_level,
                     threads,
                 },
-                spool: args.spool_dir.unwrap_or_else(push::default_spool),
+                spool: match args.spool_dir {
+                    Some(dir) => dir,
+                    None => spool::default_dir()?,
+                },
                 limit_rate: args.limit_rate,
                 attempts: args.remote.attempts,
                 quiet: args.quiet,

@@ -2,13 +2,12 @@
 //! against Nix's NarHash/NarSize, compressed with multi-threaded zstd into a spool
 //! directory, hashed on the way out (FileHash names the file on the cache).
 //!
-//! The spool survives an interrupted push: the next run finds the compressed file and
-//! its record (`<name>.json`, which also remembers an open multipart upload) and goes
-//! on from there instead of compressing again.
+//! The spool (`spool.rs`) survives an interrupted push: the next run finds the compressed
+//! file and its record (`<name>.json`, which also remembers an open multipart upload)
+//! and goes on from there instead of compressing again.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context as _, Result};
@@ -16,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256 as Sha256Hasher};
 
 use super::pathinfo::PathInfo;
+use super::spool::SpoolEntry;
 use crate::core::multipart::UploadId;
 use crate::core::nix::hash::Sha256;
 use crate::core::nix::nar_file::{Compression, NarFile};
@@ -80,50 +80,6 @@ impl Prepared {
     }
 }
 
-/// Where one path's spool files live.
-pub struct SpoolEntry {
-    pub data: PathBuf,
-    record: PathBuf,
-}
-
-impl SpoolEntry {
-    pub fn new(spool: &Path, info: &PathInfo, codec: &Codec) -> Self {
-        // Keyed by content and settings: a changed level or algorithm never reuses.
-        let stem = format!(
-            "{}-{}{}-{}",
-            info.path.hash(),
-            codec.compression.narinfo_name(),
-            codec.level,
-            &info.nar_hash.nix32()[..12]
-        );
-        Self {
-            data: spool.join(format!("{stem}.nar")),
-            record: spool.join(format!("{stem}.json")),
-        }
-    }
-
-    /// The record of an earlier run whose file is still intact (by size: the cache
-    /// checks the hash anyway).
-    pub fn load(&self) -> Option<Prepared> {
-        let record: Prepared = serde_json::from_slice(&fs::read(&self.record).ok()?).ok()?;
-        let size = fs::metadata(&self.data).ok()?.len();
-        (size == record.file_size).then_some(record)
-    }
-
-    /// Writes the record atomically (a crash leaves the old one or the new one).
-    pub fn save(&self, record: &Prepared) -> Result<()> {
-        let tmp = self.record.with_extension("json.tmp");
-        fs::write(&tmp, serde_json::to_vec(record)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, &self.record).with_context(|| format!("writing {}", self.record.display()))
-    }
-
-    pub fn remove(&self) {
-        let _ = fs::remove_file(&self.data);
-        let _ = fs::remove_file(&self.record);
-    }
-}
-
 /// Dumps, checks and compresses `info`'s path into `entry`.
 pub fn prepare(
     store_dir: &str,
@@ -140,8 +96,7 @@ pub fn prepare(
         .context("running nix-store --dump (is Nix installed?)")?;
     let mut nar = child.stdout.take().context("nix-store has no stdout")?;
 
-    let partial = entry.data.with_extension("nar.partial");
-    let out = File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    let (out, partial) = entry.create_partial()?;
     let mut file = HashingWriter::new(BufWriter::with_capacity(1 << 20, out));
     let (nar_hash, nar_size) = match codec.compression {
         Compression::Zstd => {

@@ -11,7 +11,7 @@
 //!    are on the cache, so the cache never shows a path it cannot fully serve.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -23,10 +23,11 @@ use indicatif::HumanBytes;
 
 use super::client::{parse_rate, Client};
 use super::endpoints::NarinfoOutcome;
-use super::nar::{self, Codec, Prepared, SpoolEntry};
+use super::nar::{self, Codec, Prepared};
 use super::parallel;
 use super::pathinfo::{self, PathInfo};
 use super::progress::Reporter;
+use super::spool::Spool;
 use super::upload::{NarOutcome, NarUpload};
 use crate::core::api::CacheInfo;
 use crate::core::nix::keys::SecretKey;
@@ -76,12 +77,12 @@ pub fn run(options: PushOptions) -> Result<()> {
         }
         return Ok(());
     }
-    std::fs::create_dir_all(&options.spool)
-        .with_context(|| format!("creating the spool {}", options.spool.display()))?;
+    let spool = Spool::open(&options.spool)?;
 
     let context = Context {
         client: &client,
         options: &options,
+        spool: &spool,
         info: &info,
         reporter: &reporter,
         cancelled: AtomicBool::new(false),
@@ -165,6 +166,7 @@ fn find_missing(client: &Client, closure: &[PathInfo], jobs: usize) -> Result<Ve
 struct Context<'a> {
     client: &'a Client,
     options: &'a PushOptions,
+    spool: &'a Spool,
     info: &'a CacheInfo,
     reporter: &'a Reporter,
     cancelled: AtomicBool,
@@ -274,8 +276,8 @@ impl Context<'_> {
     }
 
     fn prepare(&self, info: &PathInfo) -> Result<Prepared> {
-        let entry = SpoolEntry::new(&self.options.spool, info, &self.options.codec);
-        let prepared = match entry.load() {
+        let entry = self.spool.entry(info, &self.options.codec);
+        let prepared = match entry.load(info, self.options.codec.compression) {
             Some(prepared) => prepared,
             None => nar::prepare(&self.info.store_dir, info, &self.options.codec, &entry)
                 .with_context(|| format!("preparing {}", info.path))?,
@@ -285,7 +287,7 @@ impl Context<'_> {
     }
 
     fn upload(&self, info: &PathInfo, prepared: &mut Prepared) -> Result<()> {
-        let entry = SpoolEntry::new(&self.options.spool, info, &self.options.codec);
+        let entry = self.spool.entry(info, &self.options.codec);
         let nar = prepared.nar_file(self.options.codec.compression);
         let log = |line: String| self.reporter.line(line);
         let outcome = NarUpload {
@@ -381,7 +383,7 @@ impl Context<'_> {
             self.reporter
                 .line(format!("{}: already published by another push", info.path));
         }
-        SpoolEntry::new(&self.options.spool, info, &self.options.codec).remove();
+        self.spool.entry(info, &self.options.codec).remove();
         self.reporter.published(info);
         Ok(())
     }
@@ -420,15 +422,6 @@ fn signed_narinfo(
     let fingerprint = narinfo.fingerprint(store_dir);
     narinfo.signatures.push(key.sign(fingerprint.as_bytes()));
     narinfo.to_text(store_dir)
-}
-
-/// The spool directory: `$XDG_CACHE_HOME/nixflare/spool` or `~/.cache/nixflare/spool`.
-pub fn default_spool() -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("nixflare").join("spool")
 }
 
 #[cfg(test)]

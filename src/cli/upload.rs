@@ -11,8 +11,9 @@ use indicatif::HumanBytes;
 
 use super::client::{Client, HttpError};
 use super::endpoints::FileRange;
-use super::nar::{OpenUpload, Prepared, SpoolEntry};
+use super::nar::{OpenUpload, Prepared};
 use super::parallel;
+use super::spool::SpoolEntry;
 use crate::core::api::UploadCreated;
 use crate::core::multipart::{PartPlan, PartReceipt};
 use crate::core::nix::nar_file::NarFile;

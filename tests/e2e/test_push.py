@@ -153,14 +153,18 @@ def test_interrupted_push_resumes_without_duplicates(nix: Nix, worker: Worker, k
     assert list_keys(worker.persist, "_nixflare/uploads/") == []
 
 
-@pytest.fixture(scope="module")
-def small_closure(nix: Nix):
-    top = run(
+def build_small(nix: Nix) -> str:
+    """A three-path closure nobody pushed (its big path is 1000 bytes here)."""
+    return run(
         ["nix-build", "--no-out-link", "-E", PUSH_EXPR.replace(str(BIG_MIB << 20), "1000"),
          "--argstr", "salt", os.urandom(6).hex()],
         env=nix.env,
     ).stdout.strip()
-    return top
+
+
+@pytest.fixture(scope="module")
+def small_closure(nix: Nix):
+    return build_small(nix)
 
 
 def failing_push(nix: Nix, cmd: list[str], env_extra: dict) -> str:
@@ -316,3 +320,53 @@ def test_quiet_uncompressed_push(nix: Nix, worker: Worker, keys: Keys, tokens: T
     assert info["Compression"] == "none" and info["URL"].endswith(".nar")
     hashes = nar_hashes(nix, None, small_closure)
     assert substitute(nix, worker, keys, small_closure, tmp_path / "store") == hashes
+
+
+def test_a_spool_other_users_can_write_is_refused(nix: Nix, worker: Worker, keys: Keys, tokens: Tokens,
+                                                  tmp_path):
+    top = build_small(nix)  # something to push, so the spool is needed
+    spool = tmp_path / "shared-spool"
+    spool.mkdir(mode=0o777)
+    spool.chmod(0o777)
+    line = failing_push(nix, push_cmd(worker, keys, spool, top), {"NIXFLARE_TOKEN": tokens.mint()})
+    assert "open to other users (mode 777)" in line, line
+    assert narinfo_of(worker, top) is None
+
+
+def test_a_netrc_default_entry_is_not_a_token(nix: Nix, worker: Worker, keys: Keys, tokens: Tokens,
+                                             small_closure, tmp_path):
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"default login x password {tokens.mint()}\n")
+    line = failing_push(nix, push_cmd(worker, keys, tmp_path / "spool", small_closure,
+                                      extra=["--netrc-file", str(netrc)]), {})
+    assert "no upload token for 127.0.0.1" in line, line
+
+
+def test_a_planted_spool_record_is_not_signed_for(nix: Nix, worker: Worker, keys: Keys, tokens: Tokens, tmp_path):
+    """A record and file consistent with each other but not the path's NAR (what a
+    process that could write the spool would plant) are recompressed, not published."""
+    import hashlib
+
+    from conftest import nix32_of_digest
+
+    top, hashes = build(nix)
+    leaf = next(p for p in hashes if "-push-leaf-" in p)
+    nar_hash = hashes[leaf]
+    if nar_hash.startswith("sha256-"):  # SRI
+        import base64
+
+        nar_nix32 = nix32_of_digest(base64.b64decode(nar_hash[len("sha256-"):]))
+    else:
+        nar_nix32 = nar_hash.split(":", 1)[1]
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    stem = f"{Path(leaf).name[:32]}-none3-{nar_nix32[:12]}"
+    planted = b"planted bytes, not the NAR of " + leaf.encode()
+    (spool / f"{stem}.nar").write_bytes(planted)
+    record = {"file_hash": nix32_of_digest(hashlib.sha256(planted).digest()), "file_size": len(planted), "upload": None}
+    (spool / f"{stem}.json").write_text(json.dumps(record))
+    run(push_cmd(worker, keys, spool, leaf, extra=["--compression", "none"]),
+        env=dict(nix.env, NIXFLARE_TOKEN=tokens.mint()))
+    narinfo = narinfo_of(worker, leaf)
+    assert narinfo is not None and narinfo["FileHash"] != "sha256:" + record["file_hash"]
+    assert substitute(nix, worker, keys, leaf, tmp_path / "store") == {leaf: nar_hash}
