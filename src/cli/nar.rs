@@ -36,8 +36,9 @@ pub struct Prepared {
     #[serde(with = "bare_nix32")]
     pub file_hash: Sha256,
     pub file_size: u64,
-    /// An open multipart upload of this file, for resuming.
-    #[serde(default)]
+    /// An open multipart upload of this file, for resuming. One this version cannot
+    /// read (an older upload id) is dropped: the file is reused, the upload started anew.
+    #[serde(default, deserialize_with = "readable_or_none")]
     pub upload: Option<OpenUpload>,
 }
 
@@ -49,6 +50,13 @@ pub struct OpenUpload {
     pub part_size: u64,
     /// ETag per part, `None` until that part is acknowledged.
     pub etags: Vec<Option<String>>,
+}
+
+fn readable_or_none<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<OpenUpload>, D::Error> {
+    let value = serde_json::Value::deserialize(deserializer)?;
+    Ok(serde_json::from_value(value).ok())
 }
 
 /// `Sha256` as its bare nix32 digest (a NAR file's name without `.nar`).
@@ -206,7 +214,11 @@ mod tests {
             record.file_hash.nix32(),
             "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73"
         );
-        assert_eq!(record.upload.as_ref().unwrap().upload_id.as_str(), "AbC+/=");
-        assert_eq!(serde_json::to_string(&record).unwrap(), old);
+        // Its upload predates per-upload staging: the file is kept, the upload dropped.
+        assert_eq!(record.upload, None);
+        let current = old.replace("\"AbC+/=\"", &format!("\"{}.AbC+/=\"", "0f".repeat(16)));
+        let record: Prepared = serde_json::from_str(&current).unwrap();
+        assert_eq!(record.upload.as_ref().unwrap().upload_id.r2(), "AbC+/=");
+        assert_eq!(serde_json::to_string(&record).unwrap(), current);
     }
 }

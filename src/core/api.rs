@@ -196,12 +196,15 @@ mod tests {
     #[test]
     fn multipart_messages() {
         let started = UploadCreated::Started {
-            upload_id: UploadId::parse("AbC+/=").unwrap(),
+            upload_id: UploadId::new([3; 16], "AbC+/=").unwrap(),
             max_request_bytes: 100,
         };
         assert_eq!(
             round_trip(started),
-            "{\"uploadId\":\"AbC+/=\",\"maxRequestBytes\":100}"
+            format!(
+                "{{\"uploadId\":\"{}.AbC+/=\",\"maxRequestBytes\":100}}",
+                "03".repeat(16)
+            )
         );
         assert_eq!(
             round_trip(UploadCreated::Present { present: True }),

@@ -20,6 +20,9 @@ pub mod var {
     pub const ABANDONED_UPLOAD_SECONDS: &str = "ABANDONED_UPLOAD_SECONDS";
     /// Most multipart uploads open at once (default 1000).
     pub const MAX_OPEN_UPLOADS: &str = "MAX_OPEN_UPLOADS";
+    /// Tests only: seconds added to the time the cron sees (never to token expiry), so a
+    /// test can age what the cron cleans up. Unset in a deployment.
+    pub const TEST_CLOCK_OFFSET_SECONDS: &str = "TEST_CLOCK_OFFSET_SECONDS";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -30,6 +33,8 @@ pub enum ConfigError {
     Bool { name: &'static str },
     #[error("{name} must be a whole number")]
     Number { name: &'static str },
+    #[error("{name} must be a whole number of at least {minimum}")]
+    AtLeast { name: &'static str, minimum: u64 },
     #[error("{name} entry {index}: {source}")]
     Key {
         name: &'static str,
@@ -57,7 +62,13 @@ pub struct CacheConfig {
     pub abandoned_upload_seconds: u64,
     /// New multipart uploads are refused (429) while this many are open.
     pub max_open_uploads: u32,
+    /// Added to the cron's clock (tests only).
+    pub test_clock_offset_seconds: u64,
 }
+
+/// The shortest `ABANDONED_UPLOAD_SECONDS`: a client between two parts (a laptop lid
+/// closed for a minute) must not lose its upload to the cron.
+pub const MIN_ABANDONED_UPLOAD_SECONDS: u64 = 3600;
 
 impl Default for CacheConfig {
     fn default() -> Self {
@@ -72,6 +83,7 @@ impl Default for CacheConfig {
             // seven-day expiry of unfinished uploads.
             abandoned_upload_seconds: 86_400,
             max_open_uploads: crate::core::multipart::MAX_OPEN_UPLOADS,
+            test_clock_offset_seconds: 0,
         }
     }
 }
@@ -116,9 +128,20 @@ impl CacheConfig {
             })?;
         }
         if let Some(age) = get(var::ABANDONED_UPLOAD_SECONDS) {
-            config.abandoned_upload_seconds =
-                age.trim().parse().map_err(|_| ConfigError::Number {
+            config.abandoned_upload_seconds = age
+                .trim()
+                .parse()
+                .ok()
+                .filter(|&age| age >= MIN_ABANDONED_UPLOAD_SECONDS)
+                .ok_or(ConfigError::AtLeast {
                     name: var::ABANDONED_UPLOAD_SECONDS,
+                    minimum: MIN_ABANDONED_UPLOAD_SECONDS,
+                })?;
+        }
+        if let Some(offset) = get(var::TEST_CLOCK_OFFSET_SECONDS) {
+            config.test_clock_offset_seconds =
+                offset.trim().parse().map_err(|_| ConfigError::Number {
+                    name: var::TEST_CLOCK_OFFSET_SECONDS,
                 })?;
         }
         if let Some(count) = get(var::MAX_OPEN_UPLOADS) {
@@ -251,6 +274,10 @@ mod tests {
         assert!(err(&[(var::WANT_MASS_QUERY, "yes")]).starts_with("WANT_MASS_QUERY"));
         assert!(err(&[(var::PRIORITY, "-1")]).starts_with("PRIORITY"));
         assert!(err(&[(var::MAX_REQUEST_BYTES, "100MB")]).starts_with("MAX_REQUEST_BYTES"));
+        assert_eq!(
+            err(&[(var::ABANDONED_UPLOAD_SECONDS, "0")]),
+            "ABANDONED_UPLOAD_SECONDS must be a whole number of at least 3600"
+        );
         assert!(err(&[(var::TOKEN_PUBLIC_KEYS, "x")]).starts_with("TOKEN_PUBLIC_KEYS entry 0"));
         assert_eq!(
             err(&[(

@@ -144,10 +144,11 @@ mod tests {
     /// A query that makes any method a valid multipart step.
     fn query(method: Method) -> impl FnOnce() -> Vec<(String, String)> {
         move || {
+            let id = format!("{}.u", "0a".repeat(16));
             let pairs: &[(&str, &str)] = match method {
                 Method::Post => &[("uploads", "")],
-                Method::Put => &[("uploadId", "u"), ("partNumber", "1")],
-                _ => &[("uploadId", "u")],
+                Method::Put => &[("uploadId", &id), ("partNumber", "1")],
+                _ => &[("uploadId", &id)],
             };
             pairs
                 .iter()

@@ -41,8 +41,7 @@ const MAX_ETAG_BYTES: usize = 1024;
 /// Largest part-list body: 10,000 lines of a number and an ETag.
 pub const MAX_PART_LIST_BYTES: u64 = MAX_PARTS as u64 * (MAX_ETAG_BYTES as u64 + 7);
 
-/// Where parts are assembled: the upload routes' own paths, never served (`dispatch`
-/// allows no GET there).
+/// Where parts are assembled (see [`staging_key`]).
 pub const STAGING_PREFIX: &str = crate::core::route::UPLOADS_PREFIX;
 /// Most multipart uploads open at once, and the default of `MAX_OPEN_UPLOADS`: each
 /// holds R2 storage until completed, aborted or cleaned up, and a token holder could
@@ -127,26 +126,51 @@ impl Action {
     }
 }
 
-/// The id R2 gives a multipart upload. Opaque; checked to be printable ASCII so it can
-/// travel in a query string and an object key.
+/// A multipart upload, as the client names it: `<nonce>.<R2's upload id>`. The nonce (32
+/// lowercase hex digits, from the runtime's random UUIDs) gives every upload a staging
+/// object of its own, so two uploads of the same NAR never touch each other's parts.
+/// Both halves are printable ASCII, so the id travels in a query string and a key.
 #[derive(Clone, PartialEq, Eq)]
-pub struct UploadId(String);
+pub struct UploadId {
+    nonce: [u8; 16],
+    r2: String,
+    text: String,
+}
 
 impl UploadId {
+    /// The id of an upload R2 opened as `r2` on the staging key of `nonce`.
+    pub fn new(nonce: [u8; 16], r2: &str) -> Result<Self, MultipartError> {
+        let ok = (1..=1024).contains(&r2.len()) && r2.bytes().all(|b| b.is_ascii_graphic());
+        if !ok {
+            return Err(MultipartError::UploadId);
+        }
+        let text = format!("{}.{r2}", crate::core::lower_hex::encode(&nonce));
+        Ok(Self {
+            nonce,
+            r2: r2.to_owned(),
+            text,
+        })
+    }
+
     pub fn parse(text: &str) -> Result<Self, MultipartError> {
-        let ok = (1..=1024).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_graphic());
-        ok.then(|| Self(text.to_owned()))
-            .ok_or(MultipartError::UploadId)
+        let (nonce, r2) = text.split_once('.').ok_or(MultipartError::UploadId)?;
+        let nonce = crate::core::lower_hex::decode(nonce).ok_or(MultipartError::UploadId)?;
+        Self::new(nonce, r2)
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
+    }
+
+    /// The id R2 gave the upload.
+    pub fn r2(&self) -> &str {
+        &self.r2
     }
 }
 
 impl fmt::Display for UploadId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.text)
     }
 }
 
@@ -161,7 +185,7 @@ crate::core::serde_via_text!(UploadId);
 
 impl fmt::Debug for UploadId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "UploadId({})", self.0)
+        write!(f, "UploadId({})", self.text)
     }
 }
 
@@ -255,9 +279,19 @@ impl PartPlan {
     }
 }
 
-/// The staging key where the parts of `nar` are assembled: the upload route's own path.
-pub fn staging_key(nar: &NarFile) -> String {
-    Route::Upload(*nar).to_string()
+/// The staging key where the parts of upload `id` of `nar` are assembled:
+/// `_nixflare/uploads/nar/<file>/<nonce>`, one per upload, never a route (so never served).
+pub fn staging_key(nar: &NarFile, id: &UploadId) -> String {
+    staging_key_of_nonce(nar, &id.nonce)
+}
+
+/// The staging key of an upload about to be opened (R2 gives its id only then).
+pub fn staging_key_of_nonce(nar: &NarFile, nonce: &[u8; 16]) -> String {
+    format!(
+        "{}/{}",
+        Route::Upload(*nar),
+        crate::core::lower_hex::encode(nonce)
+    )
 }
 
 /// The marker of an open upload: `_nixflare/pending/<nar name>/<hex of upload id>`.
@@ -350,19 +384,33 @@ mod tests {
     }
 
     #[test]
-    fn pending_markers_name_their_upload() {
-        let id = UploadId::parse("AbC+/=x").unwrap();
+    fn pending_markers_and_staging_keys_name_their_upload() {
+        let id = UploadId::new([1; 16], "AbC+/=x").unwrap();
+        assert_eq!(id.to_string(), format!("{}.AbC+/=x", "01".repeat(16)));
         let key = pending_key(&nar(), &id);
         assert_eq!(
             key,
-            format!("_nixflare/pending/{FILE_HASH}.nar.zst/4162432b2f3d78")
+            format!(
+                "_nixflare/pending/{FILE_HASH}.nar.zst/{}",
+                hex::encode(id.as_str())
+            )
         );
         let (parsed_nar, parsed) = parse_pending_key(&key).unwrap();
-        assert_eq!(
-            staging_key(&parsed_nar),
-            format!("_nixflare/uploads/nar/{FILE_HASH}.nar.zst")
-        );
         assert_eq!(parsed, id);
+        assert_eq!(
+            staging_key(&parsed_nar, &parsed),
+            format!(
+                "_nixflare/uploads/nar/{FILE_HASH}.nar.zst/{}",
+                "01".repeat(16)
+            )
+        );
+        // Two uploads of the same NAR never share a staging object, and none is a route.
+        let other = UploadId::new([2; 16], "AbC+/=x").unwrap();
+        assert_ne!(staging_key(&nar(), &id), staging_key(&nar(), &other));
+        assert_eq!(
+            Route::parse(&format!("/{}", staging_key(&nar(), &id))),
+            None
+        );
         assert_eq!(parse_pending_key("_nixflare/pending/x/41"), None);
         assert_eq!(
             parse_pending_key(&format!("_nixflare/pending/{FILE_HASH}.nar/zz")),
@@ -377,7 +425,7 @@ mod tests {
                 .map(|(a, b)| (a.to_string(), b.to_string()))
                 .collect()
         };
-        let id = UploadId::parse("AbC+/=").unwrap();
+        let id = UploadId::new([2; 16], "AbC+/=").unwrap();
         let cases = [
             Action::Create,
             Action::UploadPart {
@@ -402,15 +450,19 @@ mod tests {
         );
         assert_eq!(shape(Method::Post, &[]), Err(MultipartError::Shape));
         assert_eq!(
-            shape(Method::Post, &[("uploads", ""), ("uploadId", "x")]),
+            shape(
+                Method::Post,
+                &[("uploads", ""), ("uploadId", &id.to_string())]
+            ),
+            Err(MultipartError::Shape)
+        );
+        let valid = id.to_string();
+        assert_eq!(
+            shape(Method::Put, &[("uploadId", &valid)]),
             Err(MultipartError::Shape)
         );
         assert_eq!(
-            shape(Method::Put, &[("uploadId", "x")]),
-            Err(MultipartError::Shape)
-        );
-        assert_eq!(
-            shape(Method::Put, &[("uploadId", "x"), ("partNumber", "0")]),
+            shape(Method::Put, &[("uploadId", &valid), ("partNumber", "0")]),
             Err(MultipartError::PartNumber)
         );
         assert_eq!(
@@ -427,11 +479,21 @@ mod tests {
     }
 
     #[test]
-    fn upload_ids_are_printable() {
-        assert!(UploadId::parse("a").is_ok());
-        assert!(UploadId::parse("").is_err());
-        assert!(UploadId::parse("a b").is_err());
-        assert!(UploadId::parse("a\nb").is_err());
-        assert!(UploadId::parse(&"a".repeat(1025)).is_err());
+    fn upload_ids_are_a_nonce_and_r2_s_printable_id() {
+        let nonce = "0f".repeat(16);
+        assert!(UploadId::parse(&format!("{nonce}.a")).is_ok());
+        assert!(UploadId::parse(&format!("{nonce}.a.b")).is_ok());
+        for bad in [
+            "a".to_owned(),
+            String::new(),
+            format!("{nonce}."),
+            format!("{nonce}.a b"),
+            format!("{nonce}.a\nb"),
+            format!("{}.a", "0F".repeat(16)),
+            format!("{}.a", &nonce[1..]),
+            format!("{nonce}.{}", "a".repeat(1025)),
+        ] {
+            assert!(UploadId::parse(&bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -7,19 +7,22 @@ use super::error::EdgeError;
 use crate::core::config::CacheConfig;
 use crate::core::multipart::{parse_pending_key, staging_key, PENDING_PREFIX, STAGING_PREFIX};
 
-/// Aborts uploads whose marker is older than the configured age and deletes staging
-/// objects as old.
+/// Aborts uploads whose marker (refreshed by every part) is older than the configured
+/// age, and deletes staging objects as old. Every key is one upload's own, so nothing
+/// another upload uses can be deleted; an upload that sends a part in the moment between
+/// the listing and the abort loses it, and its client starts the upload again.
 pub async fn abandoned_uploads(
     bucket: &Bucket,
     config: &CacheConfig,
     now_ms: u64,
 ) -> Result<(), EdgeError> {
+    let now_ms = now_ms.saturating_add(config.test_clock_offset_seconds.saturating_mul(1000));
     let cutoff = now_ms.saturating_sub(config.abandoned_upload_seconds.saturating_mul(1000));
     let mut aborted = 0;
     for marker in list_older_than(bucket, PENDING_PREFIX, cutoff).await? {
         if let Some((nar, id)) = parse_pending_key(&marker) {
             // Already completed or expired in R2: nothing to abort, the marker still goes.
-            if let Ok(upload) = bucket.resume_multipart_upload(staging_key(&nar), id.as_str()) {
+            if let Ok(upload) = bucket.resume_multipart_upload(staging_key(&nar, &id), id.r2()) {
                 let _ = upload.abort().await;
             }
         }

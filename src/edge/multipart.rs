@@ -15,8 +15,8 @@ use super::error::EdgeError;
 use super::response::{json, Stored};
 use crate::core::api::{render, PartUploaded, True, UploadCompleted, UploadCreated};
 use crate::core::multipart::{
-    parse_part_list, pending_key, staging_key, Action, UploadId, MAX_OBJECT_BYTES,
-    MAX_PART_LIST_BYTES, PENDING_PREFIX,
+    parse_part_list, pending_key, staging_key, staging_key_of_nonce, Action, UploadId,
+    MAX_OBJECT_BYTES, MAX_PART_LIST_BYTES, PENDING_PREFIX,
 };
 use crate::core::nix::hash::Sha256;
 use crate::core::nix::nar_file::NarFile;
@@ -46,12 +46,13 @@ async fn create(nar: &NarFile, cache: &Guarded) -> Result<Response, EdgeError> {
         );
     }
     refuse_past_open_limit(&cache.bucket, cache.config.max_open_uploads).await?;
+    let nonce = upload_nonce()?;
     let upload = cache
         .bucket
-        .create_multipart_upload(staging_key(nar))
+        .create_multipart_upload(staging_key_of_nonce(nar, &nonce))
         .execute()
         .await?;
-    let id = UploadId::parse(&upload.upload_id().await).map_err(|_| {
+    let id = UploadId::new(nonce, &upload.upload_id().await).map_err(|_| {
         EdgeError::Runtime(worker::Error::RustError(
             "R2 gave an unusable upload id".into(),
         ))
@@ -95,11 +96,17 @@ async fn upload_part(
     let body = stream_body(req, cache.config.max_request_bytes, BodyKind::Part)?;
     let upload = cache
         .bucket
-        .resume_multipart_upload(staging_key(nar), id.as_str())?;
+        .resume_multipart_upload(staging_key(nar, id), id.r2())?;
     let part = upload
         .upload_part(number, Data::ReadableStream(body))
         .await
         .map_err(refused)?;
+    // The marker's time is the upload's last activity: the cron ages it from there.
+    cache
+        .bucket
+        .put(pending_key(nar, id), Data::Empty)
+        .execute()
+        .await?;
     let receipt = PartUploaded {
         part_number: number,
         etag: part.etag(),
@@ -117,9 +124,9 @@ async fn complete(
     let list = core::str::from_utf8(&list)
         .map_err(|_| EdgeError::BadRequest("part list is not UTF-8".into()))?;
     let parts = parse_part_list(list)?;
-    let (bucket, staging) = (&cache.bucket, staging_key(nar));
+    let (bucket, staging) = (&cache.bucket, staging_key(nar, id));
     let nar_key = Route::Nar(*nar).to_string();
-    let upload = bucket.resume_multipart_upload(&staging, id.as_str())?;
+    let upload = bucket.resume_multipart_upload(&staging, id.r2())?;
     if bucket.head(&nar_key).await?.is_some() {
         // Someone else published these bytes meanwhile: drop ours.
         let _ = upload.abort().await;
@@ -139,7 +146,7 @@ async fn complete(
 async fn abort(nar: &NarFile, id: &UploadId, cache: &Guarded) -> Result<Response, EdgeError> {
     let upload = cache
         .bucket
-        .resume_multipart_upload(staging_key(nar), id.as_str())?;
+        .resume_multipart_upload(staging_key(nar, id), id.r2())?;
     upload.abort().await.map_err(refused)?;
     cache.bucket.delete(pending_key(nar, id)).await?;
     Stored::Deleted.into_response()
@@ -253,6 +260,22 @@ extern "C" {
     fn readable(this: &FixedLengthStream) -> web_sys::ReadableStream;
     #[wasm_bindgen(method, getter)]
     fn writable(this: &FixedLengthStream) -> web_sys::WritableStream;
+}
+
+// The runtime's random UUIDs: a nonce per upload, no entropy source in the wasm.
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_namespace = crypto, js_name = randomUUID)]
+    fn random_uuid() -> String;
+}
+
+/// 16 random bytes from the runtime.
+fn upload_nonce() -> Result<[u8; 16], EdgeError> {
+    crate::core::lower_hex::decode(&random_uuid().replace('-', "")).ok_or_else(|| {
+        EdgeError::Runtime(worker::Error::RustError(
+            "the runtime gave no random UUID".into(),
+        ))
+    })
 }
 
 /// An R2 refusal of a multipart step.
