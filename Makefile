@@ -15,12 +15,13 @@ export WRANGLER_SEND_METRICS := false
 WORKER := build/worker/shim.mjs
 WORKER_SOURCES := $(shell find src -name '*.rs') www/index.html Cargo.toml Cargo.lock
 
-.PHONY: help setup worker dev test lint unit e2e bench deploy
+.PHONY: help setup worker dev test lint unit e2e bench fuzz deploy
 
 help:
 	@echo "make dev     start the cache locally on http://127.0.0.1:8787 (installs what it needs)"
 	@echo "make test    run every test (installs what it needs)"
 	@echo "make bench   benchmarks against baselines; writes benches/RESULTS.md"
+	@echo "make fuzz    every fuzz target for FUZZ_SECONDS (default 60) each (installs nightly)"
 	@echo "make deploy  build and deploy to your Cloudflare account (see README)"
 
 setup:
@@ -56,6 +57,9 @@ test: setup
 
 bench: setup worker
 	.venv/bin/python benches/run.py
+
+fuzz: setup
+	@scripts/fuzz.sh
 
 deploy: setup worker
 	npx wrangler deploy

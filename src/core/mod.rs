@@ -47,6 +47,7 @@ pub mod json_write;
 pub mod lower_hex;
 pub mod multipart;
 pub mod nix;
+mod properties;
 pub mod publish;
 pub mod route;
 pub mod storage;
