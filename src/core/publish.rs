@@ -105,8 +105,10 @@ pub enum NarinfoRejection {
     NarHash,
     #[error("no Sig verifies under this cache's public keys ({keys})")]
     Signature { keys: String },
-    #[error("no Sig verifies under this cache's public keys ({keys}), and its CA does not make its store path")]
-    NotContentAddressed { keys: String },
+    #[error("narinfo CA does not make its store path")]
+    WrongContentAddress,
+    #[error("narinfo NarHash is not the NAR hash its CA (fixed:r:sha256) names")]
+    CaNarHash,
     #[error("narinfo CA: {0} (Nix could not check it)")]
     ContentAddress(#[from] ContentAddressError),
 }
@@ -145,16 +147,42 @@ pub struct CheckedNarinfo {
     pub file_size: u64,
 }
 
-/// True when the narinfo's CA recomputes its store path, as Nix checks before it looks
-/// at signatures (`ValidPathInfo::isContentAddressed`): such a path needs no signature.
-/// An error where Nix's own check would fail: such a narinfo would break every client,
-/// signed or not.
+/// Whether the narinfo is trusted for its content address alone (no signature needed),
+/// as Nix checks before it looks at signatures (`ValidPathInfo::isContentAddressed`). A
+/// `CA` field must be right whether or not the narinfo is signed: newer Nix refuses a
+/// path whose CA does not recompute it, and throws on one it cannot compute. Where the CA
+/// pins the NAR's own hash (`fixed:r:sha256`, no self-reference), NarHash must be it, so
+/// an unsigned narinfo cannot claim the path with other bytes.
 fn content_addressed(info: &NarInfo, store_dir: &str) -> Result<bool, NarinfoRejection> {
     let Some(ca) = &info.ca else {
         return Ok(false);
     };
     let hash = ca.store_path_hash(&info.store_path, &info.references, store_dir)?;
-    Ok(&hash == info.store_path.hash())
+    if &hash != info.store_path.hash() {
+        return Err(NarinfoRejection::WrongContentAddress);
+    }
+    let self_reference = info.references.contains(&info.store_path);
+    match ca.nar_hash(self_reference) {
+        Some(pinned) if pinned != info.nar_hash.0 => Err(NarinfoRejection::CaNarHash),
+        _ => Ok(true),
+    }
+}
+
+/// True when `new` may replace the narinfo `existing` without `overwrite`: the existing
+/// one was trusted only for its content address (a write token alone can publish that),
+/// and the new one is signed by a trusted key. So whoever holds the signing key can always
+/// take back a path an unsigned narinfo claimed first.
+pub fn signed_replaces_unsigned(
+    existing: &[u8],
+    new: &CheckedNarinfo,
+    config: &CacheConfig,
+) -> bool {
+    let signed = |info: &NarInfo| info.signed_by_any(&config.public_keys, &config.store_dir);
+    match NarInfo::parse(existing, &config.store_dir) {
+        Ok(old) => !signed(&old) && signed(&new.info),
+        // What no longer parses (an older, laxer worker stored it) may be replaced too.
+        Err(_) => signed(&new.info),
+    }
 }
 
 /// Checks a narinfo uploaded as `<url_hash>.narinfo`.
@@ -206,10 +234,7 @@ pub fn check_narinfo(
         if keys.is_empty() {
             keys += "none configured";
         }
-        return Err(match info.ca {
-            Some(_) => NarinfoRejection::NotContentAddressed { keys },
-            None => NarinfoRejection::Signature { keys },
-        });
+        return Err(NarinfoRejection::Signature { keys });
     }
     Ok(CheckedNarinfo {
         file_size,
@@ -235,6 +260,55 @@ mod tests {
 
     fn check(text: &str) -> Result<CheckedNarinfo, NarinfoRejection> {
         check_narinfo(text.as_bytes(), &TOP_HASH.parse().unwrap(), &config())
+    }
+
+    /// `nix-store --add`, pushed unsigned (CA fixed:r:sha256, no references).
+    const CA_RECURSIVE: &str = include_str!(
+        "nix/testdata/corpus/content-addressed/qdg1s68vf8ldcvx113vglrj55mas8qaf.narinfo"
+    );
+    const CA_HASH: &str = "qdg1s68vf8ldcvx113vglrj55mas8qaf";
+
+    fn check_ca(text: &str) -> Result<CheckedNarinfo, NarinfoRejection> {
+        check_narinfo(text.as_bytes(), &CA_HASH.parse().unwrap(), &config())
+    }
+
+    #[test]
+    fn a_recursive_ca_pins_the_nar_hash() {
+        assert!(check_ca(CA_RECURSIVE).is_ok());
+        let nar_hash = "NarHash: sha256:132iiy0jvf7hdchdmsvbnkjhhlbcsbm3cw7gcicqjr7q9hryj5i1";
+        let other_bytes = CA_RECURSIVE.replace(
+            nar_hash,
+            "NarHash: sha256:0000000000000000000000000000000000000000000000000000",
+        );
+        assert_eq!(check_ca(&other_bytes), Err(NarinfoRejection::CaNarHash));
+    }
+
+    #[test]
+    fn a_signed_narinfo_takes_a_path_back_from_an_unsigned_one() {
+        let secret: crate::core::nix::keys::SecretKey =
+            "test-1:tXPUeHfVCPFDNdxXYtkOyQAJi0Cx6Irm0YuTzpGNciuVkrxO90WjrIQ6nUPvJCR4vDGuyEM8XWLAMnqk1fXEcQ=="
+                .parse()
+                .unwrap();
+        let unsigned = check_ca(CA_RECURSIVE).unwrap();
+        let sig = secret.sign(unsigned.info.fingerprint("/nix/store").as_bytes());
+        let signed = check_ca(&CA_RECURSIVE.replace("CA: ", &format!("Sig: {sig}\nCA: "))).unwrap();
+        assert!(signed_replaces_unsigned(
+            CA_RECURSIVE.as_bytes(),
+            &signed,
+            &config()
+        ));
+        assert!(!signed_replaces_unsigned(
+            CA_RECURSIVE.as_bytes(),
+            &unsigned,
+            &config()
+        ));
+        // A signed narinfo is not replaced that way (that takes `overwrite`).
+        let signed_text = signed.info.to_text("/nix/store");
+        assert!(!signed_replaces_unsigned(
+            signed_text.as_bytes(),
+            &signed,
+            &config()
+        ));
     }
 
     #[test]
@@ -328,14 +402,15 @@ mod tests {
             err.to_string(),
             "no Sig verifies under this cache's public keys (none configured)"
         );
-        // A CA field alone proves nothing: it must make the store path.
+        // A CA field alone proves nothing: it must make the store path, signed or not.
+        let wrong_ca = "CA: fixed:r:sha256:1ijb57b4fq0j7vvxgbxrl0bwranndf7nzc9xp03iq1d83alflb3w\n";
         assert_eq!(
-            check(&format!(
-                "{unsigned}CA: fixed:r:sha256:1ijb57b4fq0j7vvxgbxrl0bwranndf7nzc9xp03iq1d83alflb3w\n"
-            )),
-            Err(NarinfoRejection::NotContentAddressed {
-                keys: "test-1".into()
-            })
+            check(&format!("{unsigned}{wrong_ca}")),
+            Err(NarinfoRejection::WrongContentAddress)
+        );
+        assert_eq!(
+            check(&format!("{TOP}{wrong_ca}")),
+            Err(NarinfoRejection::WrongContentAddress)
         );
         assert!(matches!(
             check(&format!("{unsigned}CA: x\n")),

@@ -42,11 +42,14 @@ fn changed(key: &str) -> EdgeError {
 }
 
 /// Stores a small body (narinfo, JSON side file) that is already in wasm.
+/// `supersedes(old)` says whether these bytes may replace `old` without `overwrite` (a
+/// signed narinfo replacing one trusted only for its content address).
 pub async fn put_small(
     bucket: &Bucket,
     key: &str,
     bytes: Vec<u8>,
     token: &VerifiedToken,
+    supersedes: impl Fn(&[u8]) -> bool,
 ) -> Result<Stored, EdgeError> {
     let created = bucket
         .put(key, bytes.clone())
@@ -67,7 +70,7 @@ pub async fn put_small(
         .ok_or(EdgeError::MissingBody)?
         .bytes()
         .await?;
-    let may_overwrite = token.permissions.contains(Permissions::OVERWRITE);
+    let may_overwrite = token.permissions.contains(Permissions::OVERWRITE) || supersedes(&old);
     match OnExisting::decide(old == bytes, may_overwrite) {
         OnExisting::Unchanged => Ok(Stored::Unchanged),
         OnExisting::Conflict => Err(conflict(key)),

@@ -74,7 +74,15 @@ async fn store_narinfo(
             nar.size()
         )));
     }
-    store::put_small(&cache.bucket, &route.to_string(), bytes, &cache.token).await
+    let supersedes = |old: &[u8]| publish::signed_replaces_unsigned(old, &checked, &cache.config);
+    store::put_small(
+        &cache.bucket,
+        &route.to_string(),
+        bytes,
+        &cache.token,
+        supersedes,
+    )
+    .await
 }
 
 /// A build log, streamed into R2.
@@ -95,7 +103,14 @@ async fn store_side_file(
     let bytes = small_body(&mut req, kind.max_bytes(), BodyKind::Json).await?;
     kind.check(&bytes, &cache.config)
         .map_err(|e| EdgeError::BadRequest(e.to_string()))?;
-    store::put_small(&cache.bucket, &route.to_string(), bytes, &cache.token).await
+    store::put_small(
+        &cache.bucket,
+        &route.to_string(),
+        bytes,
+        &cache.token,
+        |_| false,
+    )
+    .await
 }
 
 /// PUT `nix-cache-info`: Nix sends one when it finds none; the worker's is configuration.

@@ -358,3 +358,79 @@ def test_a_key_may_not_sign_both_narinfos_and_tokens(keys: Keys, tokens: Tokens,
         assert request(broken, "PUT", "/" + "4" * 32 + ".ls", bearer(tokens.mint()), b"{}")[0] == 500
     finally:
         stop_worker(proc)
+
+
+CORPUS = Path(__file__).resolve().parents[2] / "src" / "core" / "nix" / "testdata" / "corpus"
+
+
+def test_a_flat_ca_with_any_reference_is_refused(worker: Worker, tokens: Tokens):
+    """Newer Nix throws on a flat content address with a reference, its own included:
+    such a narinfo would break every client, so it is never published."""
+    name = "cdmml30shnaws5d56ms01y2nw7a8hs5r"  # nix-store --add-fixed, in the corpus
+    text = (CORPUS / "content-addressed" / f"{name}.narinfo").read_text()
+    own = next(line for line in text.splitlines() if line.startswith("StorePath: ")).rsplit("/", 1)[1]
+    self_referring = text.replace("References: \n", f"References: {own}\n")
+    status, _, body = request(worker, "PUT", f"/{name}.narinfo", bearer(tokens.mint()), self_referring.encode())
+    assert (status, b"cannot have references" in body) == (400, True), body
+    assert request(worker, "GET", f"/{name}.narinfo")[0] == 404
+
+
+def test_an_unsigned_ca_narinfo_cannot_claim_other_bytes(nix: Nix, worker: Worker, keys: Keys, tokens: Tokens,
+                                                        tmp_path):
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "f").write_text(os.urandom(8).hex())
+    path = run(["nix-store", "--add", str(tmp_path / "tree")], env=nix.env).stdout.strip()
+    cache = tmp_path / "unsigned"
+    nix("copy", "--to", f"file://{cache}?compression=none", path)
+    name = narinfo_path(path)
+    text = (cache / name[1:]).read_text()
+    nar_hash = next(line for line in text.splitlines() if line.startswith("NarHash: "))
+    writer = bearer(tokens.mint())
+    # Garbage bytes, named honestly, claimed as the path's NAR: the CA pins the NAR hash.
+    garbage = os.urandom(64)
+    from conftest import nix32_sha256
+
+    garbage_name = nix32_sha256(garbage)
+    assert request(worker, "PUT", f"/nar/{garbage_name}.nar", writer, garbage)[0] in (200, 201)
+    url = next(line for line in text.splitlines() if line.startswith("URL: "))
+    file_hash = next(line for line in text.splitlines() if line.startswith("FileHash: "))
+    file_size = next(line for line in text.splitlines() if line.startswith("FileSize: "))
+    nar_size = next(line for line in text.splitlines() if line.startswith("NarSize: "))
+    squat = (text.replace(url, f"URL: nar/{garbage_name}.nar").replace(file_hash, f"FileHash: sha256:{garbage_name}")
+             .replace(nar_hash, f"NarHash: sha256:{garbage_name}").replace(file_size, f"FileSize: {len(garbage)}")
+             .replace(nar_size, f"NarSize: {len(garbage)}"))
+    status, _, body = request(worker, "PUT", name, writer, squat.encode())
+    assert (status, b"NarHash is not the NAR hash its CA" in body) == (400, True), body
+    assert request(worker, "GET", name)[0] == 404
+
+
+def test_a_signed_narinfo_takes_a_ca_path_back(nix: Nix, worker: Worker, keys: Keys, tokens: Tokens, tmp_path):
+    """Stock Nix publishes a content-addressed path unsigned; the narinfo signed by the
+    cache's key replaces it with a plain write token (no overwrite needed)."""
+    (tmp_path / "flat").write_text(os.urandom(8).hex())
+    path = run(["nix-store", "--add-fixed", "sha256", str(tmp_path / "flat")], env=nix.env).stdout.strip()
+    netrc = netrc_for(worker, tokens, tmp_path)
+    nix("copy", "--option", "netrc-file", str(netrc), "--to", f"{worker.url}?compression=xz", path)
+    name = narinfo_path(path)
+    assert b"Sig: " not in request(worker, "GET", name)[2]
+    signed_cache = tmp_path / "signed"
+    nix("copy", "--to", f"file://{signed_cache}?secret-key={keys.secret_file}&compression=xz", path)
+    signed = (signed_cache / name[1:]).read_text()
+    assert request(worker, "PUT", name, bearer(tokens.mint("read,write")), signed.encode())[0] == 201
+    assert request(worker, "GET", name)[2] == signed.encode()
+    # A signed narinfo whose CA does not make its path is refused even so.
+    wrong = signed.replace("CA: fixed:sha256:", "CA: fixed:r:sha256:")
+    assert request(worker, "PUT", name, bearer(tokens.mint("read,write,overwrite")), wrong.encode())[0] == 400
+
+
+def test_a_listing_with_endless_keys_is_refused_quickly(worker: Worker, tokens: Tokens):
+    """The JSON reader checks duplicate keys in O(n log n) and counts values: a small
+    gzip body that decodes to hundreds of thousands of keys costs the worker little."""
+    import gzip
+
+    keys = ",".join(f'"k{i}":0' for i in range(300_000))
+    body = gzip.compress(f'{{"version":1,"root":{{"type":"regular","size":1}},{keys}}}'.encode())
+    headers = dict(bearer(tokens.mint()), **{"Content-Encoding": "gzip"})
+    status, _, reply = request(worker, "PUT", "/" + "6" * 32 + ".ls", headers, body)
+    assert status in (201, 400, 413), reply  # accepted as a listing, or refused: never a dead isolate
+    assert request(worker, "GET", "/nix-cache-info")[0] == 200, "the worker still answers"

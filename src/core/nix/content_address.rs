@@ -40,7 +40,9 @@ pub enum ContentAddressError {
     Digest(&'static str),
     #[error("a text content address uses sha256")]
     TextAlgorithm,
-    #[error("a flat or non-sha256 fixed content address cannot have references")]
+    #[error(
+        "a flat or non-sha256 fixed content address cannot have references, not even to itself"
+    )]
     References,
 }
 
@@ -185,6 +187,21 @@ impl fmt::Display for ContentAddress {
 }
 
 impl ContentAddress {
+    /// The NAR hash this content address pins, when it pins one: `fixed:r:sha256` is the
+    /// SHA-256 of the NAR itself, unless the path refers to itself (then it hashes the
+    /// NAR with its own hash blanked, which only the content can check).
+    pub fn nar_hash(&self, self_reference: bool) -> Option<[u8; 32]> {
+        match self {
+            ContentAddress::Fixed {
+                recursive: true,
+                hash,
+            } if hash.algo == HashAlgo::Sha256 && !self_reference => {
+                hash.bytes.clone().try_into().ok()
+            }
+            _ => None,
+        }
+    }
+
     /// The store path hash Nix computes for `path`'s name and `references` under this
     /// content address. An error where Nix itself would fail (assert) to compute one.
     pub fn store_path_hash(
@@ -214,7 +231,9 @@ impl ContentAddress {
                     let kind = with_references("source", &refs, self_reference);
                     return Ok(make_store_path(&kind, &hash.base16(), store_dir, name));
                 }
-                if !refs.is_empty() {
+                // Newer Nix refuses any reference here, its own included (older Nix
+                // asserted on others): such a narinfo breaks the client either way.
+                if self_reference || !refs.is_empty() {
                     return Err(ContentAddressError::References);
                 }
                 let method = if *recursive { "r:" } else { "" };
@@ -309,9 +328,11 @@ mod tests {
             ca.store_path_hash(&me, &[other], STORE),
             Err(ContentAddressError::References)
         );
-        // Its own path is not a reference that counts.
-        assert!(ca
-            .store_path_hash(&me, std::slice::from_ref(&me), STORE)
-            .is_ok());
+        // Not even one to itself: newer Nix throws on it.
+        assert_eq!(
+            ca.store_path_hash(&me, std::slice::from_ref(&me), STORE),
+            Err(ContentAddressError::References)
+        );
+        assert!(ca.store_path_hash(&me, &[], STORE).is_ok());
     }
 }
