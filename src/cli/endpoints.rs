@@ -8,7 +8,10 @@ use anyhow::{bail, Context as _, Result};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 
 use super::client::{Body, Client, HttpError};
-use crate::core::api::{CacheInfo, PartUploaded, UploadCompleted, UploadCreated, Whoami};
+use crate::core::api::{
+    CacheInfo, PartUploaded, PathQuery, PathQueryAnswer, ReconcileStep, Stats, UploadCompleted,
+    UploadCreated, Whoami,
+};
 use crate::core::http::Method;
 use crate::core::multipart::{render_part_list, Action, PartReceipt, UploadId};
 use crate::core::nix::nar_file::NarFile;
@@ -145,6 +148,55 @@ impl Client {
         )?;
         parse(&reply.body)
             .context("the cache's answer to completing an upload is not what nixflare sends")
+    }
+
+    /// POST `/_nixflare/missing`: which of `hashes` (at most
+    /// [`MAX_QUERY_HASHES`](crate::core::index::MAX_QUERY_HASHES)) the cache lacks. `None`
+    /// from a cache older than the index, which has no such endpoint.
+    pub fn query_missing(&self, hashes: &[StorePathHash]) -> Result<Option<PathQueryAnswer>> {
+        let path = Route::Missing.to_string();
+        let query = serde_json::to_vec(&PathQuery {
+            hashes: hashes.to_vec(),
+        })?;
+        let reply = self.send(
+            Method::Post,
+            &path,
+            Some(Kind::Api.content_type()),
+            Body::Bytes(&query),
+        )?;
+        match reply.status {
+            200 => parse(&reply.body)
+                .map(Some)
+                .context("the cache's answer to a path query is not what nixflare sends"),
+            404 | 405 => Ok(None),
+            _ => Err(HttpError::new(Method::Post, &path, &reply).into()),
+        }
+    }
+
+    /// GET `/_nixflare/stats`.
+    pub fn stats(&self) -> Result<Stats> {
+        let path = Route::Stats.to_string();
+        let reply = self.expect_success(Method::Get, &path, None, Body::Empty)?;
+        parse(&reply.body).context("the cache's stats are not what nixflare sends")
+    }
+
+    /// POST `/_nixflare/reconcile`: one step of the pass.
+    pub fn reconcile_step(&self) -> Result<ReconcileStep> {
+        let path = Route::Reconcile.to_string();
+        let reply = self.expect_success(Method::Post, &path, None, Body::Empty)?;
+        parse(&reply.body).context("the cache's reconcile step is not what nixflare sends")
+    }
+
+    /// Whether a binary cache (any, not only nixflare: an upstream such as
+    /// cache.nixos.org) serves `hash`. 403 means absent too, as Nix reads it (S3).
+    pub fn serves(&self, hash: &StorePathHash) -> Result<bool> {
+        let path = Route::Narinfo(*hash).to_string();
+        let reply = self.send(Method::Head, &path, None, Body::Empty)?;
+        match reply.status {
+            200 => Ok(true),
+            403 | 404 | 410 => Ok(false),
+            _ => Err(HttpError::new(Method::Head, &path, &reply).into()),
+        }
     }
 
     /// PUT `/_nixflare/revocations/<id>`.

@@ -5,6 +5,7 @@
 mod auth;
 mod client;
 mod endpoints;
+mod inventory;
 mod keygen;
 mod nar;
 mod parallel;
@@ -52,6 +53,23 @@ enum Command {
     /// Push the closures of store paths to a cache: only what it lacks, NARs of any
     /// size, narinfos signed here and published last.
     Push(PushArgs),
+    /// What the cache holds: paths, bytes, recent publishes (from its index).
+    Info {
+        #[command(flatten)]
+        remote: Remote,
+        /// The cache's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the cache's index match its bucket now (objects written straight into R2,
+    /// entries a failure left behind); the cron does the same a little every hour.
+    Reconcile {
+        #[command(flatten)]
+        remote: Remote,
+        /// One JSON summary instead of progress lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the nix.conf, flake and netrc lines for using a cache.
     Use {
         /// The cache's URL.
@@ -165,6 +183,18 @@ struct PushArgs {
     /// No progress output; errors only.
     #[arg(long, short = 'q')]
     quiet: bool,
+    /// A binary cache whose paths need not be pushed (repeat for several). Default: the
+    /// upstream caches the cache declares (its UPSTREAM_CACHES), which it accepts as
+    /// references.
+    #[arg(long, value_name = "URL", conflicts_with = "no_upstream")]
+    upstream: Vec<String>,
+    /// Push every missing path, even those an upstream cache serves.
+    #[arg(long)]
+    no_upstream: bool,
+    /// Ask the cache about each path with its own HEAD instead of batch queries (how
+    /// caches older than the index must be asked; for comparisons).
+    #[arg(long, hide = true)]
+    per_path_queries: bool,
 }
 
 pub fn main() -> ExitCode {
@@ -224,7 +254,24 @@ fn run(cli: Cli) -> Result<()> {
                 limit_rate: args.limit_rate,
                 attempts: args.remote.attempts,
                 quiet: args.quiet,
+                upstreams: match (args.no_upstream, args.upstream.is_empty()) {
+                    (true, _) => Some(Vec::new()),
+                    (false, true) => None,
+                    (false, false) => Some(
+                        args.upstream
+                            .iter()
+                            .map(|u| u.trim_end_matches('/').to_owned())
+                            .collect(),
+                    ),
+                },
+                per_path_queries: args.per_path_queries,
             })
+        }
+        Command::Info { remote, json } => {
+            inventory::info(&remote.cache, remote.token()?, remote.attempts, json)
+        }
+        Command::Reconcile { remote, json } => {
+            inventory::reconcile(&remote.cache, remote.token()?, remote.attempts, json)
         }
     }
 }

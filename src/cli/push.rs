@@ -3,8 +3,11 @@
 //! 1. Ask the cache for its limits and keys (`/_nixflare/info`) and check the token
 //!    (`/_nixflare/whoami`) and that the cache trusts our signing key: fail before any
 //!    work is done.
-//! 2. `nix path-info --json --recursive` gives the closure; HEADs of `<hash>.narinfo`
-//!    (in parallel) tell what the cache lacks.
+//! 2. `nix path-info --json --recursive` gives the closure; batch queries
+//!    (`/_nixflare/missing`, a thousand paths a request) tell what the cache lacks, and
+//!    narinfo HEADs to the upstream caches (those the cache declares, or `--upstream`)
+//!    which of those need not be pushed at all. Against a cache older than the index,
+//!    one HEAD per path.
 //! 3. Missing paths are dumped, checked and compressed into the spool (`nar.rs`), then
 //!    uploaded in parallel (`upload.rs`).
 //! 4. Narinfos are signed here and published once the path's NAR and every reference
@@ -30,9 +33,11 @@ use super::progress::Reporter;
 use super::spool::Spool;
 use super::upload::{NarOutcome, NarUpload};
 use crate::core::api::CacheInfo;
+use crate::core::index::MAX_QUERY_HASHES;
 use crate::core::nix::keys::SecretKey;
 use crate::core::nix::nar_file::NarFile;
 use crate::core::nix::narinfo::NarInfo;
+use crate::core::nix::store_path::StorePathHash;
 use crate::core::token::Permissions;
 
 pub struct PushOptions {
@@ -46,6 +51,11 @@ pub struct PushOptions {
     pub limit_rate: Option<String>,
     pub attempts: u32,
     pub quiet: bool,
+    /// Caches whose paths are not pushed; `None`: those the cache declares.
+    pub upstreams: Option<Vec<String>>,
+    /// Ask with one HEAD per path instead of batch queries (what a cache older than
+    /// the index needs; the benchmark's baseline).
+    pub per_path_queries: bool,
 }
 
 pub fn run(options: PushOptions) -> Result<()> {
@@ -64,13 +74,18 @@ pub fn run(options: PushOptions) -> Result<()> {
 
     let info = preflight(&client, &options.key)?;
     let closure = closure_of(&options.paths, &info.store_dir)?;
-    let missing = find_missing(&client, &closure, options.jobs)?;
-    let present = closure.len() - missing.len();
+    let upstreams = options
+        .upstreams
+        .clone()
+        .unwrap_or_else(|| info.upstream_caches.clone());
+    let lacking = find_missing(&client, &closure, options.jobs, options.per_path_queries)?;
+    let (missing, upstream) = skip_upstream(&lacking, &closure, &upstreams, &options)?;
+    let present = closure.len() - missing.len() - upstream;
     if missing.is_empty() {
         reporter.finish();
         if !reporter.quiet() {
             eprintln!(
-                "all {} paths are already in {}",
+                "nothing to push: of {} paths, {present} are already in {} and {upstream} in its upstream caches",
                 closure.len(),
                 client.base()
             );
@@ -94,7 +109,7 @@ pub fn run(options: PushOptions) -> Result<()> {
         return Ok(());
     }
     eprintln!(
-        "pushed {} paths to {} ({} already there): {} of NARs as {} compressed, {} sent in {:.1}s ({:.1} MB/s)",
+        "pushed {} paths to {} ({} already there, {upstream} in its upstream caches): {} of NARs as {} compressed, {} sent in {:.1}s ({:.1} MB/s)",
         missing.len(),
         client.base(),
         present,
@@ -145,8 +160,128 @@ fn closure_of(paths: &[String], store_dir: &str) -> Result<Vec<PathInfo>> {
     pathinfo::parse(&json, store_dir)
 }
 
-/// Indices into `closure` of the paths whose narinfo the cache lacks.
-fn find_missing(client: &Client, closure: &[PathInfo], jobs: usize) -> Result<Vec<usize>> {
+/// A path the cache lacks, and whether the cache's index knows an upstream to serve it.
+struct Lacking {
+    index: usize,
+    in_upstream: bool,
+}
+
+/// The paths of `closure` whose narinfo the cache lacks: batch queries, or one HEAD per
+/// path where the cache has no batch endpoint (or `per_path` asks for it).
+fn find_missing(
+    client: &Client,
+    closure: &[PathInfo],
+    jobs: usize,
+    per_path: bool,
+) -> Result<Vec<Lacking>> {
+    if !per_path {
+        if let Some(lacking) = query_batches(client, closure, jobs)? {
+            return Ok(lacking);
+        }
+    }
+    let missing = head_each(client, closure, jobs)?;
+    Ok(missing
+        .into_iter()
+        .map(|index| Lacking {
+            index,
+            in_upstream: false,
+        })
+        .collect())
+}
+
+/// `None` when the cache predates batch queries.
+fn query_batches(
+    client: &Client,
+    closure: &[PathInfo],
+    jobs: usize,
+) -> Result<Option<Vec<Lacking>>> {
+    let hashes: Vec<StorePathHash> = closure.iter().map(|p| *p.path.hash()).collect();
+    let batches: Vec<&[StorePathHash]> = hashes.chunks(MAX_QUERY_HASHES).collect();
+    let answers = Mutex::new(Vec::new());
+    let unsupported = AtomicBool::new(false);
+    parallel::try_for_each(&batches, jobs, |batch| {
+        match client.query_missing(batch)? {
+            Some(answer) => answers
+                .lock()
+                .map_err(|_| anyhow!("poisoned"))?
+                .push(answer),
+            None => unsupported.store(true, Ordering::Relaxed),
+        }
+        Ok(())
+    })
+    .context("asking the cache which paths it has")?;
+    if unsupported.load(Ordering::Relaxed) {
+        return Ok(None);
+    }
+    let answers = answers
+        .into_inner()
+        .map_err(|_| anyhow!("a query thread panicked"))?;
+    let position: HashMap<StorePathHash, usize> =
+        hashes.iter().enumerate().map(|(i, h)| (*h, i)).collect();
+    let mut lacking = Vec::new();
+    for answer in answers {
+        let upstream: HashSet<StorePathHash> = answer.in_upstream.into_iter().collect();
+        for hash in answer.missing {
+            let index = *position
+                .get(&hash)
+                .ok_or_else(|| anyhow!("the cache answered about {hash}, which was not asked"))?;
+            lacking.push(Lacking {
+                index,
+                in_upstream: upstream.contains(&hash),
+            });
+        }
+    }
+    lacking.sort_by_key(|l| l.index);
+    lacking.dedup_by_key(|l| l.index);
+    Ok(Some(lacking))
+}
+
+/// Splits what the cache lacks into what must be pushed and how many paths an upstream
+/// cache serves (known to the cache's index, or found with a narinfo HEAD here).
+fn skip_upstream(
+    lacking: &[Lacking],
+    closure: &[PathInfo],
+    upstreams: &[String],
+    options: &PushOptions,
+) -> Result<(Vec<usize>, usize)> {
+    if upstreams.is_empty() {
+        return Ok((lacking.iter().map(|l| l.index).collect(), 0));
+    }
+    let clients: Vec<Client> = upstreams
+        .iter()
+        .map(|url| Client::new(url, None, options.attempts))
+        .collect();
+    let served = Mutex::new(HashSet::new());
+    let unknown: Vec<usize> = lacking
+        .iter()
+        .filter(|l| !l.in_upstream)
+        .map(|l| l.index)
+        .collect();
+    parallel::try_for_each(&unknown, options.jobs, |&index| {
+        let hash = closure[index].path.hash();
+        for upstream in &clients {
+            // An upstream that cannot answer just does not count: the path is pushed.
+            if upstream.serves(hash).unwrap_or(false) {
+                served
+                    .lock()
+                    .map_err(|_| anyhow!("poisoned"))?
+                    .insert(index);
+                break;
+            }
+        }
+        Ok(())
+    })?;
+    let served = served
+        .into_inner()
+        .map_err(|_| anyhow!("an upstream query panicked"))?;
+    let (skipped, missing): (Vec<&Lacking>, Vec<&Lacking>) = lacking
+        .iter()
+        .partition(|l| l.in_upstream || served.contains(&l.index));
+    Ok((missing.iter().map(|l| l.index).collect(), skipped.len()))
+}
+
+/// Indices into `closure` of the paths whose narinfo the cache lacks, one HEAD each.
+fn head_each(client: &Client, closure: &[PathInfo], jobs: usize) -> Result<Vec<usize>> {
     let found = Mutex::new(vec![false; closure.len()]);
     let indices: Vec<usize> = (0..closure.len()).collect();
     parallel::try_for_each(&indices, jobs, |&index| {

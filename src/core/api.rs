@@ -13,6 +13,9 @@
 //! | `PUT …?partNumber=N&uploadId=ID` | [`PartUploaded`] |
 //! | `POST …?uploadId=ID` (part list) | [`UploadCompleted`] |
 //! | `DELETE …?uploadId=ID` | 204, no body |
+//! | `POST /_nixflare/missing` ([`PathQuery`], any valid token) | [`PathQueryAnswer`] |
+//! | `GET /_nixflare/stats` (any valid token) | [`Stats`] |
+//! | `POST /_nixflare/reconcile` (write) | [`ReconcileStep`] |
 //!
 //! Refusals are not JSON: a status and a one-line `text/plain` reason, the same for
 //! every request (Nix reads them too).
@@ -25,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::core::config::CacheConfig;
 use crate::core::multipart::{UploadId, MAX_OBJECT_BYTES, MAX_PARTS, MIN_PART_BYTES};
 use crate::core::nix::keys::PublicKey;
+use crate::core::nix::store_path::StorePathHash;
 use crate::core::token::{Permissions, TokenId, VerifiedToken};
 
 /// `GET /_nixflare/info`: what a client needs to know before it uploads.
@@ -39,6 +43,11 @@ pub struct CacheInfo {
     pub max_object_bytes: u64,
     /// Keys whose narinfo signatures the cache accepts.
     pub public_keys: Vec<PublicKey>,
+    /// Caches a published path's references may come from instead of this one
+    /// (`UPSTREAM_CACHES`); `nixflare push` skips paths they serve. Absent from workers
+    /// older than the index.
+    #[serde(default)]
+    pub upstream_caches: Vec<String>,
 }
 
 impl CacheInfo {
@@ -50,6 +59,7 @@ impl CacheInfo {
             max_parts: MAX_PARTS,
             max_object_bytes: MAX_OBJECT_BYTES,
             public_keys: config.public_keys.clone(),
+            upstream_caches: config.upstream_caches.clone(),
         }
     }
 }
@@ -127,6 +137,81 @@ pub struct UploadCompleted {
     pub created: bool,
 }
 
+/// `POST /_nixflare/missing`: up to [`MAX_QUERY_HASHES`](crate::core::index::MAX_QUERY_HASHES)
+/// store path hashes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PathQuery {
+    pub hashes: Vec<StorePathHash>,
+}
+
+/// The answer to a [`PathQuery`]: the hashes the cache lacks, in the order asked, and
+/// which of those the index knows a configured upstream cache to serve.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PathQueryAnswer {
+    pub missing: Vec<StorePathHash>,
+    pub in_upstream: Vec<StorePathHash>,
+}
+
+/// `GET /_nixflare/stats`: what the index says the cache holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    pub paths: u64,
+    /// Sum of NarSize: what the paths take unpacked.
+    pub nar_bytes: u64,
+    /// Sum of FileSize over distinct NAR files: what the bucket holds for them.
+    pub stored_bytes: u64,
+    /// The SQLite database of the index.
+    pub index_bytes: u64,
+    /// References known to be served by an upstream cache.
+    pub upstream_paths: u64,
+    /// The latest publishes, newest first (at most ten).
+    pub recent: Vec<Publish>,
+    /// Where the reconcile pass stands.
+    pub reconcile: ReconcileState,
+}
+
+/// One publish, as the index recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Publish {
+    pub store_path: String,
+    /// Unix milliseconds.
+    pub published_at: u64,
+    /// Who published it; none for a path the reconcile pass found in the bucket.
+    pub subject: Option<String>,
+    pub token_id: Option<TokenId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReconcileState {
+    /// The last top-level bucket key the running pass has reconciled ("" between passes).
+    pub after: String,
+    /// Unix milliseconds when the last complete pass ended, if one ever did.
+    pub last_pass_at: Option<u64>,
+}
+
+/// `POST /_nixflare/reconcile`: what one step did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReconcileStep {
+    /// Top-level keys listed.
+    pub listed: u64,
+    /// Narinfos found in the bucket that the index lacked, now indexed.
+    pub indexed: u64,
+    /// Index entries whose narinfo is gone from the bucket, now removed.
+    pub removed: u64,
+    /// Narinfos in the bucket that do not parse (left alone, not indexed).
+    pub unreadable: u64,
+    /// Where the next step starts; "" once the pass is complete.
+    pub after: String,
+    /// This step finished a pass.
+    pub pass_complete: bool,
+}
+
 /// The JSON text of a message, as the worker sends it.
 pub fn render<T: Serialize>(message: &T) -> String {
     // The messages above hold only what the writer writes (tests prove each); were one
@@ -168,7 +253,8 @@ mod tests {
             text,
             format!(
                 "{{\"storeDir\":\"/nix/store\",\"maxRequestBytes\":100000000,\"minPartBytes\":5242880,\
-                 \"maxParts\":10000,\"maxObjectBytes\":5368709120,\"publicKeys\":[\"{PUBLIC}\"]}}"
+                 \"maxParts\":10000,\"maxObjectBytes\":5368709120,\"publicKeys\":[\"{PUBLIC}\"],\
+                 \"upstreamCaches\":[]}}"
             )
         );
     }
@@ -217,5 +303,48 @@ mod tests {
             etag: "\"abc\"".into(),
         });
         round_trip(UploadCompleted { created: false });
+    }
+
+    #[test]
+    fn index_messages() {
+        let hash: StorePathHash = "7rjj86a15146cq1d3qy068lml7n8ykzm".parse().unwrap();
+        assert_eq!(
+            round_trip(PathQuery { hashes: vec![hash] }),
+            "{\"hashes\":[\"7rjj86a15146cq1d3qy068lml7n8ykzm\"]}"
+        );
+        assert!(parse::<PathQuery>("{\"hashes\":[\"7rjj86a15146cq1d3qy068lml7n8ykz\"]}").is_err());
+        round_trip(PathQueryAnswer {
+            missing: vec![hash],
+            in_upstream: vec![],
+        });
+        round_trip(Stats {
+            paths: 1,
+            nar_bytes: 2,
+            stored_bytes: 3,
+            index_bytes: 4,
+            upstream_paths: 0,
+            recent: vec![Publish {
+                store_path: "7rjj86a15146cq1d3qy068lml7n8ykzm-hello".into(),
+                published_at: 5,
+                subject: None,
+                token_id: Some(TokenId([1; 16])),
+            }],
+            reconcile: ReconcileState {
+                after: String::new(),
+                last_pass_at: None,
+            },
+        });
+        round_trip(ReconcileStep {
+            listed: 1,
+            indexed: 1,
+            removed: 0,
+            unreadable: 0,
+            after: "x".into(),
+            pass_complete: false,
+        });
+        // A client reading an older worker's info: no upstreams.
+        let old = "{\"storeDir\":\"/nix/store\",\"maxRequestBytes\":1,\"minPartBytes\":1,\
+                   \"maxParts\":1,\"maxObjectBytes\":1,\"publicKeys\":[]}";
+        assert!(parse::<CacheInfo>(old).unwrap().upstream_caches.is_empty());
     }
 }

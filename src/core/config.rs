@@ -20,6 +20,10 @@ pub mod var {
     pub const ABANDONED_UPLOAD_SECONDS: &str = "ABANDONED_UPLOAD_SECONDS";
     /// Most multipart uploads open at once (default 1000).
     pub const MAX_OPEN_UPLOADS: &str = "MAX_OPEN_UPLOADS";
+    /// Binary caches (http/https URLs, space-separated) whose paths a published
+    /// narinfo may reference without this cache holding them, e.g.
+    /// `https://cache.nixos.org`. Empty: this cache must hold every closure whole.
+    pub const UPSTREAM_CACHES: &str = "UPSTREAM_CACHES";
     /// Tests only: seconds added to the time the cron sees (never to token expiry), so a
     /// test can age what the cron cleans up. Unset in a deployment.
     pub const TEST_CLOCK_OFFSET_SECONDS: &str = "TEST_CLOCK_OFFSET_SECONDS";
@@ -43,6 +47,10 @@ pub enum ConfigError {
     },
     #[error("{name} lists the key name {key:?} twice (a rotated key needs a new name)")]
     DuplicateName { name: &'static str, key: String },
+    #[error("{name} entry {index}: must be an http:// or https:// URL without spaces, query or fragment")]
+    Upstream { name: &'static str, index: usize },
+    #[error("{name} lists more than {MAX_UPSTREAM_CACHES} caches")]
+    TooManyUpstreams { name: &'static str },
     #[error("PUBLIC_KEYS and TOKEN_PUBLIC_KEYS share the key {key:?}: a narinfo signature could pass as a token signature's key and the reverse; use separate keys")]
     SharedKey { key: String },
 }
@@ -64,7 +72,12 @@ pub struct CacheConfig {
     pub max_open_uploads: u32,
     /// Added to the cron's clock (tests only).
     pub test_clock_offset_seconds: u64,
+    /// Caches a narinfo's references may come from (no trailing '/').
+    pub upstream_caches: Vec<String>,
 }
+
+/// Most upstream caches: each missing reference costs a HEAD per upstream.
+pub const MAX_UPSTREAM_CACHES: usize = 4;
 
 /// The shortest `ABANDONED_UPLOAD_SECONDS`: a client between two parts (a laptop lid
 /// closed for a minute) must not lose its upload to the cron.
@@ -84,8 +97,35 @@ impl Default for CacheConfig {
             abandoned_upload_seconds: 86_400,
             max_open_uploads: crate::core::multipart::MAX_OPEN_UPLOADS,
             test_clock_offset_seconds: 0,
+            upstream_caches: Vec::new(),
         }
     }
+}
+
+/// `UPSTREAM_CACHES`: URLs as Nix takes substituters, without a trailing '/'.
+fn parse_upstreams(list: &str) -> Result<Vec<String>, ConfigError> {
+    let name = var::UPSTREAM_CACHES;
+    let mut caches = Vec::new();
+    for (index, url) in list.split_whitespace().enumerate() {
+        let rest = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))
+            .ok_or(ConfigError::Upstream { name, index })?;
+        let valid = !rest.is_empty()
+            && !rest.starts_with('/')
+            && !rest.chars().any(|c| c.is_control() || "?#\\\"".contains(c));
+        if !valid {
+            return Err(ConfigError::Upstream { name, index });
+        }
+        let url = url.trim_end_matches('/').to_owned();
+        if !caches.contains(&url) {
+            caches.push(url);
+        }
+    }
+    if caches.len() > MAX_UPSTREAM_CACHES {
+        return Err(ConfigError::TooManyUpstreams { name });
+    }
+    Ok(caches)
 }
 
 impl CacheConfig {
@@ -154,6 +194,9 @@ impl CacheConfig {
                     name: var::MAX_OPEN_UPLOADS,
                 })?;
         }
+        if let Some(list) = get(var::UPSTREAM_CACHES) {
+            config.upstream_caches = parse_upstreams(&list)?;
+        }
         config.public_keys = parse_keys(var::PUBLIC_KEYS, get(var::PUBLIC_KEYS))?;
         config.token_keys = parse_keys(var::TOKEN_PUBLIC_KEYS, get(var::TOKEN_PUBLIC_KEYS))?;
         // One key signing both narinfos and tokens would let whoever holds it for one
@@ -169,6 +212,12 @@ impl CacheConfig {
             });
         }
         Ok(config)
+    }
+
+    /// The time the cron and the index see, in Unix milliseconds (`TEST_CLOCK_OFFSET_SECONDS`
+    /// added).
+    pub fn clock_ms(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_add(self.test_clock_offset_seconds.saturating_mul(1000))
     }
 
     /// The body of `public-keys`: one key per line.
@@ -239,6 +288,43 @@ mod tests {
         );
         assert!(config.public_keys.is_empty());
         assert_eq!(config.abandoned_upload_seconds, 86_400);
+    }
+
+    #[test]
+    fn upstream_caches() {
+        let config = from(&[(
+            var::UPSTREAM_CACHES,
+            " https://cache.nixos.org/ http://127.0.0.1:8788  https://cache.nixos.org",
+        )])
+        .unwrap();
+        assert_eq!(
+            config.upstream_caches,
+            ["https://cache.nixos.org", "http://127.0.0.1:8788"]
+        );
+        assert!(from(&[]).unwrap().upstream_caches.is_empty());
+        for bad in [
+            "cache.nixos.org",
+            "ftp://x",
+            "https://",
+            "https:///x",
+            "https://x?y",
+            "https://x#y",
+            "file:///tmp/cache",
+        ] {
+            assert_eq!(
+                from(&[(var::UPSTREAM_CACHES, bad)]),
+                Err(ConfigError::Upstream {
+                    name: var::UPSTREAM_CACHES,
+                    index: 0
+                }),
+                "{bad}"
+            );
+        }
+        let five = "http://a http://b http://c http://d http://e";
+        assert!(matches!(
+            from(&[(var::UPSTREAM_CACHES, five)]),
+            Err(ConfigError::TooManyUpstreams { .. })
+        ));
     }
 
     #[test]

@@ -49,6 +49,13 @@ pub enum Operation {
     Delete,
     /// A step of a multipart NAR upload, as its method and query say.
     Upload(NarFile, Action),
+    /// POST `_nixflare/missing`: which of a batch of paths the cache lacks (any valid
+    /// token: the index is never open to anonymous requests).
+    QueryMissing,
+    /// GET/HEAD `_nixflare/stats` (any valid token).
+    Stats,
+    /// POST `_nixflare/reconcile`: one step of the reconcile pass.
+    Reconcile,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -77,6 +84,10 @@ pub fn plan(
             Ok(Plan::Public(Public::Render))
         }
         (_, Route::Whoami) if read => guarded(Operation::Whoami, Permissions::NONE),
+        (_, Route::Stats) if read => guarded(Operation::Stats, Permissions::NONE),
+        (Method::Post, Route::Missing) => guarded(Operation::QueryMissing, Permissions::NONE),
+        (Method::Post, Route::Reconcile) => guarded(Operation::Reconcile, Permissions::WRITE),
+        (_, Route::Missing | Route::Reconcile) => Err(not_allowed(route)),
         (_, Route::Revocation(_) | Route::Upload(_)) if read => Err(not_allowed(route)),
         (_, _) if read => Ok(Plan::Public(Public::Serve)),
         (Method::Put, Route::CacheInfo) => guarded(Operation::KeepCacheInfo, Permissions::WRITE),
@@ -120,7 +131,10 @@ fn allowed_methods(route: &Route) -> &'static str {
         | Route::Realisation { .. }
         | Route::BuildTrace { .. }
         | Route::DebugInfo(_) => "GET, HEAD, PUT",
-        Route::LandingPage | Route::PublicKeys | Route::Info | Route::Whoami => "GET, HEAD",
+        Route::LandingPage | Route::PublicKeys | Route::Info | Route::Whoami | Route::Stats => {
+            "GET, HEAD"
+        }
+        Route::Missing | Route::Reconcile => "POST",
         Route::Revocation(_) => "PUT",
         Route::Upload(_) => "POST, PUT, DELETE",
     }
@@ -173,6 +187,9 @@ mod tests {
             format!("/_nixflare/uploads/nar/{FILE_HASH}.nar.zst"),
             "/_nixflare/info".into(),
             "/_nixflare/whoami".into(),
+            "/_nixflare/missing".into(),
+            "/_nixflare/stats".into(),
+            "/_nixflare/reconcile".into(),
         ]
         .iter()
         .map(|path| Route::parse(path).unwrap())
@@ -204,7 +221,8 @@ mod tests {
             for method in [Method::Get, Method::Head] {
                 if let Ok(plan) = plan(method, &route, Vec::new) {
                     let public = matches!(plan, Plan::Public(_));
-                    assert_eq!(public, route != Route::Whoami, "{route}");
+                    let guarded = [Route::Whoami, Route::Stats].contains(&route);
+                    assert_eq!(public, !guarded, "{route}");
                 }
             }
             for method in [Method::Put, Method::Post, Method::Delete, Method::Other] {
@@ -239,6 +257,14 @@ mod tests {
         assert_eq!(
             plan(Method::Get, &narinfo, Vec::new),
             Ok(Plan::Public(Public::Serve))
+        );
+        assert_eq!(
+            plan(Method::Post, &Route::Missing, Vec::new),
+            guarded(Operation::QueryMissing, Permissions::NONE)
+        );
+        assert_eq!(
+            plan(Method::Post, &Route::Reconcile, Vec::new),
+            guarded(Operation::Reconcile, Permissions::WRITE)
         );
         assert_eq!(
             plan(Method::Put, &Route::CacheInfo, Vec::new),

@@ -42,6 +42,7 @@ pub mod config;
 mod corpus;
 pub mod dispatch;
 pub mod http;
+pub mod index;
 pub mod json_read;
 pub mod json_write;
 pub mod lower_hex;

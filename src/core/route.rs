@@ -96,6 +96,14 @@ pub enum Route {
     Info,
     /// `_nixflare/whoami`: what the worker makes of the request's token.
     Whoami,
+    /// `_nixflare/missing`: POST a batch of store path hashes, learn which the cache
+    /// lacks (`crate::core::api::PathQuery`).
+    Missing,
+    /// `_nixflare/stats`: what the index says the cache holds.
+    Stats,
+    /// `_nixflare/reconcile`: POST runs one step of the pass that makes the index match
+    /// the bucket.
+    Reconcile,
 }
 
 /// What kind of object a route names: decides Content-Type and caching.
@@ -165,6 +173,9 @@ impl Route {
             [top, file] if top == "_nixflare" => match file.as_str() {
                 "info" => Some(Route::Info),
                 "whoami" => Some(Route::Whoami),
+                "missing" => Some(Route::Missing),
+                "stats" => Some(Route::Stats),
+                "reconcile" => Some(Route::Reconcile),
                 _ => None,
             },
             [dir, file] => Self::parse_in_dir(dir, file),
@@ -233,7 +244,9 @@ impl Route {
             | Route::DebugInfo(_) => Kind::Json,
             Route::Log(_) => Kind::Log,
             Route::Revocation(_) | Route::Upload(_) => Kind::Internal,
-            Route::Info | Route::Whoami => Kind::Api,
+            Route::Info | Route::Whoami | Route::Missing | Route::Stats | Route::Reconcile => {
+                Kind::Api
+            }
         }
     }
 }
@@ -263,6 +276,9 @@ impl fmt::Display for Route {
             Route::Upload(file) => write!(f, "{UPLOADS_PREFIX}{}{file}", NarFile::DIR),
             Route::Info => f.write_str("_nixflare/info"),
             Route::Whoami => f.write_str("_nixflare/whoami"),
+            Route::Missing => f.write_str("_nixflare/missing"),
+            Route::Stats => f.write_str("_nixflare/stats"),
+            Route::Reconcile => f.write_str("_nixflare/reconcile"),
         }
     }
 }
@@ -349,6 +365,9 @@ mod tests {
             Kind::Internal
         );
         assert_eq!(round_trip("/_nixflare/info"), Route::Info);
+        assert_eq!(round_trip("/_nixflare/missing"), Route::Missing);
+        assert_eq!(round_trip("/_nixflare/stats"), Route::Stats);
+        assert_eq!(round_trip("/_nixflare/reconcile"), Route::Reconcile);
         assert_eq!(round_trip("/_nixflare/whoami").kind(), Kind::Api);
     }
 

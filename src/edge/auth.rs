@@ -4,6 +4,7 @@
 use worker::{Bucket, Env, Request};
 
 use super::error::EdgeError;
+use super::index_client::IndexClient;
 use crate::core::config::CacheConfig;
 use crate::core::route::Route;
 use crate::core::token::{self, Permissions, VerifiedToken};
@@ -14,6 +15,7 @@ pub struct Guarded {
     pub config: CacheConfig,
     pub bucket: Bucket,
     pub token: VerifiedToken,
+    env: Env,
 }
 
 impl Guarded {
@@ -25,7 +27,19 @@ impl Guarded {
             config,
             bucket,
             token,
+            env: env.clone(),
         })
+    }
+
+    /// The index (a Durable Object): only guarded operations ever reach it.
+    pub fn index(&self) -> Result<IndexClient, EdgeError> {
+        IndexClient::open(&self.env)
+    }
+
+    /// Now, in Unix milliseconds, as the index records it (`TEST_CLOCK_OFFSET_SECONDS`
+    /// added).
+    pub fn now_ms(&self) -> u64 {
+        self.config.clock_ms(worker::Date::now().as_millis())
     }
 }
 

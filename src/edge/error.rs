@@ -34,6 +34,14 @@ pub enum EdgeError {
     UnsupportedEncoding(String),
     /// A worker variable is invalid: the operator's fault, not the client's.
     Misconfigured(ConfigError),
+    /// A narinfo references paths neither in the cache nor upstream.
+    MissingReferences(String),
+    /// Work is left for another request (more upstream checks than one may make).
+    Busy(String),
+    /// An upstream cache could not say whether it has a path.
+    Upstream(String),
+    /// The index (Durable Object) failed or is not bound.
+    Index(String),
     /// R2 returned an object without a body where one was asked for.
     MissingBody,
     /// The runtime or R2 failed.
@@ -118,6 +126,13 @@ impl EdgeError {
             EdgeError::TooLarge(why) => (413, format!("too large: {why}")),
             EdgeError::UnsupportedEncoding(why) => (415, format!("unsupported: {why}")),
             EdgeError::TooMany(why) => (429, format!("too many: {why}")),
+            // 422: the narinfo is well-formed, but publishing it now would break the
+            // promise that every path served has its closure; not retried by Nix.
+            EdgeError::MissingReferences(why) => (422, format!("incomplete closure: {why}")),
+            // 503 is retried by Nix and by nixflare, and each retry gets further.
+            EdgeError::Busy(why) => (503, format!("not yet: {why}")),
+            EdgeError::Upstream(why) => (502, format!("upstream cache unavailable: {why}")),
+            EdgeError::Index(_) => (503, "index unavailable, try again".into()),
             EdgeError::Misconfigured(_) => (500, "cache misconfigured: see the worker log".into()),
             // 502 lets Nix retry: the storage behind us failed, not the request.
             EdgeError::MissingBody | EdgeError::Runtime(_) => {
@@ -132,6 +147,7 @@ impl EdgeError {
             EdgeError::Misconfigured(err) => Some(format!("misconfigured: {err}")),
             EdgeError::MissingBody => Some("R2 returned an object without a body".into()),
             EdgeError::Runtime(err) => Some(format!("runtime error: {err}")),
+            EdgeError::Index(err) => Some(format!("index error: {err}")),
             _ => None,
         }
     }
@@ -146,6 +162,9 @@ impl EdgeError {
         match &self {
             EdgeError::NotFound => headers.set("Cache-Control", NOT_FOUND_CACHE_CONTROL)?,
             _ => headers.set("Cache-Control", "no-store")?,
+        }
+        if let EdgeError::Busy(_) = &self {
+            headers.set("Retry-After", "1")?;
         }
         match &self {
             EdgeError::MethodNotAllowed { allow } => headers.set("Allow", allow)?,

@@ -8,10 +8,16 @@
 mod auth;
 mod body;
 mod cleanup;
+mod closure;
 mod decode;
 mod error;
+mod index;
+mod index_client;
+mod json;
 mod multipart;
+mod queries;
 mod read;
+mod reconcile;
 mod response;
 mod store;
 mod write;
@@ -71,22 +77,46 @@ async fn handle(req: Request, method: Method, env: &Env) -> Result<Response, Edg
         Operation::Revoke(id) => write::revoke(id, &cache).await,
         Operation::Delete => write::delete(&route, &cache).await,
         Operation::Upload(nar, action) => multipart::handle(req, nar, action, &cache).await,
+        Operation::QueryMissing => queries::missing(req, &cache).await,
+        Operation::Stats => queries::stats(&cache, head_only).await,
+        Operation::Reconcile => queries::reconcile(&cache).await,
     }
 }
 
-/// Cron (`[triggers]` in wrangler.toml): cleans up abandoned multipart uploads.
+/// Cron (`[triggers]` in wrangler.toml): cleans up abandoned multipart uploads, then
+/// takes a few steps of the reconcile pass.
 #[event(scheduled)]
 async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
-    let result = match (config(&env), bucket(&env)) {
-        (Ok(config), Ok(bucket)) => {
-            let now = worker::Date::now().as_millis();
-            cleanup::abandoned_uploads(&bucket, &config, now).await
+    let (config, bucket) = match (config(&env), bucket(&env)) {
+        (Ok(config), Ok(bucket)) => (config, bucket),
+        (Err(err), _) | (_, Err(err)) => {
+            console_error!("cron: {err}");
+            return;
         }
-        (Err(err), _) | (_, Err(err)) => Err(err),
     };
-    if let Err(err) = result {
+    let now = worker::Date::now().as_millis();
+    if let Err(err) = cleanup::abandoned_uploads(&bucket, &config, now).await {
         console_error!("cleanup failed: {err}");
     }
+    if let Err(err) = reconcile_steps(&env, &bucket, &config, now).await {
+        console_error!("reconcile failed: {err}");
+    }
+}
+
+async fn reconcile_steps(
+    env: &Env,
+    bucket: &Bucket,
+    config: &CacheConfig,
+    now: u64,
+) -> Result<(), EdgeError> {
+    let index = index_client::IndexClient::open(env)?;
+    for _ in 0..crate::core::index::RECONCILE_STEPS_PER_CRON {
+        let step = reconcile::step(bucket, &index, &config.store_dir, config.clock_ms(now)).await?;
+        if step.pass_complete {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// The bucket R2 binds to this worker.

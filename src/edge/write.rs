@@ -5,9 +5,11 @@ use worker::{console_log, Data, Request, Response};
 
 use super::auth::Guarded;
 use super::body::{reject_content_encoding, small_body, stream_body, BodyKind};
+use super::closure;
 use super::error::EdgeError;
 use super::response::Stored;
 use super::store;
+use crate::core::index::{Entry, Finish, Forget, Forgot};
 use crate::core::nix::nar_file::NarFile;
 use crate::core::nix::store_path::StorePathHash;
 use crate::core::publish::{self, SideFile, MAX_NARINFO_BYTES};
@@ -74,15 +76,28 @@ async fn store_narinfo(
             nar.size()
         )));
     }
+    // The references must be there (and stay there) before the narinfo is.
+    let index = cache.index()?;
+    let now = cache.now_ms();
+    let entry = Entry::of(&checked.info, now, Some(&cache.token));
+    let reservation = closure::reserve(cache, &index, &checked.info, entry, now).await?;
     let supersedes = |old: &[u8]| publish::signed_replaces_unsigned(old, &checked, &cache.config);
-    store::put_small(
+    let stored = store::put_small(
         &cache.bucket,
         &route.to_string(),
         bytes,
         &cache.token,
         supersedes,
     )
-    .await
+    .await;
+    let finish = Finish { reservation, now };
+    match &stored {
+        // Published (or already was): recorded. Should this call fail, the client's
+        // retry finds the same bytes stored and records them then.
+        Ok(_) => index.commit(&finish).await?,
+        Err(_) => index.abort(&finish).await?,
+    }
+    stored
 }
 
 /// A build log, streamed into R2.
@@ -131,9 +146,32 @@ pub async fn revoke(id: TokenId, cache: &Guarded) -> Result<Response, EdgeError>
     Stored::Created.into_response()
 }
 
-/// DELETE of a narinfo or NAR.
+/// DELETE of a narinfo or NAR. A narinfo goes only when no other published (or
+/// being published) path references it: the index says, and marks it as being deleted
+/// so no publish counts on it meanwhile.
 pub async fn delete(route: &Route, cache: &Guarded) -> Result<Response, EdgeError> {
+    let forgotten = match route {
+        Route::Narinfo(hash) => {
+            let index = cache.index()?;
+            let forget = Forget {
+                hash: *hash,
+                now: cache.now_ms(),
+            };
+            if let Forgot::Referenced { referrers } = index.forget(&forget).await? {
+                let names: Vec<String> = referrers.iter().map(ToString::to_string).collect();
+                return Err(EdgeError::Conflict(format!(
+                    "/{route} is referenced by {}: delete those first",
+                    names.join(", ")
+                )));
+            }
+            Some((index, forget))
+        }
+        _ => None,
+    };
     cache.bucket.delete(route.to_string()).await?;
+    if let Some((index, forget)) = forgotten {
+        index.forget_done(&forget).await?;
+    }
     log_write("DELETE", route, &cache.token, &Stored::Deleted);
     Stored::Deleted.into_response()
 }

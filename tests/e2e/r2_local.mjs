@@ -5,6 +5,7 @@
 //   node r2_local.mjs DIR BUCKET put  < [{"key": "...", "file": "..."}, ...]
 //   node r2_local.mjs DIR BUCKET get KEY      (body to stdout; exit 1 if absent)
 //   node r2_local.mjs DIR BUCKET list PREFIX  (keys, one per line)
+//   node r2_local.mjs DIR BUCKET delete KEY
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Miniflare } from "miniflare";
@@ -30,6 +31,8 @@ try {
     const object = await bucket.get(key);
     if (object === null) status = 1;
     else process.stdout.write(Buffer.from(await object.arrayBuffer()));
+  } else if (command === "delete") {
+    await bucket.delete(key);
   } else if (command === "list") {
     let cursor;
     do {

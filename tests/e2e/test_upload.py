@@ -304,9 +304,14 @@ def test_compressed_metadata_is_stored_decoded(worker: Worker, tokens: Tokens, s
     import zlib
 
     closure, good, _ = signed
+    write = bearer(tokens.mint())
+    # The middle path's reference first: the cache publishes only whole closures.
+    leaf_path, leaf_text = narinfo_of(good, next(p for p in closure.paths if "-leaf-" in p))
+    leaf_nar = (good / field(leaf_text, "URL")).read_bytes()
+    assert request(worker, "PUT", "/" + field(leaf_text, "URL"), write, leaf_nar)[0] in (200, 201)
+    assert request(worker, "PUT", leaf_path, write, leaf_text.encode())[0] in (200, 201)
     middle = next(p for p in closure.paths if "-middle-" in p)
     path, text = narinfo_of(good, middle)
-    write = bearer(tokens.mint())
     nar = (good / field(text, "URL")).read_bytes()
     assert request(worker, "PUT", "/" + field(text, "URL"), write, nar)[0] in (200, 201)
     gz = dict(write, **{"Content-Encoding": "gzip"})

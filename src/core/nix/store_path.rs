@@ -57,6 +57,8 @@ impl fmt::Display for StorePathHash {
     }
 }
 
+crate::core::serde_via_text!(StorePathHash);
+
 impl fmt::Debug for StorePathHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "StorePathHash({self})")
@@ -121,6 +123,8 @@ impl FromStr for StorePathBaseName {
         })
     }
 }
+
+crate::core::serde_via_text!(StorePathBaseName);
 
 impl fmt::Display for StorePathBaseName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

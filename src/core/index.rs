@@ -1,0 +1,402 @@
+//! The index of what the cache holds: one Durable Object with SQLite storage
+//! (`crate::edge::index`), written by publishes, deletes and the reconcile pass, never
+//! read by the anonymous read path (which stays R2 only).
+//!
+//! Why a Durable Object and not D1 (docs/index.md has the numbers):
+//! - one object runs one request at a time, so "check the references, then reserve the
+//!   path" and "check nothing refers to it, then forget it" are atomic without locks;
+//! - it is on the Free plan, needs no `wrangler d1 create` and no database id: the
+//!   migration in wrangler.toml is all `wrangler deploy` and `wrangler dev` need;
+//! - SQLite runs in the object's thread, next to the data: a batch query is one
+//!   statement over a JSON array (`json_each`), with no 100-parameter limit as in D1.
+//!
+//! Where it stops: one object holds 10 GB (about 20 million paths at the size measured
+//! in docs/index.md) and serialises every write; publishes are short (a few SQL
+//! statements each), so it stays far from its ~1,000 requests a second.
+//!
+//! This module holds what the worker and the object say to each other (each message
+//! once, rendered by `crate::core::json_write`), the schema, and the decisions that need
+//! no storage. The worker-facing answers (`PathQueryAnswer`, `Stats`, ...) are in
+//! `crate::core::api`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::nix::narinfo::NarInfo;
+use crate::core::nix::store_path::StorePathHash;
+use crate::core::token::{TokenId, VerifiedToken};
+
+/// The Durable Object binding in wrangler.toml, and the one object's name.
+pub const BINDING: &str = "INDEX";
+pub const OBJECT_NAME: &str = "index";
+
+/// Most store path hashes one batch query may ask about: a 35 KB body, well inside a
+/// Free-plan request's 10 ms of CPU. `nixflare push` sends larger closures in batches.
+pub const MAX_QUERY_HASHES: usize = 1000;
+
+/// Most reference lookups one publish may send to the upstream caches (narinfo HEADs).
+/// Below the Free plan's 50 subrequests per request, with room for R2 and the index.
+pub const MAX_UPSTREAM_CHECKS: usize = 32;
+
+/// Keys one reconcile step lists (one R2 list page; a path has a narinfo and at most a
+/// `.ls` at the top level). Every narinfo the index lacks costs one R2 GET, so a step
+/// stays below the Free plan's 1,000 subrequests to Cloudflare services.
+pub const RECONCILE_PAGE_KEYS: u32 = 500;
+
+/// Reconcile steps one cron run takes.
+pub const RECONCILE_STEPS_PER_CRON: u32 = 4;
+
+/// An index row younger than this (relative to the listing) may belong to a publish
+/// that wrote R2 after the listing was taken: the reconcile pass never removes it.
+pub const RECONCILE_MARGIN_MS: u64 = 60_000;
+
+/// A reservation older than this belongs to a publish that died between its steps.
+pub const STALE_RESERVATION_MS: u64 = 10 * 60_000;
+
+/// A delete marker older than this belongs to a DELETE whose R2 delete never ran: the
+/// reconcile pass may index the path again if its narinfo is still in the bucket.
+pub const STALE_DELETE_MS: u64 = 60 * 60_000;
+
+/// What the index records of a published path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Entry {
+    pub hash: StorePathHash,
+    pub name: String,
+    /// The narinfo's URL: the NAR's key in the bucket.
+    pub nar: String,
+    pub file_size: u64,
+    pub nar_size: u64,
+    /// Other paths it needs (its own hash left out).
+    pub references: Vec<StorePathHash>,
+    pub deriver: Option<String>,
+    /// Unix milliseconds: when the narinfo was published (for a path found by the
+    /// reconcile pass, when R2 stored it).
+    pub published_at: u64,
+    /// Who published it; none for a path written behind the worker's back.
+    pub token_id: Option<TokenId>,
+    pub subject: Option<String>,
+}
+
+impl Entry {
+    pub fn of(narinfo: &NarInfo, published_at: u64, token: Option<&VerifiedToken>) -> Self {
+        let hash = *narinfo.store_path.hash();
+        let mut references: Vec<StorePathHash> = narinfo
+            .references
+            .iter()
+            .map(|r| *r.hash())
+            .filter(|r| *r != hash)
+            .collect();
+        references.sort();
+        references.dedup();
+        Self {
+            hash,
+            name: narinfo.store_path.name().to_owned(),
+            nar: narinfo.url.clone(),
+            file_size: narinfo.file_size.unwrap_or(0),
+            nar_size: narinfo.nar_size,
+            references,
+            deriver: narinfo.deriver.as_ref().map(ToString::to_string),
+            published_at,
+            token_id: token.map(|t| t.id),
+            subject: token.map(|t| t.subject.clone()),
+        }
+    }
+}
+
+/// A reference some upstream cache was found to serve.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamHit {
+    pub hash: StorePathHash,
+    pub cache: String,
+}
+
+/// `begin`: check the entry's references and reserve the path. A reference counts as
+/// present when the index holds it (and no delete is under way) or a configured upstream
+/// is known to serve it. `adopt` and `upstream_hits` are what the worker found for the
+/// references a first `begin` reported missing: narinfos in the bucket the index did not
+/// know, and upstream HEADs that answered 200.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Begin {
+    pub entry: Entry,
+    pub upstreams: Vec<String>,
+    pub adopt: Vec<Entry>,
+    pub upstream_hits: Vec<UpstreamHit>,
+    pub now: u64,
+}
+
+/// The answer to [`Begin`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged, rename_all_fields = "camelCase")]
+pub enum Begun {
+    /// Until committed or aborted, the reservation keeps every reference from being
+    /// deleted; the path itself is not yet "in the cache".
+    Reserved {
+        reservation: u64,
+    },
+    Missing {
+        missing: Vec<StorePathHash>,
+    },
+}
+
+/// `commit` / `abort` of a reservation; `now` is the publish time recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Finish {
+    pub reservation: u64,
+    pub now: u64,
+}
+
+/// `forget`: a DELETE of the path's narinfo wants to go ahead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Forget {
+    pub hash: StorePathHash,
+    pub now: u64,
+}
+
+/// The answer to [`Forget`]. `Forgotten` leaves a delete marker: until the R2 delete is
+/// done, no publish may count on the path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged, rename_all_fields = "camelCase")]
+pub enum Forgot {
+    Forgotten {
+        forgotten: crate::core::api::True,
+    },
+    /// Paths (published or being published) that need it: at most [`MAX_LISTED`].
+    Referenced {
+        referrers: Vec<StorePathHash>,
+    },
+}
+
+/// How many referrers or missing references an error message lists.
+pub const MAX_LISTED: usize = 10;
+
+/// `query`: which of `hashes` the index lacks; `upstreams` are the configured ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Query {
+    pub hashes: Vec<StorePathHash>,
+    pub upstreams: Vec<String>,
+}
+
+/// `reconcile/page`: the narinfos one page of the bucket's top level holds, keys in
+/// `(after, through]` (`through` none: to the end). Index rows in that range that the
+/// page lacks, and older than `listed_at` by [`RECONCILE_MARGIN_MS`], are removed; the
+/// answer lists the page's narinfos the index lacks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReconcilePage {
+    pub after: String,
+    pub through: Option<String>,
+    pub listed_at: u64,
+    pub narinfos: Vec<StorePathHash>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PageChecked {
+    pub unindexed: Vec<StorePathHash>,
+    pub removed: u64,
+}
+
+/// `reconcile/advance`: records what the worker read for the unindexed narinfos, and
+/// moves the cursor from `after` to `through` (to the start, pass complete, when none)
+/// only if it is still at `after`: two runs at once cannot skip a page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Advance {
+    pub after: String,
+    pub through: Option<String>,
+    pub adopt: Vec<Entry>,
+    pub now: u64,
+}
+
+/// The answer to `reconcile/cursor` and `reconcile/advance`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cursor {
+    /// The last key of the bucket's top level already reconciled ("" at the start).
+    pub after: String,
+    /// Whether this request moved it (always true for `reconcile/cursor`).
+    pub moved: bool,
+}
+
+/// The hash of a top-level key that is a narinfo (`<hash>.narinfo`).
+pub fn narinfo_key_hash(key: &str) -> Option<StorePathHash> {
+    key.strip_suffix(".narinfo")?.parse().ok()
+}
+
+/// References (other than the path itself) still missing, in the order given, keeping
+/// at most [`MAX_LISTED`] for a message.
+pub fn describe_missing(missing: &[StorePathHash], narinfo: &NarInfo) -> String {
+    let names: Vec<String> = missing
+        .iter()
+        .take(MAX_LISTED)
+        .map(|hash| {
+            narinfo
+                .references
+                .iter()
+                .find(|r| r.hash() == hash)
+                .map_or_else(|| hash.to_string(), ToString::to_string)
+        })
+        .collect();
+    let more = missing.len().saturating_sub(MAX_LISTED);
+    let tail = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    format!("{}{tail}", names.join(", "))
+}
+
+/// The schema, applied (idempotently) whenever the object starts. Hashes are the 32
+/// nix32 characters; times Unix milliseconds.
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS paths (
+  hash TEXT PRIMARY KEY,
+  name TEXT NOT NULL,
+  nar TEXT NOT NULL,
+  file_size INTEGER NOT NULL,
+  nar_size INTEGER NOT NULL,
+  deriver TEXT,
+  published_at INTEGER NOT NULL,
+  token_id TEXT,
+  subject TEXT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS paths_by_time ON paths (published_at);
+CREATE TABLE IF NOT EXISTS refs (
+  referrer TEXT NOT NULL,
+  reference TEXT NOT NULL,
+  PRIMARY KEY (referrer, reference)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS refs_by_reference ON refs (reference);
+CREATE TABLE IF NOT EXISTS reservations (
+  id INTEGER PRIMARY KEY,
+  hash TEXT NOT NULL,
+  entry TEXT NOT NULL,
+  created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reserved_refs (
+  reservation INTEGER NOT NULL,
+  reference TEXT NOT NULL,
+  PRIMARY KEY (reservation, reference)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS reserved_refs_by_reference ON reserved_refs (reference);
+CREATE TABLE IF NOT EXISTS upstream (
+  hash TEXT NOT NULL,
+  cache TEXT NOT NULL,
+  checked_at INTEGER NOT NULL,
+  PRIMARY KEY (hash, cache)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS deleting (
+  hash TEXT PRIMARY KEY,
+  at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+  key TEXT PRIMARY KEY,
+  value
+) WITHOUT ROWID;
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::json_write::to_string;
+
+    const NARINFO: &str = "StorePath: /nix/store/9s6ymh891cip8bvxjfkb8qpx4dz0hdj7-top\nURL: nar/0n9mkxv19xc62j57rr25lmy09nakpq6lncrrd964ga55620lpkhc.nar.zst\nCompression: zstd\nFileHash: sha256:0n9mkxv19xc62j57rr25lmy09nakpq6lncrrd964ga55620lpkhc\nFileSize: 7\nNarHash: sha256:0n9mkxv19xc62j57rr25lmy09nakpq6lncrrd964ga55620lpkhc\nNarSize: 9\nReferences: 9s6ymh891cip8bvxjfkb8qpx4dz0hdj7-top pv22kc2dhm5j5lyk2z2dkpj4xnhpx9ys-leaf anfizv71z26rnrvkpdwsc1f5wwyd9kw6-middle\nDeriver: h15vw3d8vjq21wraq1p08xcw6jby7s0c-top.drv\n";
+
+    fn narinfo() -> NarInfo {
+        NarInfo::parse(NARINFO.as_bytes(), "/nix/store").unwrap()
+    }
+
+    #[test]
+    fn an_entry_leaves_out_the_self_reference_and_sorts() {
+        let entry = Entry::of(&narinfo(), 5, None);
+        let refs: Vec<String> = entry.references.iter().map(|r| r.to_string()).collect();
+        assert_eq!(
+            refs,
+            [
+                "anfizv71z26rnrvkpdwsc1f5wwyd9kw6",
+                "pv22kc2dhm5j5lyk2z2dkpj4xnhpx9ys"
+            ]
+        );
+        assert_eq!(entry.name, "top");
+        assert_eq!(entry.file_size, 7);
+        assert_eq!(entry.nar_size, 9);
+        assert_eq!(
+            entry.deriver.as_deref(),
+            Some("h15vw3d8vjq21wraq1p08xcw6jby7s0c-top.drv")
+        );
+        assert!(entry.nar.starts_with("nar/0n9m"));
+    }
+
+    /// Every message the worker and the object exchange is written by the wasm's writer
+    /// exactly as serde_json writes it, and reads back unchanged.
+    #[test]
+    fn messages_round_trip_through_both_writers() {
+        let entry = Entry::of(&narinfo(), 5, None);
+        let begin = Begin {
+            entry: entry.clone(),
+            upstreams: vec!["https://cache.nixos.org".into()],
+            adopt: vec![entry.clone()],
+            upstream_hits: vec![UpstreamHit {
+                hash: entry.hash,
+                cache: "https://cache.nixos.org".into(),
+            }],
+            now: 1,
+        };
+        fn check<T: Serialize + for<'de> Deserialize<'de> + PartialEq + core::fmt::Debug>(
+            value: &T,
+        ) {
+            let ours = to_string(value).unwrap();
+            assert_eq!(ours, serde_json::to_string(value).unwrap());
+            assert_eq!(&serde_json::from_str::<T>(&ours).unwrap(), value);
+        }
+        check(&begin);
+        check(&Begun::Reserved { reservation: 3 });
+        check(&Begun::Missing {
+            missing: vec![entry.hash],
+        });
+        check(&Forgot::Forgotten {
+            forgotten: crate::core::api::True,
+        });
+        check(&Forgot::Referenced {
+            referrers: vec![entry.hash],
+        });
+        check(&ReconcilePage {
+            after: String::new(),
+            through: None,
+            listed_at: 1,
+            narinfos: vec![entry.hash],
+        });
+        check(&Advance {
+            after: "a".into(),
+            through: Some("b".into()),
+            adopt: vec![entry],
+            now: 2,
+        });
+    }
+
+    #[test]
+    fn only_narinfo_keys_name_paths() {
+        assert!(narinfo_key_hash("9s6ymh891cip8bvxjfkb8qpx4dz0hdj7.narinfo").is_some());
+        assert!(narinfo_key_hash("9s6ymh891cip8bvxjfkb8qpx4dz0hdj7.ls").is_none());
+        assert!(narinfo_key_hash("nix-cache-info").is_none());
+        assert!(narinfo_key_hash("eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee.narinfo").is_none());
+    }
+
+    #[test]
+    fn missing_references_are_named_by_their_store_paths() {
+        let info = narinfo();
+        let missing: Vec<StorePathHash> = info.references.iter().map(|r| *r.hash()).collect();
+        let text = describe_missing(&missing[1..], &info);
+        assert_eq!(
+            text,
+            "pv22kc2dhm5j5lyk2z2dkpj4xnhpx9ys-leaf, anfizv71z26rnrvkpdwsc1f5wwyd9kw6-middle"
+        );
+        let many = vec![missing[1]; 12];
+        assert!(describe_missing(&many, &info).ends_with(" and 2 more"));
+    }
+}

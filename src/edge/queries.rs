@@ -1,0 +1,61 @@
+//! The index's answers for the `nixflare` client: which paths are missing, what the
+//! cache holds, and a reconcile step. Guarded operations only: the anonymous read path
+//! never reaches the index.
+
+use worker::{Request, Response};
+
+use super::auth::Guarded;
+use super::body::{small_body, BodyKind};
+use super::error::EdgeError;
+use super::json::from_json;
+use super::reconcile;
+use super::response;
+use crate::core::api::{self, PathQuery};
+use crate::core::index::{Query, MAX_QUERY_HASHES};
+
+/// Largest query body: a thousand quoted 32-character hashes and then some.
+const MAX_QUERY_BYTES: u64 = 64 * 1024;
+
+/// POST `_nixflare/missing`.
+pub async fn missing(mut req: Request, cache: &Guarded) -> Result<Response, EdgeError> {
+    let bytes = small_body(&mut req, MAX_QUERY_BYTES, BodyKind::Json).await?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| EdgeError::BadRequest("the query is not UTF-8".into()))?;
+    let query: PathQuery = from_json(&text).map_err(|err| {
+        EdgeError::BadRequest(format!(
+            "the query must be {{\"hashes\": [store path hashes]}}: {err}"
+        ))
+    })?;
+    if query.hashes.len() > MAX_QUERY_HASHES {
+        return Err(EdgeError::TooLarge(format!(
+            "at most {MAX_QUERY_HASHES} hashes per query"
+        )));
+    }
+    let answer = cache
+        .index()?
+        .query(&Query {
+            hashes: query.hashes,
+            upstreams: cache.config.upstream_caches.clone(),
+        })
+        .await?;
+    response::json(200, answer, false)
+}
+
+/// GET/HEAD `_nixflare/stats`.
+pub async fn stats(cache: &Guarded, head_only: bool) -> Result<Response, EdgeError> {
+    let answer = cache.index()?.stats().await?;
+    response::json(200, answer, head_only)
+}
+
+/// POST `_nixflare/reconcile`: one step; the client calls again until the pass is done.
+pub async fn reconcile(cache: &Guarded) -> Result<Response, EdgeError> {
+    let index = cache.index()?;
+    let step = reconcile::step(
+        &cache.bucket,
+        &index,
+        &cache.config.store_dir,
+        cache.now_ms(),
+    )
+    .await?;
+    response::json(200, api::render(&step), false)
+}
