@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import index
 import push
 import worker_vs_baseline
 from common import REPO
@@ -31,8 +32,13 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB, Linux {platform.release()}, {nix}"
 
 
+BENCHES = {"worker": worker_vs_baseline.bench, "push": push.bench, "index": index.bench}
+
+
 def main() -> int:
-    sections = [worker_vs_baseline.bench(), push.bench()]
+    # `run.py worker index` runs only those; RESULTS.md then holds only them.
+    chosen = sys.argv[1:] or list(BENCHES)
+    sections = [BENCHES[name]() for name in chosen]
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = [
         "# Benchmark results",

@@ -34,16 +34,31 @@ pub const OBJECT_NAME: &str = "index";
 pub const MAX_QUERY_HASHES: usize = 1000;
 
 /// Most reference lookups one publish may send to the upstream caches (narinfo HEADs).
-/// Below the Free plan's 50 subrequests per request, with room for R2 and the index.
-pub const MAX_UPSTREAM_CHECKS: usize = 32;
+/// Below the Free plan's 50 outside subrequests per request (R2 and the index count
+/// against another budget). More to check is a 503 after remembering what was found.
+pub const MAX_UPSTREAM_CHECKS: usize = 40;
+
+/// Most references one publish looks for in the bucket when the index lacks them (one R2
+/// GET each, up to a 1 MiB narinfo read into memory each). The rest go on to the
+/// upstream caches; a seeded bucket is indexed in bulk by the reconcile pass.
+pub const MAX_BUCKET_LOOKUPS: usize = 20;
+
+/// How long an upstream cache's "I have it" is remembered: long enough that a busy
+/// cache asks rarely, short enough that a path the upstream dropped stops counting.
+pub const UPSTREAM_MEMORY_MS: u64 = 30 * 86_400_000;
+
+/// Most references the reconcile pass sends to the index in one request: bounds the
+/// memory of one step whatever the narinfos it adopts look like.
+pub const MAX_ADOPT_REFERENCES: usize = 20_000;
 
 /// Keys one reconcile step lists (one R2 list page; a path has a narinfo and at most a
 /// `.ls` at the top level). Every narinfo the index lacks costs one R2 GET, so a step
 /// stays below the Free plan's 1,000 subrequests to Cloudflare services.
-pub const RECONCILE_PAGE_KEYS: u32 = 500;
+pub const RECONCILE_PAGE_KEYS: u32 = 250;
 
-/// Reconcile steps one cron run takes.
-pub const RECONCILE_STEPS_PER_CRON: u32 = 4;
+/// Reconcile steps one cron run takes: 3 x (1 list + up to 250 GETs + 3 index requests)
+/// stays under the Free plan's 1,000 subrequests with room for the upload cleanup.
+pub const RECONCILE_STEPS_PER_CRON: u32 = 3;
 
 /// An index row younger than this (relative to the listing) may belong to a publish
 /// that wrote R2 after the listing was taken: the reconcile pass never removes it.
@@ -141,10 +156,21 @@ pub enum Begun {
 }
 
 /// `commit` / `abort` of a reservation; `now` is the publish time recorded.
+/// `unchanged`: R2 already held these very bytes, so an existing record (who published
+/// them, when) stays as it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Finish {
     pub reservation: u64,
+    pub now: u64,
+    pub unchanged: bool,
+}
+
+/// `adopt`: narinfos read from the bucket that the index lacked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Adopt {
+    pub entries: Vec<Entry>,
     pub now: u64,
 }
 
@@ -157,7 +183,9 @@ pub struct Forget {
 }
 
 /// The answer to [`Forget`]. `Forgotten` leaves a delete marker: until the R2 delete is
-/// done, no publish may count on the path.
+/// done no publish may count on the path, and for [`STALE_DELETE_MS`] after it no
+/// narinfo of the path that R2 stored before the delete is adopted (a reader may have
+/// fetched it just before).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged, rename_all_fields = "camelCase")]
 pub enum Forgot {
@@ -167,6 +195,10 @@ pub enum Forgot {
     /// Paths (published or being published) that need it: at most [`MAX_LISTED`].
     Referenced {
         referrers: Vec<StorePathHash>,
+    },
+    /// A publish of this very path is under way: its commit would undo the delete.
+    Publishing {
+        publishing: crate::core::api::True,
     },
 }
 
@@ -179,6 +211,7 @@ pub const MAX_LISTED: usize = 10;
 pub struct Query {
     pub hashes: Vec<StorePathHash>,
     pub upstreams: Vec<String>,
+    pub now: u64,
 }
 
 /// `reconcile/page`: the narinfos one page of the bucket's top level holds, keys in
@@ -201,8 +234,8 @@ pub struct PageChecked {
     pub removed: u64,
 }
 
-/// `reconcile/advance`: records what the worker read for the unindexed narinfos, and
-/// moves the cursor from `after` to `through` (to the start, pass complete, when none)
+/// `reconcile/advance`: records what the worker read for the unindexed narinfos (the
+/// last of them: larger sets go ahead in [`Adopt`] batches), and moves the cursor from `after` to `through` (to the start, pass complete, when none)
 /// only if it is still at `after`: two runs at once cannot skip a page.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -273,7 +306,7 @@ CREATE TABLE IF NOT EXISTS refs (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS refs_by_reference ON refs (reference);
 CREATE TABLE IF NOT EXISTS reservations (
-  id INTEGER PRIMARY KEY,
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
   hash TEXT NOT NULL,
   entry TEXT NOT NULL,
   created_at INTEGER NOT NULL
@@ -292,7 +325,8 @@ CREATE TABLE IF NOT EXISTS upstream (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS deleting (
   hash TEXT PRIMARY KEY,
-  at INTEGER NOT NULL
+  at INTEGER NOT NULL,
+  done INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
   key TEXT PRIMARY KEY,
@@ -356,11 +390,24 @@ mod tests {
         }
         check(&begin);
         check(&Begun::Reserved { reservation: 3 });
+        check(&Finish {
+            reservation: 3,
+            now: 4,
+            unchanged: true,
+        });
+        check(&Query {
+            hashes: vec![entry.hash],
+            upstreams: vec![],
+            now: 5,
+        });
         check(&Begun::Missing {
             missing: vec![entry.hash],
         });
         check(&Forgot::Forgotten {
             forgotten: crate::core::api::True,
+        });
+        check(&Forgot::Publishing {
+            publishing: crate::core::api::True,
         });
         check(&Forgot::Referenced {
             referrers: vec![entry.hash],

@@ -101,6 +101,8 @@ pub enum NarinfoRejection {
     Missing(&'static str),
     #[error("narinfo FileHash does not match the hash in its URL")]
     FileHash,
+    #[error("narinfo {0} is beyond 2^53 bytes: no NAR is that large")]
+    Size(&'static str),
     #[error("narinfo says its NAR is uncompressed, but FileHash/FileSize are not NarHash/NarSize")]
     NarHash,
     #[error("no Sig verifies under this cache's public keys ({keys})")]
@@ -112,6 +114,10 @@ pub enum NarinfoRejection {
     #[error("narinfo CA: {0} (Nix could not check it)")]
     ContentAddress(#[from] ContentAddressError),
 }
+
+/// The largest NarSize or FileSize accepted: 2^53 - 1, the largest integer JSON readers
+/// (JavaScript's, the index's) keep exact. R2 objects stop at 5 TiB anyway.
+pub const MAX_SIZE: u64 = (1 << 53) - 1;
 
 /// What an upload to a key that already holds an object does: the rule for every key
 /// the cache stores (narinfos, side files, logs). The edge applies it with R2's
@@ -217,6 +223,12 @@ pub fn check_narinfo(
         .ok_or(NarinfoRejection::Missing("FileSize"))?;
     if file_hash != nar.file_hash {
         return Err(NarinfoRejection::FileHash);
+    }
+    // Sizes travel through JSON to the index (and JavaScript numbers): keep them exact.
+    for (name, size) in [("NarSize", info.nar_size), ("FileSize", file_size)] {
+        if size > MAX_SIZE {
+            return Err(NarinfoRejection::Size(name));
+        }
     }
     if nar.compression == Compression::None
         && (info.nar_hash != file_hash || info.nar_size != file_size)
@@ -360,6 +372,14 @@ mod tests {
         assert_eq!(
             check(&TOP.replace("FileHash: sha256:1ijb", "FileHash: sha256:0ijb")),
             Err(NarinfoRejection::FileHash)
+        );
+        assert_eq!(
+            check(&TOP.replace("FileSize: 14724", "FileSize: 9007199254740992")),
+            Err(NarinfoRejection::Size("FileSize"))
+        );
+        assert_eq!(
+            check(&TOP.replace("NarSize: 1670328", "NarSize: 9007199254740992")),
+            Err(NarinfoRejection::Size("NarSize"))
         );
         // Uncompressed: the file is the NAR, so FileHash must be NarHash.
         let nar_hash = "0n9mkxv19xc62j57rr25lmy09nakpq6lncrrd964ga55620lpkhc";

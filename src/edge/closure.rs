@@ -9,13 +9,13 @@
 //! looked up upstream once.
 
 use futures_util::future::join_all;
-use worker::{Bucket, Fetch, Method, Request, RequestInit};
+use worker::{Bucket, Fetch, Method, Request, RequestInit, RequestRedirect};
 
 use super::auth::Guarded;
 use super::error::EdgeError;
 use super::index_client::IndexClient;
 use crate::core::index::{
-    describe_missing, Begin, Begun, Entry, UpstreamHit, MAX_LISTED, MAX_UPSTREAM_CHECKS,
+    describe_missing, Begin, Begun, Entry, UpstreamHit, MAX_BUCKET_LOOKUPS, MAX_UPSTREAM_CHECKS,
 };
 use crate::core::nix::narinfo::NarInfo;
 use crate::core::nix::store_path::StorePathHash;
@@ -42,26 +42,35 @@ pub async fn reserve(
         Begun::Missing { missing } => missing,
     };
     if missing.contains(&begin.entry.hash) {
-        return Err(EdgeError::Conflict(format!(
-            "{} is being deleted; send it again in a moment",
+        return Err(EdgeError::Busy(format!(
+            "{} is being deleted; send it again",
             narinfo.store_path
         )));
     }
-    let (adopt, missing) =
-        in_bucket(&cache.bucket, &missing, &cache.config.store_dir, narinfo).await?;
-    let found = upstream(&cache.config.upstream_caches, &missing).await?;
-    if !found.absent.is_empty() {
-        return Err(refused(&found.absent, narinfo));
+    // The first few are looked for in the bucket, then upstream; the rest upstream only,
+    // where "absent" is not final (they may still be in the bucket): a later request
+    // looks them up, after this one remembered what it found.
+    let (looked, rest) = missing.split_at(missing.len().min(MAX_BUCKET_LOOKUPS));
+    let (adopt, not_in_bucket) = in_bucket(&cache.bucket, looked, &cache.config.store_dir).await?;
+    let candidates: Vec<StorePathHash> = not_in_bucket.iter().chain(rest).copied().collect();
+    let found = upstream(&cache.config.upstream_caches, &candidates).await?;
+    let (absent, unsure): (Vec<StorePathHash>, Vec<StorePathHash>) = found
+        .absent
+        .iter()
+        .partition(|hash| not_in_bucket.contains(hash));
+    if !absent.is_empty() {
+        return Err(refused(&absent, narinfo));
     }
-    let checked = found.hits.len();
+    let left = found.unchecked.len() + unsure.len();
+    let known = adopt.len() + found.hits.len();
     begin.adopt = adopt;
     begin.upstream_hits = found.hits;
     // Records what was found even when the answer is still "missing".
     match index.begin(&begin).await? {
         Begun::Reserved { reservation } => Ok(reservation),
-        Begun::Missing { .. } if !found.unchecked.is_empty() => Err(EdgeError::Busy(format!(
-            "{checked} of {} references found in the upstream caches so far; send the narinfo again to check the rest",
-            checked + found.unchecked.len()
+        Begun::Missing { .. } if left > 0 => Err(EdgeError::Busy(format!(
+            "{known} of {} references the index lacked found so far; send the narinfo again to look for the rest",
+            missing.len()
         ))),
         // Deleted between the two questions.
         Begun::Missing { missing } => Err(refused(&missing, narinfo)),
@@ -77,18 +86,12 @@ fn refused(missing: &[StorePathHash], narinfo: &NarInfo) -> EdgeError {
 }
 
 /// Missing references whose narinfo is in the bucket after all (written there directly,
-/// or published while the index was failing): read and adopted.
+/// or published while the index was failing): read, to be adopted. One R2 GET each.
 async fn in_bucket(
     bucket: &Bucket,
     missing: &[StorePathHash],
     store_dir: &str,
-    narinfo: &NarInfo,
 ) -> Result<(Vec<Entry>, Vec<StorePathHash>), EdgeError> {
-    // Each costs an R2 GET; a publish naming more unknown references than this is
-    // refused without looking (the reconcile pass indexes a seeded bucket in bulk).
-    if missing.len() > MAX_LISTED * 10 {
-        return Err(refused(missing, narinfo));
-    }
     let mut adopt = Vec::new();
     let mut still = Vec::new();
     for hash in missing {
@@ -156,7 +159,10 @@ async fn upstream(
         match found {
             Found::In(cache) => answer.hits.push(UpstreamHit { hash: *hash, cache }),
             Found::Absent => answer.absent.push(*hash),
-            Found::Unreachable(why) => unreachable = Some(why),
+            Found::Unreachable(why) => {
+                unreachable = Some(why);
+                answer.unchecked.push(*hash);
+            }
         }
     }
     // A definite "absent" refuses the narinfo whatever else happened; an upstream that
@@ -179,7 +185,9 @@ async fn in_upstreams(caches: &[String], hash: StorePathHash) -> Found {
     for cache in caches {
         let url = format!("{cache}/{hash}.narinfo");
         let mut init = RequestInit::new();
-        init.with_method(Method::Head);
+        // A redirect is not an answer (and following one costs another subrequest).
+        init.with_method(Method::Head)
+            .with_redirect(RequestRedirect::Manual);
         let answer = match Request::new_with_init(&url, &init) {
             Ok(request) => Fetch::Request(request).send().await,
             Err(err) => Err(err),
@@ -188,6 +196,9 @@ async fn in_upstreams(caches: &[String], hash: StorePathHash) -> Found {
             Ok(200) => return Found::In(cache.clone()),
             // What Nix itself takes for "not there".
             Ok(404 | 403 | 410) => {}
+            Ok(status @ 300..=399) => {
+                unreachable = Some(format!("{url} redirects (HTTP {status}): not followed"))
+            }
             Ok(status) => unreachable = Some(format!("{url} answered HTTP {status}")),
             Err(err) => unreachable = Some(format!("{url}: {err}")),
         }

@@ -12,8 +12,9 @@ use worker::{
 use super::json::from_json;
 use crate::core::api::{self, PathQueryAnswer, Publish, ReconcileState, Stats};
 use crate::core::index::{
-    Advance, Begin, Begun, Cursor, Entry, Finish, Forget, Forgot, PageChecked, Query,
-    ReconcilePage, MAX_LISTED, SCHEMA, STALE_DELETE_MS, STALE_RESERVATION_MS,
+    Adopt, Advance, Begin, Begun, Cursor, Entry, Finish, Forget, Forgot, PageChecked, Query,
+    ReconcilePage, MAX_LISTED, RECONCILE_MARGIN_MS, SCHEMA, STALE_DELETE_MS, STALE_RESERVATION_MS,
+    UPSTREAM_MEMORY_MS,
 };
 use crate::core::nix::store_path::StorePathHash;
 
@@ -97,6 +98,7 @@ impl Index {
             }),
             "reconcile/page" => self.reconcile_page(message(body)?),
             "reconcile/advance" => self.advance(message(body)?),
+            "adopt" => self.adopt_all(message(body)?),
             _ => Err(format!("unknown index operation {op:?}")),
         }
     }
@@ -172,10 +174,12 @@ impl Index {
     fn adopt(&self, entry: &Entry, now: u64) -> Result<bool, String> {
         let known = self.rows::<HashRow>(
             "SELECT hash FROM paths WHERE hash = ?1 UNION \
-             SELECT hash FROM deleting WHERE hash = ?1 AND at > ?2",
+             SELECT hash FROM deleting WHERE hash = ?1 AND at > ?2 \
+               AND (done = 0 OR at >= ?3)",
             vec![
                 string(entry.hash),
                 integer(now.saturating_sub(STALE_DELETE_MS)),
+                integer(entry.published_at),
             ],
         )?;
         if !known.is_empty() {
@@ -183,6 +187,13 @@ impl Index {
         }
         self.record(entry)?;
         Ok(true)
+    }
+
+    fn adopt_all(&self, adopt: Adopt) -> Answer {
+        for entry in &adopt.entries {
+            self.adopt(entry, adopt.now)?;
+        }
+        text(&api::True)
     }
 
     fn begin(&self, begin: Begin) -> Answer {
@@ -197,22 +208,26 @@ impl Index {
         }
         let fresh_deletes = integer(begin.now.saturating_sub(STALE_DELETE_MS));
         let deleting = self.hashes(
-            "SELECT hash FROM deleting WHERE hash = ? AND at > ?",
+            "SELECT hash FROM deleting WHERE hash = ? AND done = 0 AND at > ?",
             vec![string(begin.entry.hash), fresh_deletes.clone()],
         )?;
         if !deleting.is_empty() {
             return text(&Begun::Missing { missing: deleting });
         }
+        // Correlated lookups: each reference is a few index probes, never a table scan.
         let missing = self.hashes(
             "SELECT r.value AS hash FROM json_each(?1) AS r \
-             WHERE (r.value NOT IN (SELECT hash FROM paths) \
-                    OR r.value IN (SELECT hash FROM deleting WHERE at > ?3)) \
-               AND r.value NOT IN (SELECT u.hash FROM upstream AS u \
-                    WHERE u.cache IN (SELECT c.value FROM json_each(?2) AS c))",
+             WHERE (NOT EXISTS (SELECT 1 FROM paths AS p WHERE p.hash = r.value) \
+                    OR EXISTS (SELECT 1 FROM deleting AS d \
+                               WHERE d.hash = r.value AND d.done = 0 AND d.at > ?3)) \
+               AND NOT EXISTS (SELECT 1 FROM upstream AS u \
+                    WHERE u.hash = r.value AND u.checked_at > ?4 \
+                      AND u.cache IN (SELECT c.value FROM json_each(?2) AS c))",
             vec![
                 hash_array(&begin.entry.references),
                 SqlStorageValue::String(api::render(&begin.upstreams)),
                 fresh_deletes,
+                integer(begin.now.saturating_sub(UPSTREAM_MEMORY_MS)),
             ],
         )?;
         if !missing.is_empty() {
@@ -265,7 +280,17 @@ impl Index {
         if let Some(row) = rows.first() {
             let mut entry: Entry = message(&row.entry)?;
             entry.published_at = finish.now;
-            self.record(&entry)?;
+            // The same bytes again: the first publish's record (who, when) stands.
+            let keep = finish.unchanged
+                && !self
+                    .hashes(
+                        "SELECT hash FROM paths WHERE hash = ?",
+                        vec![string(entry.hash)],
+                    )?
+                    .is_empty();
+            if !keep {
+                self.record(&entry)?;
+            }
         }
         self.drop_reservation(finish.reservation)?;
         text(&api::True)
@@ -277,6 +302,15 @@ impl Index {
     }
 
     fn forget(&self, forget: Forget) -> Answer {
+        let publishing = self.hashes(
+            "SELECT hash FROM reservations WHERE hash = ? LIMIT 1",
+            vec![string(forget.hash)],
+        )?;
+        if !publishing.is_empty() {
+            return text(&Forgot::Publishing {
+                publishing: api::True,
+            });
+        }
         let referrers = self.hashes(
             "SELECT referrer AS hash FROM refs WHERE reference = ?1 AND referrer != ?1 \
              UNION SELECT r.hash AS hash FROM reserved_refs AS rr \
@@ -296,7 +330,7 @@ impl Index {
             vec![string(forget.hash)],
         )?;
         self.exec(
-            "INSERT OR REPLACE INTO deleting (hash, at) VALUES (?, ?)",
+            "INSERT OR REPLACE INTO deleting (hash, at, done) VALUES (?, ?, 0)",
             vec![string(forget.hash), integer(forget.now)],
         )?;
         text(&Forgot::Forgotten {
@@ -305,8 +339,9 @@ impl Index {
     }
 
     fn forget_done(&self, forget: Forget) -> Answer {
+        // Kept, marked done, for a while: see `adopt`.
         self.exec(
-            "DELETE FROM deleting WHERE hash = ?",
+            "UPDATE deleting SET done = 1 WHERE hash = ?",
             vec![string(forget.hash)],
         )?;
         text(&api::True)
@@ -320,13 +355,15 @@ impl Index {
         }
         let rows = self.rows::<MissingRow>(
             "SELECT q.value AS hash, EXISTS (SELECT 1 FROM upstream AS u WHERE u.hash = q.value \
+               AND u.checked_at > ?3 \
                AND u.cache IN (SELECT c.value FROM json_each(?2) AS c)) AS upstream \
              FROM json_each(?1) AS q \
-             WHERE q.value NOT IN (SELECT hash FROM paths) \
-                OR q.value IN (SELECT hash FROM deleting)",
+             WHERE NOT EXISTS (SELECT 1 FROM paths AS p WHERE p.hash = q.value) \
+                OR EXISTS (SELECT 1 FROM deleting AS d WHERE d.hash = q.value AND d.done = 0)",
             vec![
                 hash_array(&query.hashes),
                 SqlStorageValue::String(api::render(&query.upstreams)),
+                integer(query.now.saturating_sub(UPSTREAM_MEMORY_MS)),
             ],
         )?;
         let mut answer = PathQueryAnswer {
@@ -441,17 +478,18 @@ impl Index {
             .through
             .clone()
             .map_or(SqlStorageValue::Null, SqlStorageValue::String);
+        // `hash >= substr(key, 1, 32)` follows from `hash || '.narinfo' > key` (and `<=`
+        // for the upper bound); stated, it lets SQLite walk the primary key over the
+        // page's range instead of reading every row.
         let removed = self.hashes(
-            "DELETE FROM paths WHERE hash || '.narinfo' > ?1 \
-               AND (?2 IS NULL OR hash || '.narinfo' <= ?2) AND published_at < ?3 \
+            "DELETE FROM paths WHERE hash >= substr(?1, 1, 32) AND hash || '.narinfo' > ?1 \
+               AND (?2 IS NULL OR (hash <= substr(?2, 1, 32) AND hash || '.narinfo' <= ?2)) \
+               AND published_at < ?3 \
                AND hash NOT IN (SELECT value FROM json_each(?4)) RETURNING hash",
             vec![
                 SqlStorageValue::String(page.after.clone()),
                 through,
-                integer(
-                    page.listed_at
-                        .saturating_sub(crate::core::index::RECONCILE_MARGIN_MS),
-                ),
+                integer(page.listed_at.saturating_sub(RECONCILE_MARGIN_MS)),
                 hash_array(&page.narinfos),
             ],
         )?;
@@ -463,8 +501,9 @@ impl Index {
         }
         let unindexed = self.hashes(
             "SELECT q.value AS hash FROM json_each(?1) AS q \
-             WHERE q.value NOT IN (SELECT hash FROM paths) \
-               AND q.value NOT IN (SELECT hash FROM deleting)",
+             WHERE NOT EXISTS (SELECT 1 FROM paths AS p WHERE p.hash = q.value) \
+               AND NOT EXISTS (SELECT 1 FROM deleting AS d \
+                               WHERE d.hash = q.value AND d.done = 0)",
             vec![hash_array(&page.narinfos)],
         )?;
         text(&PageChecked {

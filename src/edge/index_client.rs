@@ -9,8 +9,8 @@ use super::error::EdgeError;
 use super::json::from_json;
 use crate::core::api;
 use crate::core::index::{
-    Advance, Begin, Begun, Cursor, Finish, Forget, Forgot, PageChecked, Query, ReconcilePage,
-    BINDING, OBJECT_NAME,
+    Adopt, Advance, Begin, Begun, Cursor, Finish, Forget, Forgot, PageChecked, Query,
+    ReconcilePage, BINDING, OBJECT_NAME,
 };
 
 pub struct IndexClient {
@@ -84,6 +84,10 @@ impl IndexClient {
     /// An `api::Stats`, passed on as the object wrote it.
     pub async fn stats(&self) -> Result<String, EdgeError> {
         self.call_text("stats", &api::True).await
+    }
+
+    pub async fn adopt(&self, adopt: &Adopt) -> Result<(), EdgeError> {
+        self.call_text("adopt", adopt).await.map(drop)
     }
 
     pub async fn cursor(&self) -> Result<Cursor, EdgeError> {

@@ -36,6 +36,7 @@ pub async fn missing(mut req: Request, cache: &Guarded) -> Result<Response, Edge
         .query(&Query {
             hashes: query.hashes,
             upstreams: cache.config.upstream_caches.clone(),
+            now: cache.now_ms(),
         })
         .await?;
     response::json(200, answer, false)

@@ -11,7 +11,9 @@ use super::closure::read_narinfo;
 use super::error::EdgeError;
 use super::index_client::IndexClient;
 use crate::core::api::ReconcileStep;
-use crate::core::index::{narinfo_key_hash, Advance, ReconcilePage, RECONCILE_PAGE_KEYS};
+use crate::core::index::{
+    narinfo_key_hash, Adopt, Advance, ReconcilePage, MAX_ADOPT_REFERENCES, RECONCILE_PAGE_KEYS,
+};
 
 /// One step of the pass.
 pub async fn step(
@@ -50,15 +52,27 @@ pub async fn step(
         })
         .await?;
     let mut adopt = Vec::new();
+    let mut references = 0;
+    let mut indexed = 0;
     let mut unreadable = 0;
     for hash in &checked.unindexed {
         match read_narinfo(bucket, hash, store_dir).await? {
-            Some(entry) => adopt.push(entry),
+            Some(entry) => {
+                references += entry.references.len();
+                indexed += 1;
+                adopt.push(entry);
+            }
             // Gone since the listing, or not a narinfo this cache can read.
             None => unreadable += 1,
         }
+        // Narinfos with thousands of references each: send them on in batches, so
+        // neither this step nor one request to the index grows without bound.
+        if references > MAX_ADOPT_REFERENCES {
+            let entries = std::mem::take(&mut adopt);
+            index.adopt(&Adopt { entries, now }).await?;
+            references = 0;
+        }
     }
-    let indexed = adopt.len() as u64;
     let cursor = index
         .advance(&Advance {
             after,

@@ -1,7 +1,7 @@
 //! PUT and DELETE of protocol files: verified, then stored. Nothing reaches R2 under a
 //! protocol name before it has been checked (the rules are `crate::core::publish`).
 
-use worker::{console_log, Data, Request, Response};
+use worker::{console_error, console_log, Data, Request, Response};
 
 use super::auth::Guarded;
 use super::body::{reject_content_encoding, small_body, stream_body, BodyKind};
@@ -90,12 +90,21 @@ async fn store_narinfo(
         supersedes,
     )
     .await;
-    let finish = Finish { reservation, now };
+    let finish = Finish {
+        reservation,
+        now,
+        unchanged: matches!(stored, Ok(Stored::Unchanged)),
+    };
     match &stored {
         // Published (or already was): recorded. Should this call fail, the client's
         // retry finds the same bytes stored and records them then.
         Ok(_) => index.commit(&finish).await?,
-        Err(_) => index.abort(&finish).await?,
+        // The write's own error is the answer; a reservation left behind expires.
+        Err(_) => {
+            if let Err(err) = index.abort(&finish).await {
+                console_error!("abort of reservation {reservation} failed: {err}");
+            }
+        }
     }
     stored
 }
@@ -157,12 +166,20 @@ pub async fn delete(route: &Route, cache: &Guarded) -> Result<Response, EdgeErro
                 hash: *hash,
                 now: cache.now_ms(),
             };
-            if let Forgot::Referenced { referrers } = index.forget(&forget).await? {
-                let names: Vec<String> = referrers.iter().map(ToString::to_string).collect();
-                return Err(EdgeError::Conflict(format!(
-                    "/{route} is referenced by {}: delete those first",
-                    names.join(", ")
-                )));
+            match index.forget(&forget).await? {
+                Forgot::Forgotten { .. } => {}
+                Forgot::Referenced { referrers } => {
+                    let names: Vec<String> = referrers.iter().map(ToString::to_string).collect();
+                    return Err(EdgeError::Conflict(format!(
+                        "/{route} is referenced by {}: delete those first",
+                        names.join(", ")
+                    )));
+                }
+                Forgot::Publishing { .. } => {
+                    return Err(EdgeError::Busy(format!(
+                        "/{route} is being published; send the delete again"
+                    )))
+                }
             }
             Some((index, forget))
         }

@@ -110,6 +110,26 @@ def test_stock_nix_copy_of_a_closure_works_and_is_recorded(
     top = recent[Path(closure.top).name]
     assert top["subject"] == "copier" and len(top["tokenId"]) == 32
     assert top["publishedAt"] > 0
+    # The same narinfo again, by someone else: it was already there, the record stands.
+    narinfo_path = f"/{hash_of(closure.top)}.narinfo"
+    text = request(worker, "GET", narinfo_path)[2]
+    assert request(worker, "PUT", narinfo_path, bearer(tokens.mint(subject="replayer")), text)[0] == 200
+    recent = {item["storePath"]: item for item in stats(worker, token, nix)["recent"]}
+    assert recent[Path(closure.top).name]["subject"] == "copier"
+
+
+def test_a_reference_seeded_behind_the_workers_back_is_adopted(
+        nix: Nix, worker: Worker, keys: Keys, tokens: Tokens, closure: Closure, tmp_path):
+    """The session's worker was filled with a closure before it started (its index never
+    saw it): a path referencing it is accepted, and the reference is indexed."""
+    app = run(["nix-build", "--no-out-link", "-E", APP_EXPR, "--argstr", "base", closure.top,
+               "--argstr", "salt", os.urandom(6).hex()], env=nix.env).stdout.strip()
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine {worker.host} login nix password {tokens.mint()}\n")
+    nix("copy", "--option", "netrc-file", str(netrc), "--to",
+        f"{worker.url}?secret-key={keys.secret_file}&compression=zstd", app)
+    assert narinfo_status(worker, app) == 200
+    assert hash_of(closure.top) not in missing(worker, tokens.mint(), [closure.top, app])
 
 
 def test_a_referenced_path_cannot_be_deleted_before_what_needs_it(
@@ -302,13 +322,16 @@ def test_reconcile_indexes_a_bucket_seeded_behind_the_workers_back(
     # An index entry whose narinfo left the bucket behind the worker's back.
     leaf = by_name(closure, "leaf")
     delete_object(persist, f"{hash_of(leaf)}.narinfo")
-    proc, url = start_worker(persist, variables)
+    proc, url = start_worker(persist, variables, extra_args=("--test-scheduled",))
     worker = Worker(url=url, host="127.0.0.1", port=int(url.rsplit(":", 1)[1]), persist=persist)
     try:
         assert missing(worker, token, closure.paths) == set(), "the index still believes it"
-        step = json.loads(run([str(CLI), "reconcile", "--json", "--cache", url], env=env).stdout)
-        assert (step["indexed"], step["removed"]) == (0, 1), step
+        # The hourly cron finds it.
+        with urllib.request.urlopen(f"{url}/__scheduled?cron=17+*+*+*+*", timeout=60) as r:
+            assert r.status == 200
         assert missing(worker, token, closure.paths) == {hash_of(leaf)}
+        step = json.loads(run([str(CLI), "reconcile", "--json", "--cache", url], env=env).stdout)
+        assert (step["indexed"], step["removed"]) == (0, 0), step
         assert stats(worker, token, nix)["paths"] == 2
         # The human summary reads the same numbers.
         text = run([str(CLI), "info", "--cache", url], env=env).stdout
