@@ -20,7 +20,7 @@ WORKER_SOURCES := $(shell find src -name '*.rs') www/index.html Cargo.toml Cargo
 help:
 	@echo "make dev     start the cache locally on http://127.0.0.1:8787 (installs what it needs)"
 	@echo "make test    run every test (installs what it needs)"
-	@echo "make bench   benchmarks against baselines; writes benches/RESULTS.md"
+	@echo "make bench   benchmarks against baselines; writes benches/RESULTS.md (BENCHES=\"worker index\" for some)"
 	@echo "make fuzz    every fuzz target for FUZZ_SECONDS (default 60) each (installs nightly)"
 	@echo "make deploy  build and deploy to your Cloudflare account (see README)"
 
@@ -56,7 +56,7 @@ test: setup
 	@$(MAKE) --no-print-directory lint unit e2e
 
 bench: setup worker
-	.venv/bin/python benches/run.py
+	.venv/bin/python benches/run.py $(BENCHES)
 
 fuzz: setup
 	@scripts/fuzz.sh

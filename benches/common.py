@@ -13,8 +13,19 @@ from conftest import MK, nix32_of_digest, nix_env, run, start_worker, stop_worke
 
 CLI_RELEASE = REPO / "target" / "release" / "nixflare"
 
-__all__ = ["CLI_RELEASE", "MK", "REPO", "Section", "nix32_of_digest", "nix_env", "run", "start_worker",
+__all__ = ["CLI_RELEASE", "MK", "REPO", "Section", "bench_keys", "nix32_of_digest", "nix_env", "run", "start_worker",
            "stop_worker"]
+
+
+def bench_keys(work: Path) -> dict:
+    """A signing key, a token key and a day's token, made with the release CLI."""
+    sk = work / "sign.sec"
+    public = run([str(CLI_RELEASE), "keygen", "bench-1", "--out", str(sk)]).stdout.strip()
+    admin = work / "admin.sec"
+    token_public = run([str(CLI_RELEASE), "keygen", "bench-tokens-1", "--out", str(admin)]).stdout.strip()
+    token = run([str(CLI_RELEASE), "token", "mint", "--key", str(admin), "--subject", "bench",
+                 "--expires-in", "1d"]).stdout.strip()
+    return {"secret_file": sk, "public": public, "token_public": token_public, "token": token}
 
 
 @dataclass

@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import CLI_RELEASE, REPO, Section, nix32_of_digest, nix_env, run, start_worker, stop_worker
+from common import (CLI_RELEASE, REPO, Section, bench_keys, nix32_of_digest, nix_env, run, start_worker,
+                    stop_worker)
 
 NOOP_PATHS = 2000
 ROUNDS = 3
@@ -31,16 +32,6 @@ let
   leaves = builtins.genList (i: builtins.toFile "noop-${salt}-${toString i}" "leaf ${toString i}\n") (builtins.fromJSON n);
 in builtins.toFile "noop-${salt}-root" (builtins.concatStringsSep "\n" leaves)
 """
-
-
-def keys(work: Path) -> dict:
-    sk = work / "sign.sec"
-    public = run([str(CLI_RELEASE), "keygen", "bench-1", "--out", str(sk)]).stdout.strip()
-    admin = work / "admin.sec"
-    token_public = run([str(CLI_RELEASE), "keygen", "bench-tokens-1", "--out", str(admin)]).stdout.strip()
-    token = run([str(CLI_RELEASE), "token", "mint", "--key", str(admin), "--subject", "bench",
-                 "--expires-in", "1d"]).stdout.strip()
-    return {"secret_file": sk, "public": public, "token_public": token_public, "token": token}
 
 
 def noop_push(work: Path, k: dict) -> tuple[int, list[float], list[float]]:
@@ -113,7 +104,7 @@ def bench() -> Section:
     work = Path(tempfile.mkdtemp(prefix="nixflare-bench-index-"))
     try:
         run(["cargo", "build", "--quiet", "--release", "--bin", "nixflare"], cwd=REPO)
-        k = keys(work)
+        k = bench_keys(work)
         paths, per_path, batch = noop_push(work, k)
         seconds, step, stats = reconcile(work, k)
     finally:

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import CLI_RELEASE, MK, Section, nix_env, run, start_worker, stop_worker
+from common import CLI_RELEASE, MK, Section, bench_keys, nix_env, run, start_worker, stop_worker
 
 BENCH_EXPR = r"""
 { salt }:
@@ -95,13 +95,8 @@ def bench() -> Section:
     try:
         env = nix_env(work / "home-build")
         run(["cargo", "build", "--quiet", "--release", "--bin", "nixflare"])
-        sk = work / "sign.sec"
-        public = run([str(CLI_RELEASE), "keygen", "bench-1", "--out", str(sk)]).stdout.strip()
-        admin = work / "admin.sec"
-        token_public = run([str(CLI_RELEASE), "keygen", "bench-tokens-1", "--out", str(admin)]).stdout.strip()
-        token = run([str(CLI_RELEASE), "token", "mint", "--key", str(admin), "--subject", "bench",
-                     "--expires-in", "1d"]).stdout.strip()
-        keys = {"public": public, "token_public": token_public}
+        keys = bench_keys(work)
+        sk, token = keys["secret_file"], keys["token"]
         top, count, nar_bytes = build_closure(env)
         print(f"push: closure of {count} paths, {nar_bytes / 2**20:.0f} MiB of NARs")
 

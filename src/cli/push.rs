@@ -249,7 +249,8 @@ fn skip_upstream(
     }
     let clients: Vec<Client> = upstreams
         .iter()
-        .map(|url| Client::new(url, None, options.attempts))
+        // An upstream that does not answer only means "push it": no long backoff.
+        .map(|url| Client::new(url, None, options.attempts.min(2)))
         .collect();
     let served = Mutex::new(HashSet::new());
     let unknown: Vec<usize> = lacking
