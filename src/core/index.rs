@@ -10,8 +10,8 @@
 //! - SQLite runs in the object's thread, next to the data: a batch query is one
 //!   statement over a JSON array (`json_each`), with no 100-parameter limit as in D1.
 //!
-//! Where it stops: one object holds 10 GB (about 20 million paths at the size measured
-//! in docs/index.md) and serialises every write; publishes are short (a few SQL
+//! Where it stops: one object holds 10 GB (an estimated 7-10 million paths of ~10
+//! references each; docs/index.md) and serialises every write; publishes are short (a few SQL
 //! statements each), so it stays far from its ~1,000 requests a second.
 //!
 //! This module holds what the worker and the object say to each other (each message
