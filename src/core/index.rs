@@ -153,6 +153,10 @@ pub enum Begun {
     Missing {
         missing: Vec<StorePathHash>,
     },
+    /// A delete of this very path is under way: try again once it is done.
+    Deleting {
+        deleting: crate::core::api::True,
+    },
 }
 
 /// `commit` / `abort` of a reservation; `now` is the publish time recorded.
@@ -399,6 +403,9 @@ mod tests {
             hashes: vec![entry.hash],
             upstreams: vec![],
             now: 5,
+        });
+        check(&Begun::Deleting {
+            deleting: crate::core::api::True,
         });
         check(&Begun::Missing {
             missing: vec![entry.hash],

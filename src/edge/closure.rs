@@ -40,13 +40,8 @@ pub async fn reserve(
     let missing = match index.begin(&begin).await? {
         Begun::Reserved { reservation } => return Ok(reservation),
         Begun::Missing { missing } => missing,
+        Begun::Deleting { .. } => return Err(being_deleted(narinfo)),
     };
-    if missing.contains(&begin.entry.hash) {
-        return Err(EdgeError::Busy(format!(
-            "{} is being deleted; send it again",
-            narinfo.store_path
-        )));
-    }
     // The first few are looked for in the bucket, then upstream; the rest upstream only,
     // where "absent" is not final (they may still be in the bucket): a later request
     // looks them up, after this one remembered what it found.
@@ -74,7 +69,15 @@ pub async fn reserve(
         ))),
         // Deleted between the two questions.
         Begun::Missing { missing } => Err(refused(&missing, narinfo)),
+        Begun::Deleting { .. } => Err(being_deleted(narinfo)),
     }
+}
+
+fn being_deleted(narinfo: &NarInfo) -> EdgeError {
+    EdgeError::Busy(format!(
+        "{} is being deleted; send it again",
+        narinfo.store_path
+    ))
 }
 
 fn refused(missing: &[StorePathHash], narinfo: &NarInfo) -> EdgeError {

@@ -212,7 +212,9 @@ impl Index {
             vec![string(begin.entry.hash), fresh_deletes.clone()],
         )?;
         if !deleting.is_empty() {
-            return text(&Begun::Missing { missing: deleting });
+            return text(&Begun::Deleting {
+                deleting: api::True,
+            });
         }
         // Correlated lookups: each reference is a few index probes, never a table scan.
         let missing = self.hashes(

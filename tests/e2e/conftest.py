@@ -357,6 +357,11 @@ def request(worker: Worker, method: str, path: str, headers: dict | None = None,
         conn.close()
 
 
+def field(narinfo: str, key: str) -> str:
+    """The value of a narinfo line `key: value`."""
+    return next(line.split(": ", 1)[1] for line in narinfo.splitlines() if line.startswith(key + ": "))
+
+
 def bearer(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
 

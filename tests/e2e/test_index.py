@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (CLI, MK, Closure, Keys, Nix, Tokens, Worker, bearer, build_closure, delete_object,
+from conftest import (CLI, field, MK, Closure, Keys, Nix, Tokens, Worker, bearer, build_closure, delete_object,
                       free_port, put_objects, request, run, start_worker, stop_worker)
 
 
@@ -27,10 +27,6 @@ def file_cache(nix: Nix, keys: Keys, top: str, directory: Path) -> Path:
 
 def narinfo_text(cache: Path, store_path: str) -> str:
     return (cache / f"{Path(store_path).name[:32]}.narinfo").read_text()
-
-
-def field(text: str, name: str) -> str:
-    return next(line.split(": ", 1)[1] for line in text.splitlines() if line.startswith(name + ": "))
 
 
 def publish(worker: Worker, cache: Path, store_path: str, token: str) -> tuple[int, bytes]:
@@ -275,6 +271,36 @@ def test_a_reference_neither_cache_has_is_refused_with_upstreams_declared(
     status, body = publish(with_upstream, cache, by_name(closure, "middle"), tokens.mint())
     assert status == 422 and Path(by_name(closure, "leaf")).name.encode() in body, body
     assert narinfo_status(with_upstream, by_name(closure, "middle")) == 404
+
+
+WIDE_EXPR = r"""
+{ salt, n }:
+let
+  leaves = builtins.genList (i: builtins.toFile "wide-${salt}-${toString i}" "leaf ${toString i}\n")
+    (builtins.fromJSON n);
+in builtins.toFile "wide-${salt}-root" (builtins.concatStringsSep "\n" leaves)
+"""
+
+
+def test_more_references_than_one_request_may_check_upstream_continue_on_retry(
+        nix: Nix, with_upstream: Worker, upstream: Upstream, keys: Keys, tokens: Tokens, tmp_path):
+    """45 references only the upstream serves: one request checks 40 (the Free plan's
+    subrequest budget) and answers 503; the retry checks the rest and publishes."""
+    root = run(["nix-instantiate", "--eval", "--read-write-mode", "-E", WIDE_EXPR, "--argstr", "salt",
+                os.urandom(6).hex(), "--argstr", "n", "45"], env=nix.env).stdout.strip().strip('"')
+    info = json.loads(nix("path-info", "--json", "--recursive", root).stdout)
+    leaves = sorted(({item["path"] for item in info} if isinstance(info, list) else set(info)) - {root})
+    assert len(leaves) == 45
+    nix("copy", "--to", f"file://{upstream.directory}?secret-key={keys.secret_file}&compression=zstd", *leaves)
+    cache = file_cache(nix, keys, root, tmp_path / "cache")
+    token = tokens.mint()
+
+    status, body = publish(with_upstream, cache, root, token)
+    assert status == 503 and b"send the narinfo again" in body, body
+    assert narinfo_status(with_upstream, root) == 404, "nothing published yet"
+    status, body = publish(with_upstream, cache, root, token)
+    assert status == 201, body
+    assert hash_of(root) not in missing(with_upstream, token, [root])
 
 
 # --- reconciling with the bucket ------------------------------------------------------

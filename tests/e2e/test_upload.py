@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (MAX_REQUEST_BYTES, MK, Closure, Keys, Nix, Tokens, Worker, bearer, build_closure, nix32_sha256,
+from conftest import (field, MAX_REQUEST_BYTES, MK, Closure, Keys, Nix, Tokens, Worker, bearer, build_closure, nix32_sha256,
                       request, run, CLI)
 
 ABSENT_NAR = "/nar/" + "1" * 52 + ".nar.xz"
@@ -99,10 +99,6 @@ def narinfo_of(cache: Path, store_path: str) -> tuple[str, str]:
     """(request path, text) of a store path's narinfo in a file cache."""
     name = f"{Path(store_path).name[:32]}.narinfo"
     return "/" + name, (cache / name).read_text()
-
-
-def field(narinfo: str, key: str) -> str:
-    return next(line.split(": ", 1)[1] for line in narinfo.splitlines() if line.startswith(key + ": "))
 
 
 @pytest.fixture(scope="module")
