@@ -9,9 +9,10 @@ use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 
 use super::client::{Body, Client, HttpError};
 use crate::core::api::{
-    CacheInfo, PartUploaded, PathQuery, PathQueryAnswer, ReconcileStep, Stats, UploadCompleted,
-    UploadCreated, Whoami,
+    CacheInfo, GcProgress, GcRequest, PartUploaded, PathQuery, PathQueryAnswer, Pin, PinRequest,
+    Pins, ReconcileStep, RootsRefreshed, Stats, UploadCompleted, UploadCreated, Whoami,
 };
+use crate::core::gc::PinName;
 use crate::core::http::Method;
 use crate::core::multipart::{render_part_list, Action, PartReceipt, UploadId};
 use crate::core::nix::nar_file::NarFile;
@@ -171,6 +172,76 @@ impl Client {
             404 | 405 => Ok(None),
             _ => Err(HttpError::new(Method::Post, &path, &reply).into()),
         }
+    }
+
+    /// POST `/_nixflare/roots`: these paths (at most
+    /// [`MAX_QUERY_HASHES`](crate::core::index::MAX_QUERY_HASHES)) were pushed again now.
+    /// `None` from a cache without retention.
+    pub fn refresh_roots(&self, hashes: &[StorePathHash]) -> Result<Option<RootsRefreshed>> {
+        let path = Route::Roots.to_string();
+        let body = serde_json::to_vec(&PathQuery {
+            hashes: hashes.to_vec(),
+        })?;
+        let reply = self.send(
+            Method::Post,
+            &path,
+            Some(Kind::Api.content_type()),
+            Body::Bytes(&body),
+        )?;
+        match reply.status {
+            200 => parse(&reply.body)
+                .map(Some)
+                .context("the cache's answer to a roots refresh is not what nixflare sends"),
+            404 | 405 => Ok(None),
+            _ => Err(HttpError::new(Method::Post, &path, &reply).into()),
+        }
+    }
+
+    /// GET `/_nixflare/pins`.
+    pub fn pins(&self) -> Result<Pins> {
+        let path = Route::Pins.to_string();
+        let reply = self.expect_success(Method::Get, &path, None, Body::Empty)?;
+        parse(&reply.body).context("the cache's pins are not what nixflare sends")
+    }
+
+    /// PUT `/_nixflare/pins/<name>`.
+    pub fn set_pin(&self, name: &PinName, request: &PinRequest) -> Result<Pin> {
+        let path = Route::Pin(name.clone()).to_string();
+        let body = serde_json::to_vec(request)?;
+        let reply = self.expect_success(
+            Method::Put,
+            &path,
+            Some(Kind::Api.content_type()),
+            Body::Bytes(&body),
+        )?;
+        parse(&reply.body).context("the cache's pin is not what nixflare sends")
+    }
+
+    /// DELETE `/_nixflare/pins/<name>`.
+    pub fn remove_pin(&self, name: &PinName) -> Result<()> {
+        let path = Route::Pin(name.clone()).to_string();
+        self.expect_success(Method::Delete, &path, None, Body::Empty)?;
+        Ok(())
+    }
+
+    /// GET `/_nixflare/gc`: a dry run's progress, with the plan once marked.
+    pub fn gc_plan(&self) -> Result<GcProgress> {
+        let path = Route::Gc.to_string();
+        let reply = self.expect_success(Method::Get, &path, None, Body::Empty)?;
+        parse(&reply.body).context("the cache's GC plan is not what nixflare sends")
+    }
+
+    /// POST `/_nixflare/gc`: steps of a pass.
+    pub fn gc_run(&self, start_up_to: u64) -> Result<GcProgress> {
+        let path = Route::Gc.to_string();
+        let body = serde_json::to_vec(&GcRequest { start_up_to })?;
+        let reply = self.expect_success(
+            Method::Post,
+            &path,
+            Some(Kind::Api.content_type()),
+            Body::Bytes(&body),
+        )?;
+        parse(&reply.body).context("the cache's GC progress is not what nixflare sends")
     }
 
     /// GET `/_nixflare/stats`.

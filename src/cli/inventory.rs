@@ -20,14 +20,14 @@ pub fn info(cache: &str, token: String, attempts: u32, json: bool) -> Result<()>
     Ok(())
 }
 
-fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// "3h ago"-style ages.
-fn age(then_ms: u64, now_ms: u64) -> String {
+pub fn age(then_ms: u64, now_ms: u64) -> String {
     let seconds = now_ms.saturating_sub(then_ms) / 1000;
     match seconds {
         0..=119 => format!("{seconds}s ago"),

@@ -12,6 +12,7 @@ mod parallel;
 mod pathinfo;
 mod progress;
 mod push;
+mod retention;
 mod spool;
 mod token;
 mod upload;
@@ -70,6 +71,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Keep closures whatever their age: named pins, movable to a new path (needs a
+    /// token with pin permission to change).
+    #[command(subcommand)]
+    Pin(PinCommand),
+    /// Garbage-collect the cache now: remove what no recent push and no pin keeps
+    /// (the cron does the same a little every hour). Needs delete permission.
+    Gc {
+        #[command(flatten)]
+        remote: Remote,
+        /// Remove nothing: show what a pass would remove, and by which rule.
+        #[arg(long)]
+        dry_run: bool,
+        /// The answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the nix.conf, flake and netrc lines for using a cache.
     Use {
         /// The cache's URL.
@@ -88,7 +105,7 @@ enum TokenCommand {
         /// Who the token is for; shown in the worker's logs.
         #[arg(long)]
         subject: String,
-        /// Comma-separated: read, write, overwrite, delete, revoke.
+        /// Comma-separated: read, write, overwrite, delete, revoke, pin.
         #[arg(long, default_value = "read,write")]
         permissions: String,
         /// Lifetime: a number with s, m, h or d (e.g. 90d).
@@ -107,6 +124,34 @@ enum TokenCommand {
     Revoke {
         /// The token to revoke, its 32-hex id (from `token inspect`), or - for stdin.
         target: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+enum PinCommand {
+    /// Pin a store path's closure under NAME (moving NAME if it pinned another path).
+    Add {
+        name: String,
+        /// A store path, or a symlink to one such as ./result; the cache must hold it.
+        store_path: String,
+        /// Hold for this many days only (default: until removed).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=36500))]
+        keep_days: Option<u64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List the pins.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a pin: its closure goes at a GC unless a recent push or another pin keeps it.
+    Remove {
+        name: String,
         #[command(flatten)]
         remote: Remote,
     },
@@ -134,6 +179,14 @@ struct Remote {
 }
 
 impl Remote {
+    fn client(&self) -> Result<client::Client> {
+        Ok(client::Client::new(
+            &self.cache,
+            Some(self.token()?),
+            self.attempts,
+        ))
+    }
+
     fn token(&self) -> Result<String> {
         auth::find_token(
             self.token.as_deref(),
@@ -272,6 +325,24 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Reconcile { remote, json } => {
             inventory::reconcile(&remote.cache, remote.token()?, remote.attempts, json)
+        }
+        Command::Gc {
+            remote,
+            dry_run: true,
+            json,
+        } => retention::plan(&remote.client()?, json),
+        Command::Gc { remote, json, .. } => retention::run(&remote.client()?, json),
+        Command::Pin(PinCommand::Add {
+            name,
+            store_path,
+            keep_days,
+            remote,
+        }) => retention::pin_add(&remote.client()?, &name, &store_path, keep_days),
+        Command::Pin(PinCommand::List { remote, json }) => {
+            retention::pin_list(&remote.client()?, json)
+        }
+        Command::Pin(PinCommand::Remove { name, remote }) => {
+            retention::pin_remove(&remote.client()?, &name)
         }
     }
 }

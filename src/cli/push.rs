@@ -201,10 +201,25 @@ fn query_batches(
     let unsupported = AtomicBool::new(false);
     parallel::try_for_each(&batches, jobs, |batch| {
         match client.query_missing(batch)? {
-            Some(answer) => answers
-                .lock()
-                .map_err(|_| anyhow!("poisoned"))?
-                .push(answer),
+            Some(mut answer) => {
+                // What the cache has is pushed again: GC roots from now (no NAR is
+                // sent). A path a GC removed since the query is missing after all.
+                let lacks: HashSet<&StorePathHash> = answer.missing.iter().collect();
+                let present: Vec<StorePathHash> = batch
+                    .iter()
+                    .filter(|h| !lacks.contains(h))
+                    .copied()
+                    .collect();
+                if !present.is_empty() {
+                    if let Some(refreshed) = client.refresh_roots(&present)? {
+                        answer.missing.extend(refreshed.missing);
+                    }
+                }
+                answers
+                    .lock()
+                    .map_err(|_| anyhow!("poisoned"))?
+                    .push(answer)
+            }
             None => unsupported.store(true, Ordering::Relaxed),
         }
         Ok(())

@@ -16,6 +16,12 @@
 //! | `POST /_nixflare/missing` ([`PathQuery`], any valid token) | [`PathQueryAnswer`] |
 //! | `GET /_nixflare/stats` (any valid token) | [`Stats`] |
 //! | `POST /_nixflare/reconcile` (write) | [`ReconcileStep`] |
+//! | `POST /_nixflare/roots` ([`PathQuery`], write) | [`RootsRefreshed`] |
+//! | `GET /_nixflare/pins` (any valid token) | [`Pins`] |
+//! | `PUT /_nixflare/pins/<name>` ([`PinRequest`], pin) | [`Pin`] |
+//! | `DELETE /_nixflare/pins/<name>` (pin) | 204, no body |
+//! | `GET /_nixflare/gc` (any valid token) | [`GcProgress`] with a plan once marked |
+//! | `POST /_nixflare/gc` ([`GcRequest`], delete) | [`GcProgress`] |
 //!
 //! Refusals are not JSON: a status and a one-line `text/plain` reason, the same for
 //! every request (Nix reads them too).
@@ -26,9 +32,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::core::config::CacheConfig;
+use crate::core::gc::PinName;
 use crate::core::multipart::{UploadId, MAX_OBJECT_BYTES, MAX_PARTS, MIN_PART_BYTES};
 use crate::core::nix::keys::PublicKey;
-use crate::core::nix::store_path::StorePathHash;
+use crate::core::nix::store_path::{StorePathBaseName, StorePathHash};
 use crate::core::token::{Permissions, TokenId, VerifiedToken};
 
 /// `GET /_nixflare/info`: what a client needs to know before it uploads.
@@ -210,6 +217,141 @@ pub struct ReconcileStep {
     pub after: String,
     /// This step finished a pass.
     pub pass_complete: bool,
+}
+
+/// The answer to `POST /_nixflare/roots`: the paths whose push time was set to now (they
+/// are GC roots for `RETAIN_DAYS` from now), and those the cache does not hold (a GC may
+/// have removed them since the push asked: push them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RootsRefreshed {
+    pub refreshed: u64,
+    pub missing: Vec<StorePathHash>,
+}
+
+/// `PUT /_nixflare/pins/<name>`: pin a path (a base name, `<hash>-<name>`) and its
+/// closure; the name moves if it pinned another path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PinRequest {
+    pub store_path: StorePathBaseName,
+    /// Days the pin holds; none: until removed.
+    pub keep_days: Option<u64>,
+}
+
+/// A pin, as the index holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pin {
+    pub name: PinName,
+    pub store_path: StorePathBaseName,
+    /// Unix milliseconds.
+    pub pinned_at: u64,
+    /// Unix milliseconds; none: until removed.
+    pub expires_at: Option<u64>,
+    pub subject: String,
+}
+
+/// `GET /_nixflare/pins`, by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pins {
+    pub pins: Vec<Pin>,
+}
+
+/// `POST /_nixflare/gc`: run steps of the pass under way; once it is done, start a new
+/// one only if its number would be at most `start_up_to` (0: never start one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GcRequest {
+    pub start_up_to: u64,
+}
+
+/// Where a GC pass is (`crate::core::gc` has the phases).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum GcPhase {
+    /// No pass has run yet.
+    Idle,
+    Seed,
+    Mark,
+    Budget,
+    Sweep,
+    Orphans,
+    Done,
+}
+
+/// One GC pass: what it was told, where it is, what it did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GcRun {
+    /// Passes are numbered from 1; 0 with [`GcPhase::Idle`].
+    pub run: u64,
+    pub phase: GcPhase,
+    /// Unix milliseconds. Paths pushed after this are never removed by this pass.
+    pub started_at: u64,
+    pub finished_at: Option<u64>,
+    /// Roots are paths pushed at or after this (`RETAIN_DAYS`); none: every path.
+    pub roots_since: Option<u64>,
+    pub budget_bytes: Option<u64>,
+    pub grace_ms: u64,
+    /// Paths and NAR bytes (FileSize) the pass keeps; known once marked.
+    pub kept_paths: u64,
+    pub kept_bytes: u64,
+    /// Pins alone hold more than the budget.
+    pub over_budget: bool,
+    /// Paths the pass found to go, and of them those removed.
+    pub doomed_paths: u64,
+    pub removed_paths: u64,
+    pub removed_bytes: u64,
+    /// Doomed paths a push, a new reference or a pin saved during the pass.
+    pub spared_paths: u64,
+    /// Objects the orphan listing removed (NARs, side files), and keys it looked at.
+    pub removed_objects: u64,
+    pub listed_keys: u64,
+}
+
+/// Why a dry run says a path would go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum GcRule {
+    /// No root pushed within `RETAIN_DAYS` and no live pin reaches it.
+    Retention,
+    /// Only roots older than those that fit `MAX_CACHE_BYTES` reach it.
+    Budget,
+}
+
+/// A path a pass would remove.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GcCandidate {
+    pub store_path: StorePathBaseName,
+    pub rule: GcRule,
+    pub file_size: u64,
+    /// The path's own last push (Unix milliseconds).
+    pub pushed_at: u64,
+}
+
+/// What the pass under way would remove, oldest push first (at most
+/// [`MAX_PLANNED`](crate::core::gc::MAX_PLANNED) listed; the counts are whole).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GcPlan {
+    pub paths: Vec<GcCandidate>,
+    pub path_count: u64,
+    pub path_bytes: u64,
+    /// Paths removed less than the grace period ago: their NARs and side files go
+    /// once it is over.
+    pub in_grace: u64,
+}
+
+/// The answer to `GET`/`POST /_nixflare/gc`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GcProgress {
+    pub run: GcRun,
+    /// Dry run only, once the pass under way has marked what it keeps.
+    pub plan: Option<GcPlan>,
 }
 
 /// The JSON text of a message, as the worker sends it.

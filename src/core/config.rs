@@ -24,6 +24,16 @@ pub mod var {
     /// narinfo may reference without this cache holding them, e.g.
     /// `https://cache.nixos.org`. Empty: this cache must hold every closure whole.
     pub const UPSTREAM_CACHES: &str = "UPSTREAM_CACHES";
+    /// Days a pushed path stays a GC root (its closure kept) after its last push.
+    /// Unset: roots never expire (only `MAX_CACHE_BYTES` and orphans remove anything).
+    pub const RETAIN_DAYS: &str = "RETAIN_DAYS";
+    /// Most bytes of NAR files the kept closures may take; past it the oldest unpinned
+    /// roots' closures go first. Unset: no budget.
+    pub const MAX_CACHE_BYTES: &str = "MAX_CACHE_BYTES";
+    /// Hours between removing a path's narinfo and removing its NAR and side files
+    /// (and before an unreferenced object counts as an orphan). At least
+    /// [`super::MIN_GC_GRACE_HOURS`]: longer than a narinfo lives in the edge cache.
+    pub const GC_GRACE_HOURS: &str = "GC_GRACE_HOURS";
     /// Tests only: seconds added to the time the cron sees (never to token expiry), so a
     /// test can age what the cron cleans up. Unset in a deployment.
     pub const TEST_CLOCK_OFFSET_SECONDS: &str = "TEST_CLOCK_OFFSET_SECONDS";
@@ -74,10 +84,21 @@ pub struct CacheConfig {
     pub test_clock_offset_seconds: u64,
     /// Caches a narinfo's references may come from (no trailing '/').
     pub upstream_caches: Vec<String>,
+    pub retain_days: Option<u64>,
+    pub max_cache_bytes: Option<u64>,
+    pub gc_grace_hours: u64,
 }
 
 /// Most upstream caches: each missing reference costs a HEAD per upstream.
 pub const MAX_UPSTREAM_CACHES: usize = 4;
+
+/// The shortest grace between a narinfo's removal and its NAR's: a narinfo lives a day
+/// in the edge cache (`Kind::Narinfo`'s Cache-Control), and no client may be told about
+/// a path whose NAR is gone.
+pub const MIN_GC_GRACE_HOURS: u64 = 25;
+/// Two days: a day of edge cache, and a day for a push that uploaded a NAR but not yet
+/// its narinfo.
+pub const DEFAULT_GC_GRACE_HOURS: u64 = 48;
 
 /// The shortest `ABANDONED_UPLOAD_SECONDS`: a client between two parts (a laptop lid
 /// closed for a minute) must not lose its upload to the cron.
@@ -98,6 +119,9 @@ impl Default for CacheConfig {
             max_open_uploads: crate::core::multipart::MAX_OPEN_UPLOADS,
             test_clock_offset_seconds: 0,
             upstream_caches: Vec::new(),
+            retain_days: None,
+            max_cache_bytes: None,
+            gc_grace_hours: DEFAULT_GC_GRACE_HOURS,
         }
     }
 }
@@ -193,6 +217,24 @@ impl CacheConfig {
                 .ok_or(ConfigError::Number {
                     name: var::MAX_OPEN_UPLOADS,
                 })?;
+        }
+        let at_least = |name: &'static str, minimum: u64| {
+            move |text: String| {
+                text.trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|&n| n >= minimum)
+                    .ok_or(ConfigError::AtLeast { name, minimum })
+            }
+        };
+        config.retain_days = get(var::RETAIN_DAYS)
+            .map(at_least(var::RETAIN_DAYS, 1))
+            .transpose()?;
+        config.max_cache_bytes = get(var::MAX_CACHE_BYTES)
+            .map(at_least(var::MAX_CACHE_BYTES, 1))
+            .transpose()?;
+        if let Some(hours) = get(var::GC_GRACE_HOURS) {
+            config.gc_grace_hours = at_least(var::GC_GRACE_HOURS, MIN_GC_GRACE_HOURS)(hours)?;
         }
         if let Some(list) = get(var::UPSTREAM_CACHES) {
             config.upstream_caches = parse_upstreams(&list)?;

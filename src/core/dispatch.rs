@@ -4,6 +4,7 @@
 
 use thiserror::Error;
 
+use crate::core::gc::PinName;
 use crate::core::http::Method;
 use crate::core::multipart::{Action, MultipartError};
 use crate::core::nix::nar_file::NarFile;
@@ -56,6 +57,18 @@ pub enum Operation {
     Stats,
     /// POST `_nixflare/reconcile`: one step of the reconcile pass.
     Reconcile,
+    /// GET/HEAD `_nixflare/gc`: what a GC pass would remove, and why (any valid token).
+    GcPlan,
+    /// POST `_nixflare/gc`: steps of a GC pass.
+    GcRun,
+    /// GET/HEAD `_nixflare/pins` (any valid token).
+    ListPins,
+    /// PUT `_nixflare/pins/<name>`: add or move a pin.
+    SetPin(PinName),
+    /// DELETE `_nixflare/pins/<name>`.
+    RemovePin(PinName),
+    /// POST `_nixflare/roots`: a push names its roots again.
+    RefreshRoots,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -87,7 +100,25 @@ pub fn plan(
         (_, Route::Stats) if read => guarded(Operation::Stats, Permissions::NONE),
         (Method::Post, Route::Missing) => guarded(Operation::QueryMissing, Permissions::NONE),
         (Method::Post, Route::Reconcile) => guarded(Operation::Reconcile, Permissions::WRITE),
-        (_, Route::Missing | Route::Reconcile) => Err(not_allowed(route)),
+        (_, Route::Gc) if read => guarded(Operation::GcPlan, Permissions::NONE),
+        (Method::Post, Route::Gc) => guarded(Operation::GcRun, Permissions::DELETE),
+        (_, Route::Pins) if read => guarded(Operation::ListPins, Permissions::NONE),
+        (Method::Put, Route::Pin(name)) => {
+            guarded(Operation::SetPin(name.clone()), Permissions::PIN)
+        }
+        (Method::Delete, Route::Pin(name)) => {
+            guarded(Operation::RemovePin(name.clone()), Permissions::PIN)
+        }
+        (Method::Post, Route::Roots) => guarded(Operation::RefreshRoots, Permissions::WRITE),
+        (
+            _,
+            Route::Missing
+            | Route::Reconcile
+            | Route::Gc
+            | Route::Pins
+            | Route::Pin(_)
+            | Route::Roots,
+        ) => Err(not_allowed(route)),
         (_, Route::Revocation(_) | Route::Upload(_)) if read => Err(not_allowed(route)),
         (_, _) if read => Ok(Plan::Public(Public::Serve)),
         (Method::Put, Route::CacheInfo) => guarded(Operation::KeepCacheInfo, Permissions::WRITE),
@@ -134,7 +165,10 @@ fn allowed_methods(route: &Route) -> &'static str {
         Route::LandingPage | Route::PublicKeys | Route::Info | Route::Whoami | Route::Stats => {
             "GET, HEAD"
         }
-        Route::Missing | Route::Reconcile => "POST",
+        Route::Missing | Route::Reconcile | Route::Roots => "POST",
+        Route::Gc => "GET, HEAD, POST",
+        Route::Pins => "GET, HEAD",
+        Route::Pin(_) => "PUT, DELETE",
         Route::Revocation(_) => "PUT",
         Route::Upload(_) => "POST, PUT, DELETE",
     }
@@ -190,6 +224,10 @@ mod tests {
             "/_nixflare/missing".into(),
             "/_nixflare/stats".into(),
             "/_nixflare/reconcile".into(),
+            "/_nixflare/gc".into(),
+            "/_nixflare/pins".into(),
+            "/_nixflare/pins/release".into(),
+            "/_nixflare/roots".into(),
         ]
         .iter()
         .map(|path| Route::parse(path).unwrap())
@@ -221,7 +259,8 @@ mod tests {
             for method in [Method::Get, Method::Head] {
                 if let Ok(plan) = plan(method, &route, Vec::new) {
                     let public = matches!(plan, Plan::Public(_));
-                    let guarded = [Route::Whoami, Route::Stats].contains(&route);
+                    let guarded =
+                        [Route::Whoami, Route::Stats, Route::Gc, Route::Pins].contains(&route);
                     assert_eq!(public, !guarded, "{route}");
                 }
             }

@@ -21,8 +21,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::api::{GcPlan, GcRun, Pin};
+use crate::core::gc::PinName;
 use crate::core::nix::narinfo::NarInfo;
-use crate::core::nix::store_path::StorePathHash;
+use crate::core::nix::store_path::{StorePathBaseName, StorePathHash};
 use crate::core::token::{TokenId, VerifiedToken};
 
 /// The Durable Object binding in wrangler.toml, and the one object's name.
@@ -106,7 +108,11 @@ impl Entry {
         Self {
             hash,
             name: narinfo.store_path.name().to_owned(),
-            nar: narinfo.url.clone(),
+            // The NAR's key as the bucket spells it, so the GC matches keys to paths.
+            nar: crate::core::nix::nar_file::NarFile::parse_url(&narinfo.url).map_or_else(
+                || narinfo.url.clone(),
+                |nar| crate::core::route::Route::Nar(nar).to_string(),
+            ),
             file_size: narinfo.file_size.unwrap_or(0),
             nar_size: narinfo.nar_size,
             references,
@@ -260,6 +266,112 @@ pub struct Cursor {
     pub moved: bool,
 }
 
+/// `roots`: paths a push names again; each present one's push time becomes `now`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Refresh {
+    pub hashes: Vec<StorePathHash>,
+    pub now: u64,
+}
+
+/// `pins/set`: add or move a pin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SetPin {
+    pub name: PinName,
+    pub store_path: StorePathBaseName,
+    pub expires_at: Option<u64>,
+    pub subject: String,
+    pub now: u64,
+}
+
+/// The answer to [`SetPin`]: the pin, or that the path is not in the cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PinSet {
+    Pinned { pin: Pin },
+    NotCached { absent: crate::core::api::True },
+}
+
+/// `pins/remove`; answers whether there was such a pin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemovePin {
+    pub name: PinName,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PinRemoved {
+    pub removed: bool,
+}
+
+/// `gc/step`: one bounded step of the pass under way, with the settings a new pass
+/// starts with (milliseconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GcStep {
+    /// A dry run: mark (nothing is deleted), then list what would go.
+    pub dry_run: bool,
+    /// Once the pass under way is done, start a new one only if its number would be at
+    /// most this.
+    pub start_up_to: u64,
+    pub retain_ms: Option<u64>,
+    pub budget_bytes: Option<u64>,
+    pub grace_ms: u64,
+    pub now: u64,
+}
+
+/// The answer to [`GcStep`]: what the worker must do next. `sweep`: narinfos to delete
+/// now, layer by layer (a layer only once the one before it is gone: nothing in a later
+/// layer is referenced by anything left), then report them with [`Swept`]. `list_after`:
+/// list the bucket after this key and send the page as an [`OrphanPage`]. `plan`: a dry
+/// run's answer. None of those: call again, unless the run is done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GcWork {
+    pub run: GcRun,
+    pub sweep: Vec<Vec<StorePathHash>>,
+    pub list_after: Option<String>,
+    pub plan: Option<GcPlan>,
+}
+
+/// `gc/swept`: these narinfos are deleted from R2.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Swept {
+    pub hashes: Vec<StorePathHash>,
+}
+
+/// One listed object. `points_to`: for debuginfo the NAR key it points into, for a
+/// realisation the hash of its output path (read by the worker; none if unreadable).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Listed {
+    pub key: String,
+    pub uploaded: u64,
+    pub points_to: Option<String>,
+}
+
+/// `gc/orphans`: a page of the bucket, keys in `(after, through]` (`through` none: to
+/// the end). Decided only if the pass's cursor is still at `after`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrphanPage {
+    pub after: String,
+    pub through: Option<String>,
+    pub objects: Vec<Listed>,
+    pub now: u64,
+}
+
+/// The keys of an [`OrphanPage`] to delete now (their NARs marked as being deleted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Orphans {
+    pub delete: Vec<String>,
+    pub run: GcRun,
+}
+
 /// The hash of a top-level key that is a narinfo (`<hash>.narinfo`).
 pub fn narinfo_key_hash(key: &str) -> Option<StorePathHash> {
     key.strip_suffix(".narinfo")?.parse().ok()
@@ -300,7 +412,8 @@ CREATE TABLE IF NOT EXISTS paths (
   deriver TEXT,
   published_at INTEGER NOT NULL,
   token_id TEXT,
-  subject TEXT
+  subject TEXT,
+  pushed_at INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS paths_by_time ON paths (published_at);
 CREATE TABLE IF NOT EXISTS refs (
@@ -336,7 +449,52 @@ CREATE TABLE IF NOT EXISTS meta (
   key TEXT PRIMARY KEY,
   value
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS reservations_by_hash ON reservations (hash);
+CREATE TABLE IF NOT EXISTS pins (
+  name TEXT PRIMARY KEY,
+  hash TEXT NOT NULL,
+  base TEXT NOT NULL,
+  pinned_at INTEGER NOT NULL,
+  expires_at INTEGER,
+  subject TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pins_by_hash ON pins (hash);
+CREATE TABLE IF NOT EXISTS removed (
+  hash TEXT PRIMARY KEY,
+  nar TEXT NOT NULL,
+  deriver TEXT,
+  removed_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS removed_by_nar ON removed (nar);
+CREATE INDEX IF NOT EXISTS removed_by_deriver ON removed (deriver);
+CREATE TABLE IF NOT EXISTS nar_deleting (
+  nar TEXT PRIMARY KEY,
+  at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS gc_mark (
+  hash TEXT PRIMARY KEY,
+  keep INTEGER NOT NULL,
+  expanded INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS gc_mark_frontier ON gc_mark (expanded, keep);
+CREATE TABLE IF NOT EXISTS gc_batch (
+  hash TEXT PRIMARY KEY,
+  keep INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS gc_doomed (
+  hash TEXT PRIMARY KEY,
+  rule TEXT NOT NULL
+) WITHOUT ROWID;
 ";
+
+/// Run after [`SCHEMA`], each on its own, errors ignored: brings an index made by an
+/// older worker up to the schema above (a column that exists already is an error).
+pub const MIGRATIONS: &[&str] = &[
+    "ALTER TABLE paths ADD COLUMN pushed_at INTEGER NOT NULL DEFAULT 0",
+    "UPDATE paths SET pushed_at = published_at WHERE pushed_at = 0",
+    "CREATE INDEX IF NOT EXISTS paths_by_nar ON paths (nar)",
+    "CREATE INDEX IF NOT EXISTS paths_by_deriver ON paths (deriver)",
+];
 
 #[cfg(test)]
 mod tests {
@@ -428,8 +586,90 @@ mod tests {
         check(&Advance {
             after: "a".into(),
             through: Some("b".into()),
-            adopt: vec![entry],
+            adopt: vec![entry.clone()],
             now: 2,
+        });
+        for dry_run in [true, false] {
+            check(&GcStep {
+                dry_run,
+                start_up_to: 7,
+                retain_ms: Some(1),
+                budget_bytes: None,
+                grace_ms: 3,
+                now: 4,
+            });
+        }
+        let run = GcRun {
+            run: 1,
+            phase: crate::core::api::GcPhase::Orphans,
+            started_at: 2,
+            finished_at: None,
+            roots_since: Some(1),
+            budget_bytes: Some(crate::core::gc::PINNED),
+            grace_ms: 3,
+            kept_paths: 4,
+            kept_bytes: 5,
+            over_budget: true,
+            doomed_paths: 6,
+            removed_paths: 7,
+            removed_bytes: 8,
+            spared_paths: 9,
+            removed_objects: 10,
+            listed_keys: 11,
+        };
+        let base: StorePathBaseName = "9s6ymh891cip8bvxjfkb8qpx4dz0hdj7-top".parse().unwrap();
+        check(&GcWork {
+            run: run.clone(),
+            sweep: vec![vec![entry.hash]],
+            list_after: Some("k".into()),
+            plan: Some(GcPlan {
+                paths: vec![crate::core::api::GcCandidate {
+                    store_path: base.clone(),
+                    rule: crate::core::api::GcRule::Budget,
+                    file_size: 1,
+                    pushed_at: 2,
+                }],
+                path_count: 1,
+                path_bytes: 1,
+                in_grace: 0,
+            }),
+        });
+        check(&Orphans {
+            delete: vec!["nar/x".into()],
+            run,
+        });
+        check(&OrphanPage {
+            after: String::new(),
+            through: None,
+            objects: vec![Listed {
+                key: "k".into(),
+                uploaded: 1,
+                points_to: Some("nar/x".into()),
+            }],
+            now: 2,
+        });
+        let pin = Pin {
+            name: "release".parse().unwrap(),
+            store_path: base.clone(),
+            pinned_at: 1,
+            expires_at: None,
+            subject: "ci".into(),
+        };
+        check(&PinSet::Pinned { pin: pin.clone() });
+        check(&PinSet::NotCached {
+            absent: crate::core::api::True,
+        });
+        check(&crate::core::api::Pins { pins: vec![pin] });
+        check(&SetPin {
+            name: "release".parse().unwrap(),
+            store_path: base,
+            expires_at: Some(3),
+            subject: "ci".into(),
+            now: 1,
+        });
+        check(&Refresh {
+            hashes: vec![entry.hash],
+            now: 1,
         });
     }
 

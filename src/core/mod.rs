@@ -41,6 +41,7 @@ pub mod api;
 pub mod config;
 mod corpus;
 pub mod dispatch;
+pub mod gc;
 pub mod http;
 pub mod index;
 pub mod json_read;

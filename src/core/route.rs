@@ -11,6 +11,7 @@
 
 use core::fmt;
 
+use crate::core::gc::PinName;
 use crate::core::nix::hash::Sha256;
 use crate::core::nix::nar_file::NarFile;
 use crate::core::nix::store_path::{check_name, StorePathBaseName, StorePathHash};
@@ -104,6 +105,16 @@ pub enum Route {
     /// `_nixflare/reconcile`: POST runs one step of the pass that makes the index match
     /// the bucket.
     Reconcile,
+    /// `_nixflare/gc`: GET shows what a GC pass would remove and why; POST runs steps
+    /// of one (`crate::core::gc`).
+    Gc,
+    /// `_nixflare/pins`: GET lists the GC pins.
+    Pins,
+    /// `_nixflare/pins/<name>`: PUT adds or moves a pin, DELETE removes it.
+    Pin(PinName),
+    /// `_nixflare/roots`: POST refreshes the GC roots a push named, even when every path
+    /// was already in the cache.
+    Roots,
 }
 
 /// What kind of object a route names: decides Content-Type and caching.
@@ -176,8 +187,14 @@ impl Route {
                 "missing" => Some(Route::Missing),
                 "stats" => Some(Route::Stats),
                 "reconcile" => Some(Route::Reconcile),
+                "gc" => Some(Route::Gc),
+                "pins" => Some(Route::Pins),
+                "roots" => Some(Route::Roots),
                 _ => None,
             },
+            [top, dir, name] if top == "_nixflare" && dir == "pins" => {
+                PinName::parse(name).map(Route::Pin)
+            }
             [dir, file] => Self::parse_in_dir(dir, file),
             [dir, drv, file] if dir == "build-trace-v2" => Some(Route::BuildTrace {
                 drv: DrvBaseName::parse(drv)?,
@@ -244,9 +261,15 @@ impl Route {
             | Route::DebugInfo(_) => Kind::Json,
             Route::Log(_) => Kind::Log,
             Route::Revocation(_) | Route::Upload(_) => Kind::Internal,
-            Route::Info | Route::Whoami | Route::Missing | Route::Stats | Route::Reconcile => {
-                Kind::Api
-            }
+            Route::Info
+            | Route::Whoami
+            | Route::Missing
+            | Route::Stats
+            | Route::Reconcile
+            | Route::Gc
+            | Route::Pins
+            | Route::Pin(_)
+            | Route::Roots => Kind::Api,
         }
     }
 }
@@ -279,6 +302,10 @@ impl fmt::Display for Route {
             Route::Missing => f.write_str("_nixflare/missing"),
             Route::Stats => f.write_str("_nixflare/stats"),
             Route::Reconcile => f.write_str("_nixflare/reconcile"),
+            Route::Gc => f.write_str("_nixflare/gc"),
+            Route::Pins => f.write_str("_nixflare/pins"),
+            Route::Pin(name) => write!(f, "_nixflare/pins/{name}"),
+            Route::Roots => f.write_str("_nixflare/roots"),
         }
     }
 }
@@ -368,6 +395,15 @@ mod tests {
         assert_eq!(round_trip("/_nixflare/missing"), Route::Missing);
         assert_eq!(round_trip("/_nixflare/stats"), Route::Stats);
         assert_eq!(round_trip("/_nixflare/reconcile"), Route::Reconcile);
+        assert_eq!(round_trip("/_nixflare/gc"), Route::Gc);
+        assert_eq!(round_trip("/_nixflare/pins"), Route::Pins);
+        assert_eq!(round_trip("/_nixflare/roots"), Route::Roots);
+        assert_eq!(
+            round_trip("/_nixflare/pins/release-24.05"),
+            Route::Pin("release-24.05".parse().unwrap())
+        );
+        assert_eq!(Route::parse("/_nixflare/pins/..%2fx"), None);
+        assert_eq!(Route::parse("/_nixflare/pins/.hidden"), None);
         assert_eq!(round_trip("/_nixflare/whoami").kind(), Kind::Api);
     }
 

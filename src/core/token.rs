@@ -89,15 +89,18 @@ impl Permissions {
     pub const DELETE: Permissions = Permissions(8);
     /// Revoke other tokens.
     pub const REVOKE: Permissions = Permissions(16);
+    /// Add, move and remove GC pins (`nixflare pin`).
+    pub const PIN: Permissions = Permissions(32);
 
-    const NAMES: [(Permissions, &'static str); 5] = [
+    const NAMES: [(Permissions, &'static str); 6] = [
         (Self::READ, "read"),
         (Self::WRITE, "write"),
         (Self::OVERWRITE, "overwrite"),
         (Self::DELETE, "delete"),
         (Self::REVOKE, "revoke"),
+        (Self::PIN, "pin"),
     ];
-    const ALL_BITS: u8 = 31;
+    const ALL_BITS: u8 = 63;
 
     pub fn contains(self, other: Permissions) -> bool {
         self.0 & other.0 == other.0

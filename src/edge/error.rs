@@ -12,6 +12,8 @@ use crate::core::storage::R2Error;
 pub enum EdgeError {
     /// Unknown path, malformed path, or no such object.
     NotFound,
+    /// Something a guarded request names is not there (a pin's path, a pin).
+    Absent(String),
     /// A method this path does not take; `allow` lists those it does.
     MethodNotAllowed { allow: &'static str },
     /// No usable token: missing, malformed, badly signed, expired or revoked.
@@ -111,6 +113,7 @@ impl EdgeError {
         match self {
             // Nix reads 404 as "absent": the one answer for anything missing.
             EdgeError::NotFound => (404, "not found".into()),
+            EdgeError::Absent(why) => (404, format!("not found: {why}")),
             EdgeError::UploadNotFound => (
                 404,
                 "no such upload (completed, aborted or expired): start a new one".into(),

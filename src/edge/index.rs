@@ -10,16 +10,21 @@ use worker::{
 };
 
 use super::json::from_json;
+
+mod gc;
 use crate::core::api::{self, PathQueryAnswer, Publish, ReconcileState, Stats};
 use crate::core::index::{
     Adopt, Advance, Begin, Begun, Cursor, Entry, Finish, Forget, Forgot, PageChecked, Query,
-    ReconcilePage, MAX_LISTED, RECONCILE_MARGIN_MS, SCHEMA, STALE_DELETE_MS, STALE_RESERVATION_MS,
-    UPSTREAM_MEMORY_MS,
+    ReconcilePage, MAX_LISTED, MIGRATIONS, RECONCILE_MARGIN_MS, SCHEMA, STALE_DELETE_MS,
+    STALE_RESERVATION_MS, UPSTREAM_MEMORY_MS,
 };
 use crate::core::nix::store_path::StorePathHash;
 
 const CURSOR_KEY: &str = "reconcile_after";
 const LAST_PASS_KEY: &str = "reconcile_last_pass_at";
+/// The schema version `MIGRATIONS` bring an older index up to.
+const SCHEMA_KEY: &str = "schema";
+const SCHEMA_VERSION: &str = "2";
 
 #[durable_object(fetch)]
 pub struct Index {
@@ -31,7 +36,14 @@ impl DurableObject for Index {
         let sql = state.storage().sql();
         // Idempotent; a failure here shows up on the first statement that needs a table.
         let _ = sql.exec(SCHEMA, None);
-        Self { sql }
+        let index = Self { sql };
+        if index.meta_text(SCHEMA_KEY).ok().flatten().as_deref() != Some(SCHEMA_VERSION) {
+            for statement in MIGRATIONS {
+                let _ = index.sql.exec(statement, None);
+            }
+            let _ = index.set_meta(SCHEMA_KEY, SCHEMA_VERSION.to_owned());
+        }
+        index
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
@@ -99,6 +111,13 @@ impl Index {
             "reconcile/page" => self.reconcile_page(message(body)?),
             "reconcile/advance" => self.advance(message(body)?),
             "adopt" => self.adopt_all(message(body)?),
+            "roots" => self.refresh(message(body)?),
+            "pins" => self.pins(),
+            "pins/set" => self.set_pin(message(body)?),
+            "pins/remove" => self.remove_pin(message(body)?),
+            "gc/step" => self.gc_step(message(body)?),
+            "gc/swept" => self.gc_swept(message(body)?),
+            "gc/orphans" => self.gc_orphans(message(body)?),
             _ => Err(format!("unknown index operation {op:?}")),
         }
     }
@@ -134,6 +153,35 @@ impl Index {
             .collect()
     }
 
+    fn exists(&self, query: &str, bindings: Vec<SqlStorageValue>) -> Result<bool, String> {
+        Ok(!self.rows::<CountRow>(query, bindings)?.is_empty())
+    }
+
+    /// Forgets published paths: their rows and references go, a delete marker stays
+    /// (no publish counts on them while R2 deletes their narinfos), and a record of the
+    /// removal keeps their NARs and side files for the GC's grace period.
+    fn remove_paths(&self, hashes: &[StorePathHash], now: u64) -> Result<(), String> {
+        let list = hash_array(hashes);
+        self.exec(
+            "INSERT OR REPLACE INTO removed (hash, nar, deriver, removed_at) \
+             SELECT hash, nar, deriver, ?2 FROM paths WHERE hash IN (SELECT value FROM json_each(?1))",
+            vec![list.clone(), integer(now)],
+        )?;
+        self.exec(
+            "DELETE FROM paths WHERE hash IN (SELECT value FROM json_each(?))",
+            vec![list.clone()],
+        )?;
+        self.exec(
+            "DELETE FROM refs WHERE referrer IN (SELECT value FROM json_each(?))",
+            vec![list.clone()],
+        )?;
+        self.exec(
+            "INSERT OR REPLACE INTO deleting (hash, at, done) SELECT value, ?2, 0 FROM json_each(?1)",
+            vec![list, integer(now)],
+        )?;
+        Ok(())
+    }
+
     fn count(&self, query: &str) -> Result<u64, String> {
         Ok(self
             .rows::<CountRow>(query, Vec::new())?
@@ -145,7 +193,7 @@ impl Index {
     fn record(&self, entry: &Entry) -> Result<(), String> {
         self.exec(
             "INSERT OR REPLACE INTO paths (hash, name, nar, file_size, nar_size, deriver, \
-             published_at, token_id, subject) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             published_at, token_id, subject, pushed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?7)",
             vec![
                 string(entry.hash),
                 string(&entry.name),
@@ -211,7 +259,13 @@ impl Index {
             "SELECT hash FROM deleting WHERE hash = ? AND done = 0 AND at > ?",
             vec![string(begin.entry.hash), fresh_deletes.clone()],
         )?;
-        if !deleting.is_empty() {
+        // Its NAR is being deleted by the GC (a NAR the publish found a moment ago):
+        // the retry finds it gone and uploads it again.
+        let nar_deleting = self.exists(
+            "SELECT 1 AS n FROM nar_deleting WHERE nar = ? AND at > ?",
+            vec![string(&begin.entry.nar), fresh_deletes.clone()],
+        )?;
+        if !deleting.is_empty() || nar_deleting {
             return text(&Begun::Deleting {
                 deleting: api::True,
             });
@@ -290,7 +344,13 @@ impl Index {
                         vec![string(entry.hash)],
                     )?
                     .is_empty();
-            if !keep {
+            if keep {
+                // Pushed again: a GC root anew.
+                self.exec(
+                    "UPDATE paths SET pushed_at = MAX(pushed_at, ?2) WHERE hash = ?1",
+                    vec![string(entry.hash), integer(finish.now)],
+                )?;
+            } else {
                 self.record(&entry)?;
             }
         }
@@ -323,18 +383,7 @@ impl Index {
         if !referrers.is_empty() {
             return text(&Forgot::Referenced { referrers });
         }
-        self.exec(
-            "DELETE FROM paths WHERE hash = ?",
-            vec![string(forget.hash)],
-        )?;
-        self.exec(
-            "DELETE FROM refs WHERE referrer = ?",
-            vec![string(forget.hash)],
-        )?;
-        self.exec(
-            "INSERT OR REPLACE INTO deleting (hash, at, done) VALUES (?, ?, 0)",
-            vec![string(forget.hash), integer(forget.now)],
-        )?;
+        self.remove_paths(&[forget.hash], forget.now)?;
         text(&Forgot::Forgotten {
             forgotten: api::True,
         })
@@ -483,6 +532,22 @@ impl Index {
         // `hash >= substr(key, 1, 32)` follows from `hash || '.narinfo' > key` (and `<=`
         // for the upper bound); stated, it lets SQLite walk the primary key over the
         // page's range instead of reading every row.
+        // Gone from the bucket: their NARs are kept for the GC's grace period too.
+        self.exec(
+            "INSERT OR REPLACE INTO removed (hash, nar, deriver, removed_at) \
+             SELECT hash, nar, deriver, ?3 FROM paths \
+             WHERE hash >= substr(?1, 1, 32) AND hash || '.narinfo' > ?1 \
+               AND (?2 IS NULL OR (hash <= substr(?2, 1, 32) AND hash || '.narinfo' <= ?2)) \
+               AND published_at < ?3 - ?5 \
+               AND hash NOT IN (SELECT value FROM json_each(?4))",
+            vec![
+                SqlStorageValue::String(page.after.clone()),
+                through.clone(),
+                integer(page.listed_at),
+                hash_array(&page.narinfos),
+                integer(RECONCILE_MARGIN_MS),
+            ],
+        )?;
         let removed = self.hashes(
             "DELETE FROM paths WHERE hash >= substr(?1, 1, 32) AND hash || '.narinfo' > ?1 \
                AND (?2 IS NULL OR (hash <= substr(?2, 1, 32) AND hash || '.narinfo' <= ?2)) \

@@ -8,9 +8,11 @@ use worker::{Env, Method, Request, RequestInit, Stub};
 use super::error::EdgeError;
 use super::json::from_json;
 use crate::core::api;
+use crate::core::api::RootsRefreshed;
 use crate::core::index::{
-    Adopt, Advance, Begin, Begun, Cursor, Finish, Forget, Forgot, PageChecked, Query,
-    ReconcilePage, BINDING, OBJECT_NAME,
+    Adopt, Advance, Begin, Begun, Cursor, Finish, Forget, Forgot, GcStep, GcWork, OrphanPage,
+    Orphans, PageChecked, PinRemoved, PinSet, Query, ReconcilePage, Refresh, RemovePin, SetPin,
+    Swept, BINDING, OBJECT_NAME,
 };
 
 pub struct IndexClient {
@@ -100,5 +102,34 @@ impl IndexClient {
 
     pub async fn advance(&self, advance: &Advance) -> Result<Cursor, EdgeError> {
         self.call("reconcile/advance", advance).await
+    }
+
+    pub async fn refresh(&self, refresh: &Refresh) -> Result<RootsRefreshed, EdgeError> {
+        self.call("roots", refresh).await
+    }
+
+    /// An `api::Pins`, passed on as the object wrote it.
+    pub async fn pins(&self) -> Result<String, EdgeError> {
+        self.call_text("pins", &api::True).await
+    }
+
+    pub async fn set_pin(&self, set: &SetPin) -> Result<PinSet, EdgeError> {
+        self.call("pins/set", set).await
+    }
+
+    pub async fn remove_pin(&self, remove: &RemovePin) -> Result<PinRemoved, EdgeError> {
+        self.call("pins/remove", remove).await
+    }
+
+    pub async fn gc_step(&self, step: &GcStep) -> Result<GcWork, EdgeError> {
+        self.call("gc/step", step).await
+    }
+
+    pub async fn gc_swept(&self, swept: &Swept) -> Result<(), EdgeError> {
+        self.call_text("gc/swept", swept).await.map(drop)
+    }
+
+    pub async fn gc_orphans(&self, page: &OrphanPage) -> Result<Orphans, EdgeError> {
+        self.call("gc/orphans", page).await
     }
 }

@@ -11,10 +11,12 @@ mod cleanup;
 mod closure;
 mod decode;
 mod error;
+mod gc;
 mod index;
 mod index_client;
 mod json;
 mod multipart;
+mod purge;
 mod queries;
 mod read;
 mod reconcile;
@@ -23,7 +25,8 @@ mod store;
 mod write;
 
 use worker::{
-    console_error, event, Bucket, Context, Env, Request, Response, ScheduleContext, ScheduledEvent,
+    console_error, console_log, event, Bucket, Context, Env, Request, Response, ScheduleContext,
+    ScheduledEvent,
 };
 
 use crate::core::api;
@@ -33,6 +36,7 @@ use crate::core::http::{query_pairs, Method};
 use crate::core::route::Route;
 use auth::Guarded;
 use error::EdgeError;
+use purge::EdgeCache;
 
 /// The R2 binding in wrangler.toml.
 const BUCKET_BINDING: &str = "BUCKET";
@@ -43,16 +47,21 @@ fn start() {
 }
 
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response> {
     let method = Method::parse(req.method().as_ref());
     let head_only = method == Method::Head;
-    match handle(req, method, &env).await {
+    match handle(req, method, &env, &ctx).await {
         Ok(response) => Ok(response),
         Err(err) => err.into_response(head_only),
     }
 }
 
-async fn handle(req: Request, method: Method, env: &Env) -> Result<Response, EdgeError> {
+async fn handle(
+    req: Request,
+    method: Method,
+    env: &Env,
+    ctx: &Context,
+) -> Result<Response, EdgeError> {
     // Routing first: a path that does not parse never reaches storage.
     let route = Route::parse(&req.path()).ok_or(EdgeError::NotFound)?;
     let head_only = method == Method::Head;
@@ -73,18 +82,24 @@ async fn handle(req: Request, method: Method, env: &Env) -> Result<Response, Edg
             response::json(200, api::render(&api::Whoami::of(&cache.token)), head_only)
         }
         Operation::KeepCacheInfo => write::keep_cache_info(&route, &cache),
-        Operation::Store => write::store(req, &route, &cache).await,
+        Operation::Store => write::store(req, &route, &cache, &EdgeCache::of(ctx)).await,
         Operation::Revoke(id) => write::revoke(id, &cache).await,
-        Operation::Delete => write::delete(&route, &cache).await,
+        Operation::Delete => write::delete(&route, &cache, &EdgeCache::of(ctx)).await,
         Operation::Upload(nar, action) => multipart::handle(req, nar, action, &cache).await,
         Operation::QueryMissing => queries::missing(req, &cache).await,
         Operation::Stats => queries::stats(&cache, head_only).await,
         Operation::Reconcile => queries::reconcile(&cache).await,
+        Operation::GcPlan => gc::plan(&cache, head_only).await,
+        Operation::GcRun => gc::run(req, &cache, &EdgeCache::of(ctx)).await,
+        Operation::ListPins => gc::list_pins(&cache, head_only).await,
+        Operation::SetPin(name) => gc::set_pin(req, &name, &cache).await,
+        Operation::RemovePin(name) => gc::remove_pin(&name, &cache).await,
+        Operation::RefreshRoots => gc::refresh_roots(req, &cache).await,
     }
 }
 
-/// Cron (`[triggers]` in wrangler.toml): cleans up abandoned multipart uploads, then
-/// takes a few steps of the reconcile pass.
+/// Cron (`[triggers]` in wrangler.toml): cleans up abandoned multipart uploads, takes a
+/// few steps of the reconcile pass, then of a GC pass.
 #[event(scheduled)]
 async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     let (config, bucket) = match (config(&env), bucket(&env)) {
@@ -100,6 +115,20 @@ async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     }
     if let Err(err) = reconcile_steps(&env, &bucket, &config, now).await {
         console_error!("reconcile failed: {err}");
+    }
+    let gc = match index_client::IndexClient::open(&env) {
+        Ok(index) => gc::cron(&bucket, &index, &config, config.clock_ms(now)).await,
+        Err(err) => Err(err),
+    };
+    match gc {
+        Ok(progress) => console_log!(
+            "gc: pass {} {:?}, {} paths and {} objects removed so far",
+            progress.run.run,
+            progress.run.phase,
+            progress.run.removed_paths,
+            progress.run.removed_objects
+        ),
+        Err(err) => console_error!("gc failed: {err}"),
     }
 }
 

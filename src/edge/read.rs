@@ -52,13 +52,13 @@ pub async fn serve(
             .execute()
             .await?
             .ok_or(EdgeError::NotFound)?;
-        let headers = object_headers(route.kind(), &object.http_etag())?;
+        let headers = object_headers(route.kind(), &key, &object.http_etag())?;
         headers.set("Content-Length", &object.size().to_string())?;
         return stream(object, headers, 200);
     }
     let meta = bucket.head(&key).await?.ok_or(EdgeError::NotFound)?;
     let (size, etag) = (meta.size(), meta.http_etag());
-    let headers = object_headers(route.kind(), &etag)?;
+    let headers = object_headers(route.kind(), &key, &etag)?;
     if if_none_match.is_some_and(|header| if_none_match_matches(&header, &etag)) {
         return Ok(Response::empty()?.with_status(304).with_headers(headers));
     }
@@ -114,11 +114,13 @@ async fn serve_range(
     }
 }
 
-/// Headers shared by every answer about a stored object.
-fn object_headers(kind: Kind, etag: &str) -> Result<Headers, EdgeError> {
+/// Headers shared by every answer about a stored object. `Cache-Tag` is its key: what
+/// a purge names when the object is deleted or replaced (`purge.rs`).
+fn object_headers(kind: Kind, key: &str, etag: &str) -> Result<Headers, EdgeError> {
     let headers = Headers::new();
     headers.set("Content-Type", kind.content_type())?;
     headers.set("Cache-Control", kind.cache_control())?;
+    headers.set("Cache-Tag", key)?;
     headers.set("ETag", etag)?;
     // Lets Nix resume an interrupted download (it checks for this header).
     headers.set("Accept-Ranges", "bytes")?;

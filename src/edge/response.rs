@@ -29,6 +29,8 @@ pub fn json(status: u16, rendered: String, head_only: bool) -> Result<Response, 
 #[derive(Debug)]
 pub enum Stored {
     Created,
+    /// Different bytes replaced what was there (overwrite): the edge cache is purged.
+    Replaced,
     /// The same bytes were already there (or, for `nix-cache-info`, nothing to store).
     Unchanged,
     Deleted,
@@ -37,7 +39,7 @@ pub enum Stored {
 impl Stored {
     pub fn into_response(self) -> Result<Response, EdgeError> {
         Ok(match self {
-            Stored::Created => Response::ok("stored\n")?.with_status(201),
+            Stored::Created | Stored::Replaced => Response::ok("stored\n")?.with_status(201),
             Stored::Unchanged => Response::ok("already stored\n")?,
             // 204 must have no body at all.
             Stored::Deleted => Response::empty()?.with_status(204),

@@ -81,7 +81,7 @@ pub async fn put_small(
                 .execute()
                 .await?;
             replaced
-                .map(|_| Stored::Created)
+                .map(|_| Stored::Replaced)
                 .ok_or_else(|| changed(key))
         }
     }
@@ -112,7 +112,7 @@ pub async fn put_stream(
             .execute()
             .await?;
         return replaced
-            .map(|_| Stored::Created)
+            .map(|_| Stored::Replaced)
             .ok_or_else(|| changed(key));
     }
     let stored = bucket

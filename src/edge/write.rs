@@ -7,6 +7,7 @@ use super::auth::Guarded;
 use super::body::{reject_content_encoding, small_body, stream_body, BodyKind};
 use super::closure;
 use super::error::EdgeError;
+use super::purge::EdgeCache;
 use super::response::Stored;
 use super::store;
 use crate::core::index::{Entry, Finish, Forget, Forgot};
@@ -17,7 +18,12 @@ use crate::core::route::Route;
 use crate::core::token::{TokenId, VerifiedToken};
 
 /// PUT of a protocol file (the core planned `Operation::Store` for this route).
-pub async fn store(req: Request, route: &Route, cache: &Guarded) -> Result<Response, EdgeError> {
+pub async fn store(
+    req: Request,
+    route: &Route,
+    cache: &Guarded,
+    edge: &EdgeCache,
+) -> Result<Response, EdgeError> {
     let outcome = match route {
         Route::Nar(nar) => store_nar(&req, nar, cache).await?,
         Route::Narinfo(hash) => store_narinfo(req, route, hash, cache).await?,
@@ -28,6 +34,9 @@ pub async fn store(req: Request, route: &Route, cache: &Guarded) -> Result<Respo
         },
     };
     log_write("PUT", route, &cache.token, &outcome);
+    if matches!(outcome, Stored::Replaced) {
+        edge.purge(&[route.to_string()]).await;
+    }
     outcome.into_response()
 }
 
@@ -158,7 +167,11 @@ pub async fn revoke(id: TokenId, cache: &Guarded) -> Result<Response, EdgeError>
 /// DELETE of a narinfo or NAR. A narinfo goes only when no other published (or
 /// being published) path references it: the index says, and marks it as being deleted
 /// so no publish counts on it meanwhile.
-pub async fn delete(route: &Route, cache: &Guarded) -> Result<Response, EdgeError> {
+pub async fn delete(
+    route: &Route,
+    cache: &Guarded,
+    edge: &EdgeCache,
+) -> Result<Response, EdgeError> {
     let forgotten = match route {
         Route::Narinfo(hash) => {
             let index = cache.index()?;
@@ -186,6 +199,7 @@ pub async fn delete(route: &Route, cache: &Guarded) -> Result<Response, EdgeErro
         _ => None,
     };
     cache.bucket.delete(route.to_string()).await?;
+    edge.purge(&[route.to_string()]).await;
     if let Some((index, forget)) = forgotten {
         index.forget_done(&forget).await?;
     }

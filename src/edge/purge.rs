@@ -1,0 +1,62 @@
+//! The edge cache (Workers Cache, `[cache]` in wrangler.toml) forgets what the worker
+//! deletes or replaces: every stored file is served with its key as `Cache-Tag`, and
+//! `ctx.cache.purge({ tags })` drops those tags everywhere. Where the platform offers no
+//! purge (`wrangler dev`, which does not emulate Workers Cache; the cron, whose context
+//! workers-rs 0.8.7 does not expose), a stale copy lives at most as long as its
+//! Cache-Control says: a day for a narinfo, which the GC's grace period outlasts
+//! (docs/gc.md).
+
+use js_sys::{Array, Function, Object, Promise, Reflect};
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
+use worker::console_error;
+
+/// Most tags one purge call names.
+const TAGS_PER_PURGE: usize = 100;
+
+pub struct EdgeCache {
+    /// `ctx.cache` and its `purge`, when the runtime has them.
+    purge: Option<(JsValue, Function)>,
+}
+
+impl EdgeCache {
+    pub fn of(ctx: &worker::Context) -> Self {
+        let context: &JsValue = ctx.as_ref();
+        let purge = Reflect::get(context, &"cache".into())
+            .ok()
+            .filter(|cache| cache.is_object())
+            .and_then(|cache| {
+                let purge = Reflect::get(&cache, &"purge".into()).ok()?;
+                Some((cache, purge.dyn_into::<Function>().ok()?))
+            });
+        Self { purge }
+    }
+
+    /// No purge available (the cron).
+    pub fn none() -> Self {
+        Self { purge: None }
+    }
+
+    /// Drops the keys' cached copies; failures are logged, never fatal (the copies
+    /// expire on their own).
+    pub async fn purge(&self, keys: &[String]) {
+        let Some((cache, purge)) = &self.purge else {
+            return;
+        };
+        for chunk in keys.chunks(TAGS_PER_PURGE) {
+            let tags: Array = chunk.iter().map(|key| JsValue::from_str(key)).collect();
+            let options = Object::new();
+            let _ = Reflect::set(&options, &"tags".into(), &tags);
+            let called = purge
+                .call1(cache, &options)
+                .and_then(|promise| promise.dyn_into::<Promise>());
+            let outcome = match called {
+                Ok(promise) => JsFuture::from(promise).await.map(drop),
+                Err(err) => Err(err),
+            };
+            if let Err(err) = outcome {
+                console_error!("edge cache purge failed: {err:?}");
+            }
+        }
+    }
+}
