@@ -55,6 +55,16 @@ fn describe(base: &str, stats: &Stats, now_ms: u64) -> String {
         after => format!(", a pass is past {after}"),
     };
     out += &format!("  reconcile:    {pass}{running}\n");
+    if let Some(gc) = &stats.gc {
+        let state = match (gc.phase, gc.finished_at) {
+            (crate::core::api::GcPhase::Done, Some(at)) => format!("done {}", age(at, now_ms)),
+            (phase, _) => format!("under way ({phase:?})"),
+        };
+        out += &format!(
+            "  gc:           pass {} {state}: {} paths and {} objects removed, {} paths kept\n",
+            gc.run, gc.removed_paths, gc.removed_objects, gc.kept_paths
+        );
+    }
     if !stats.recent.is_empty() {
         out += "  recent publishes:\n";
         for publish in &stats.recent {
@@ -147,6 +157,7 @@ mod tests {
                 after: String::new(),
                 last_pass_at: None,
             },
+            gc: None,
         };
         let text = describe("http://c", &stats, 7_201_000);
         assert!(text.contains("paths:        2\n"), "{text}");

@@ -172,39 +172,49 @@ fn describe_plan(base: &str, run: &GcRun, plan: &GcPlan, now_ms: u64) -> String 
 /// `nixflare gc`: finishes the pass under way, then runs a whole new one.
 pub fn run(client: &Client, json: bool) -> Result<()> {
     let started = Instant::now();
-    // Never starts a pass: only moves the one under way (if any) on.
-    let first = client.gc_run(0)?;
-    let target = first.run.run + 1;
+    let under_way = client
+        .stats()?
+        .gc
+        .filter(|run| run.phase != GcPhase::Done)
+        .map(|run| run.run);
+    let first = client.gc_run(0)?.run;
+    let target = first.run + 1;
     let mut requests = 1u64;
-    let run = loop {
+    let mut passes: Vec<GcRun> = Vec::new();
+    let finished_under_way = |run: &GcRun, passes: &mut Vec<GcRun>| {
+        if run.phase == GcPhase::Done && Some(run.run) == under_way && passes.is_empty() {
+            passes.push(run.clone());
+        }
+    };
+    finished_under_way(&first, &mut passes);
+    loop {
+        // Pass number `target` is started once the one under way is done.
         let progress = client.gc_run(target)?;
         requests += 1;
-        if progress.run.run >= target && progress.run.phase == GcPhase::Done {
-            break progress.run;
+        let run = progress.run;
+        finished_under_way(&run, &mut passes);
+        if run.run >= target && run.phase == GcPhase::Done {
+            passes.push(run);
+            break;
         }
         if !json && requests % 20 == 0 {
             eprintln!(
                 "  pass {} {:?}: {} paths, {} objects removed so far",
-                progress.run.run,
-                progress.run.phase,
-                progress.run.removed_paths,
-                progress.run.removed_objects
+                run.run, run.phase, run.removed_paths, run.removed_objects
             );
         }
-    };
+    }
     if json {
-        println!("{}", serde_json::to_string_pretty(&run)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "passes": passes }))?
+        );
         return Ok(());
     }
-    eprintln!(
-        "{}",
-        describe_run(
-            client.base(),
-            &run,
-            started.elapsed().as_secs_f64(),
-            requests
-        )
-    );
+    let seconds = started.elapsed().as_secs_f64();
+    for run in &passes {
+        eprintln!("{}", describe_run(client.base(), run, seconds, requests));
+    }
     Ok(())
 }
 

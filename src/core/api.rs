@@ -178,6 +178,9 @@ pub struct Stats {
     pub recent: Vec<Publish>,
     /// Where the reconcile pass stands.
     pub reconcile: ReconcileState,
+    /// The last or current GC pass (absent from workers without retention).
+    #[serde(default)]
+    pub gc: Option<GcRun>,
 }
 
 /// One publish, as the index recorded it.
@@ -475,6 +478,7 @@ mod tests {
                 after: String::new(),
                 last_pass_at: None,
             },
+            gc: None,
         });
         round_trip(ReconcileStep {
             listed: 1,

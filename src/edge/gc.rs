@@ -12,7 +12,7 @@ use super::index_client::IndexClient;
 use super::json::from_json;
 use super::purge::EdgeCache;
 use super::response;
-use crate::core::api::{self, GcPhase, GcProgress, GcRequest, PathQuery, PinRequest};
+use crate::core::api::{self, GcPhase, GcProgress, GcRequest, GcRun, PathQuery, PinRequest};
 use crate::core::config::CacheConfig;
 use crate::core::gc::{
     orphan_kind, side_file_target, OrphanKind, PinName, MAX_SIDE_FILE_READS, ORPHAN_PAGE_KEYS,
@@ -85,7 +85,11 @@ pub async fn steps(
             let hashes = work.sweep.concat();
             index.gc_swept(&Swept { hashes }).await?;
         } else if let Some(after) = &work.list_after {
-            orphan_step(bucket, index, after, now, edge).await?;
+            let run = orphan_step(bucket, index, after, now, edge).await?;
+            if run.phase == GcPhase::Done {
+                // A finished pass is reported; the next request starts another.
+                return Ok(GcProgress { run, plan: None });
+            }
         } else if work.plan.is_some() || matches!(work.run.phase, GcPhase::Idle | GcPhase::Done) {
             return Ok(GcProgress {
                 run: work.run,
@@ -107,7 +111,7 @@ async fn orphan_step(
     after: &str,
     now: u64,
     edge: &EdgeCache,
-) -> Result<(), EdgeError> {
+) -> Result<GcRun, EdgeError> {
     let mut list = bucket.list().limit(ORPHAN_PAGE_KEYS);
     if !after.is_empty() {
         list = list.start_after(after.to_owned());
@@ -157,7 +161,7 @@ async fn orphan_step(
         bucket.delete_multiple(orphans.delete.clone()).await?;
         edge.purge(&orphans.delete).await;
     }
-    Ok(())
+    Ok(orphans.run)
 }
 
 /// GET `_nixflare/gc`: a dry run.

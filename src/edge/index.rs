@@ -508,6 +508,7 @@ impl Index {
                     .meta_text(LAST_PASS_KEY)?
                     .and_then(|text| text.parse().ok()),
             },
+            gc: self.gc_run()?,
         })
     }
 

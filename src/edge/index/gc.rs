@@ -87,6 +87,12 @@ impl Index {
         }
     }
 
+    /// The last or current pass, for stats.
+    pub(super) fn gc_run(&self) -> Result<Option<GcRun>, String> {
+        let state = self.load_gc()?;
+        Ok((state.run.phase != GcPhase::Idle).then_some(state.run))
+    }
+
     fn save_gc(&self, state: &GcState) -> Result<(), String> {
         self.set_meta(GC_KEY, api::render(state))
     }
