@@ -25,7 +25,7 @@ def bench_keys(work: Path) -> dict:
     token_public = run([str(CLI_RELEASE), "keygen", "bench-tokens-1", "--out", str(admin)]).stdout.strip()
     token = run([str(CLI_RELEASE), "token", "mint", "--key", str(admin), "--subject", "bench",
                  "--expires-in", "1d"]).stdout.strip()
-    return {"secret_file": sk, "public": public, "token_public": token_public, "token": token}
+    return {"secret_file": sk, "public": public, "token_public": token_public, "token": token, "admin": admin}
 
 
 @dataclass

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import retention
 import index
 import push
 import worker_vs_baseline
@@ -32,7 +33,7 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB, Linux {platform.release()}, {nix}"
 
 
-BENCHES = {"worker": worker_vs_baseline.bench, "push": push.bench, "index": index.bench}
+BENCHES = {"worker": worker_vs_baseline.bench, "push": push.bench, "index": index.bench, "gc": retention.bench}
 
 
 def main() -> int:

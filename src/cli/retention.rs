@@ -100,7 +100,7 @@ fn describe_pins(pins: &Pins, now_ms: u64) -> String {
 /// `nixflare gc --dry-run`: marks (removing nothing) and shows what a pass would remove.
 pub fn plan(client: &Client, json: bool) -> Result<()> {
     let (run, plan) = loop {
-        let GcProgress { run, plan } = client.gc_plan()?;
+        let GcProgress { run, plan, .. } = client.gc_plan()?;
         match plan {
             Some(plan) => break (run, plan),
             None if matches!(run.phase, GcPhase::Idle | GcPhase::Done) => {
@@ -114,7 +114,9 @@ pub fn plan(client: &Client, json: bool) -> Result<()> {
             "{}",
             serde_json::to_string_pretty(&GcProgress {
                 run,
-                plan: Some(plan)
+                plan: Some(plan),
+                index_requests: 0,
+                r2_operations: 0,
             })?
         );
         return Ok(());
@@ -177,7 +179,10 @@ pub fn run(client: &Client, json: bool) -> Result<()> {
         .gc
         .filter(|run| run.phase != GcPhase::Done)
         .map(|run| run.run);
-    let first = client.gc_run(0)?.run;
+    let first = client.gc_run(0)?;
+    let mut index_requests = first.index_requests;
+    let mut r2_operations = first.r2_operations;
+    let first = first.run;
     let target = first.run + 1;
     let mut requests = 1u64;
     let mut passes: Vec<GcRun> = Vec::new();
@@ -191,6 +196,8 @@ pub fn run(client: &Client, json: bool) -> Result<()> {
         // Pass number `target` is started once the one under way is done.
         let progress = client.gc_run(target)?;
         requests += 1;
+        index_requests += progress.index_requests;
+        r2_operations += progress.r2_operations;
         let run = progress.run;
         finished_under_way(&run, &mut passes);
         if run.run >= target && run.phase == GcPhase::Done {
@@ -207,7 +214,12 @@ pub fn run(client: &Client, json: bool) -> Result<()> {
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "passes": passes }))?
+            serde_json::to_string_pretty(&serde_json::json!({
+                "passes": passes,
+                "requests": requests,
+                "indexRequests": index_requests,
+                "r2Operations": r2_operations,
+            }))?
         );
         return Ok(());
     }

@@ -355,6 +355,12 @@ pub struct GcProgress {
     pub run: GcRun,
     /// Dry run only, once the pass under way has marked what it keeps.
     pub plan: Option<GcPlan>,
+    /// What this request cost: requests to the index, and R2 operations (lists,
+    /// deletes, side-file reads; the token's revocation check not counted).
+    #[serde(default)]
+    pub index_requests: u64,
+    #[serde(default)]
+    pub r2_operations: u64,
 }
 
 /// The JSON text of a message, as the worker sends it.

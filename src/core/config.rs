@@ -49,6 +49,8 @@ pub enum ConfigError {
     Number { name: &'static str },
     #[error("{name} must be a whole number of at least {minimum}")]
     AtLeast { name: &'static str, minimum: u64 },
+    #[error("{name} must be at most {maximum}")]
+    AtMost { name: &'static str, maximum: u64 },
     #[error("{name} entry {index}: {source}")]
     Key {
         name: &'static str,
@@ -227,14 +229,30 @@ impl CacheConfig {
                     .ok_or(ConfigError::AtLeast { name, minimum })
             }
         };
+        // Bounded so every time and size stays an exact JSON number (2^53).
+        let at_most = |name: &'static str, maximum: u64| {
+            move |n: u64| {
+                (n <= maximum)
+                    .then_some(n)
+                    .ok_or(ConfigError::AtMost { name, maximum })
+            }
+        };
         config.retain_days = get(var::RETAIN_DAYS)
             .map(at_least(var::RETAIN_DAYS, 1))
+            .transpose()?
+            .map(at_most(var::RETAIN_DAYS, 36_500))
             .transpose()?;
         config.max_cache_bytes = get(var::MAX_CACHE_BYTES)
             .map(at_least(var::MAX_CACHE_BYTES, 1))
+            .transpose()?
+            .map(at_most(var::MAX_CACHE_BYTES, (1 << 53) - 1))
             .transpose()?;
         if let Some(hours) = get(var::GC_GRACE_HOURS) {
-            config.gc_grace_hours = at_least(var::GC_GRACE_HOURS, MIN_GC_GRACE_HOURS)(hours)?;
+            config.gc_grace_hours =
+                at_most(var::GC_GRACE_HOURS, 24 * 36_500)(at_least(
+                    var::GC_GRACE_HOURS,
+                    MIN_GC_GRACE_HOURS,
+                )(hours)?)?;
         }
         if let Some(list) = get(var::UPSTREAM_CACHES) {
             config.upstream_caches = parse_upstreams(&list)?;
@@ -319,6 +337,37 @@ mod tests {
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| v.to_string())
         })
+    }
+
+    #[test]
+    fn retention_settings_are_bounded() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let config = CacheConfig::from_vars(vars(&[
+            (var::RETAIN_DAYS, "30"),
+            (var::MAX_CACHE_BYTES, "1000"),
+        ]))
+        .unwrap();
+        assert_eq!(config.retain_days, Some(30));
+        assert_eq!(config.max_cache_bytes, Some(1000));
+        assert_eq!(config.gc_grace_hours, DEFAULT_GC_GRACE_HOURS);
+        let defaults = CacheConfig::from_vars(vars(&[(var::RETAIN_DAYS, "")])).unwrap();
+        assert_eq!((defaults.retain_days, defaults.max_cache_bytes), (None, None));
+        for bad in [
+            &[(var::RETAIN_DAYS, "0")][..],
+            &[(var::RETAIN_DAYS, "36501")],
+            &[(var::MAX_CACHE_BYTES, "9007199254740992")],
+            &[(var::GC_GRACE_HOURS, "24")],
+            &[(var::GC_GRACE_HOURS, "x")],
+        ] {
+            assert!(CacheConfig::from_vars(vars(bad)).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub enum Operation {
     Stats,
     /// POST `_nixflare/reconcile`: one step of the reconcile pass.
     Reconcile,
-    /// GET/HEAD `_nixflare/gc`: what a GC pass would remove, and why (any valid token).
+    /// GET/HEAD `_nixflare/gc`: what a GC pass would remove, and why.
     GcPlan,
     /// POST `_nixflare/gc`: steps of a GC pass.
     GcRun,
@@ -100,7 +100,8 @@ pub fn plan(
         (_, Route::Stats) if read => guarded(Operation::Stats, Permissions::NONE),
         (Method::Post, Route::Missing) => guarded(Operation::QueryMissing, Permissions::NONE),
         (Method::Post, Route::Reconcile) => guarded(Operation::Reconcile, Permissions::WRITE),
-        (_, Route::Gc) if read => guarded(Operation::GcPlan, Permissions::NONE),
+        // A dry run marks (work on the one index): an operator's, like a pass.
+        (_, Route::Gc) if read => guarded(Operation::GcPlan, Permissions::DELETE),
         (Method::Post, Route::Gc) => guarded(Operation::GcRun, Permissions::DELETE),
         (_, Route::Pins) if read => guarded(Operation::ListPins, Permissions::NONE),
         (Method::Put, Route::Pin(name)) => {

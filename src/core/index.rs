@@ -460,10 +460,11 @@ CREATE TABLE IF NOT EXISTS pins (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS pins_by_hash ON pins (hash);
 CREATE TABLE IF NOT EXISTS removed (
-  hash TEXT PRIMARY KEY,
+  hash TEXT NOT NULL,
   nar TEXT NOT NULL,
   deriver TEXT,
-  removed_at INTEGER NOT NULL
+  removed_at INTEGER NOT NULL,
+  PRIMARY KEY (hash, nar)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS removed_by_nar ON removed (nar);
 CREATE INDEX IF NOT EXISTS removed_by_deriver ON removed (deriver);
@@ -480,6 +481,10 @@ CREATE INDEX IF NOT EXISTS gc_mark_frontier ON gc_mark (expanded, keep);
 CREATE TABLE IF NOT EXISTS gc_batch (
   hash TEXT PRIMARY KEY,
   keep INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS gc_pending (
+  hash TEXT PRIMARY KEY,
+  layer INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS gc_doomed (
   hash TEXT PRIMARY KEY,

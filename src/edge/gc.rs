@@ -12,7 +12,9 @@ use super::index_client::IndexClient;
 use super::json::from_json;
 use super::purge::EdgeCache;
 use super::response;
-use crate::core::api::{self, GcPhase, GcProgress, GcRequest, GcRun, PathQuery, PinRequest};
+use crate::core::api::{
+    self, GcPhase, GcPlan, GcProgress, GcRequest, GcRun, PathQuery, PinRequest,
+};
 use crate::core::config::CacheConfig;
 use crate::core::gc::{
     orphan_kind, side_file_target, OrphanKind, PinName, MAX_SIDE_FILE_READS, ORPHAN_PAGE_KEYS,
@@ -61,15 +63,14 @@ pub async fn steps(
         now,
     };
     let mut progress = None;
+    let mut cost = Cost::default();
     for _ in 0..STEPS_PER_REQUEST {
         let work = index.gc_step(&step).await?;
+        cost.index += 1;
         if dry_run {
             // Never acts: only marks, then reports.
             if work.plan.is_some() || matches!(work.run.phase, GcPhase::Idle | GcPhase::Done) {
-                return Ok(GcProgress {
-                    run: work.run,
-                    plan: work.plan,
-                });
+                return Ok(cost.of(work.run, work.plan));
             }
         } else if !work.sweep.is_empty() {
             // Top of each closure first: a narinfo goes only once nothing left refers
@@ -80,28 +81,44 @@ pub async fn steps(
                     .map(|hash| Route::Narinfo(*hash).to_string())
                     .collect();
                 bucket.delete_multiple(keys.clone()).await?;
+                cost.r2 += 1;
                 edge.purge(&keys).await;
             }
             let hashes = work.sweep.concat();
             index.gc_swept(&Swept { hashes }).await?;
+            cost.index += 1;
         } else if let Some(after) = &work.list_after {
-            let run = orphan_step(bucket, index, after, now, edge).await?;
+            let run = orphan_step(bucket, index, after, now, edge, &mut cost).await?;
             if run.phase == GcPhase::Done {
                 // A finished pass is reported; the next request starts another.
-                return Ok(GcProgress { run, plan: None });
+                return Ok(cost.of(run, None));
             }
         } else if work.plan.is_some() || matches!(work.run.phase, GcPhase::Idle | GcPhase::Done) {
-            return Ok(GcProgress {
-                run: work.run,
-                plan: work.plan,
-            });
+            return Ok(cost.of(work.run, work.plan));
         }
-        progress = Some(GcProgress {
-            run: work.run,
-            plan: None,
-        });
+        progress = Some(work.run);
     }
-    progress.ok_or_else(|| EdgeError::Index("no GC step was taken".into()))
+    progress
+        .map(|run| cost.of(run, None))
+        .ok_or_else(|| EdgeError::Index("no GC step was taken".into()))
+}
+
+/// What a request spent, reported with its progress.
+#[derive(Default)]
+struct Cost {
+    index: u64,
+    r2: u64,
+}
+
+impl Cost {
+    fn of(&self, run: GcRun, plan: Option<GcPlan>) -> GcProgress {
+        GcProgress {
+            run,
+            plan,
+            index_requests: self.index,
+            r2_operations: self.r2,
+        }
+    }
 }
 
 /// One page of the bucket: the index says which keys are orphans past their grace.
@@ -111,12 +128,14 @@ async fn orphan_step(
     after: &str,
     now: u64,
     edge: &EdgeCache,
+    cost: &mut Cost,
 ) -> Result<GcRun, EdgeError> {
     let mut list = bucket.list().limit(ORPHAN_PAGE_KEYS);
     if !after.is_empty() {
         list = list.start_after(after.to_owned());
     }
     let page = list.execute().await?;
+    cost.r2 += 1;
     let mut objects = Vec::new();
     let mut reads = 0;
     for object in page.objects() {
@@ -128,6 +147,7 @@ async fn orphan_step(
             && reads < MAX_SIDE_FILE_READS;
         if readable {
             reads += 1;
+            cost.r2 += 1;
             if let Some(stored) = bucket.get(&key).execute().await? {
                 if let Some(body) = stored.body() {
                     points_to = side_file_target(&kind, &body.bytes().await?);
@@ -157,8 +177,10 @@ async fn orphan_step(
             now,
         })
         .await?;
+    cost.index += 1;
     if !orphans.delete.is_empty() {
         bucket.delete_multiple(orphans.delete.clone()).await?;
+        cost.r2 += 1;
         edge.purge(&orphans.delete).await;
     }
     Ok(orphans.run)

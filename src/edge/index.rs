@@ -191,6 +191,16 @@ impl Index {
 
     /// Records a published path, replacing what was recorded before.
     fn record(&self, entry: &Entry) -> Result<(), String> {
+        // A replacement with another NAR: the old one keeps the GC's grace period.
+        self.exec(
+            "INSERT OR REPLACE INTO removed (hash, nar, deriver, removed_at) \
+             SELECT hash, nar, deriver, ?3 FROM paths WHERE hash = ?1 AND nar != ?2",
+            vec![
+                string(entry.hash),
+                string(&entry.nar),
+                integer(entry.published_at),
+            ],
+        )?;
         self.exec(
             "INSERT OR REPLACE INTO paths (hash, name, nar, file_size, nar_size, deriver, \
              published_at, token_id, subject, pushed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?7)",
@@ -344,6 +354,7 @@ impl Index {
                         vec![string(entry.hash)],
                     )?
                     .is_empty();
+            self.touch(&[entry.hash], finish.now)?;
             if keep {
                 // Pushed again: a GC root anew.
                 self.exec(

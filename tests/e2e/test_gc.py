@@ -156,14 +156,15 @@ def test_retention_pins_grace_and_races(nix: Nix, keys: Keys, tokens: Tokens, ma
 
     # Day 40: A (pushed 20 days ago) and B (pinned) stay; C and D are past RETAIN_DAYS.
     worker = cache.start(40)
-    plan = json.loads(cli(nix, worker, writer, "gc", "--dry-run", "--json").stdout)
+    plan = json.loads(cli(nix, worker, operator, "gc", "--dry-run", "--json").stdout)
     planned = {c["storePath"]: c["rule"] for c in plan["plan"]["paths"]}
     doomed = {tops["c"], own["c"], tops["d"], own["d"]}
     assert set(planned) == {Path(p).name for p in doomed}, planned
     assert set(planned.values()) == {"retention"}
     assert all(narinfo_status(worker, p) == 200 for p in doomed), "a dry run removed something"
-    denied = cli(nix, worker, writer, "gc", check=False)
-    assert denied.returncode != 0 and "delete permission" in denied.stderr, denied.stderr
+    for args in (["gc"], ["gc", "--dry-run"]):
+        denied = cli(nix, worker, writer, *args, check=False)
+        assert denied.returncode != 0 and "delete permission" in denied.stderr, denied.stderr
     # Between that mark and the sweep: D is pushed again, and a new path starts to
     # reference C's own path (stock Nix: it finds own-c there and uploads only the new one).
     push(nix, worker, keys, writer, spool, tops["d"])
@@ -190,7 +191,7 @@ def test_retention_pins_grace_and_races(nix: Nix, keys: Keys, tokens: Tokens, ma
     # Day 41: within the grace period, the hourly cron runs a pass: the NAR stays.
     worker = cache.start(41)
     assert request(worker, "GET", "/__scheduled?cron=17+*+*+*+*")[0] == 200
-    state = json.loads(cli(nix, worker, writer, "gc", "--dry-run", "--json").stdout)
+    state = json.loads(cli(nix, worker, operator, "gc", "--dry-run", "--json").stdout)
     assert state["run"]["run"] >= 4, state
     assert nars[tops["c"]] in list_keys(cache.persist, "nar/")
 
@@ -266,7 +267,7 @@ def test_the_size_budget_drops_the_oldest_roots_first(nix: Nix, keys: Keys, toke
     # No RETAIN_DAYS: only the budget removes anything. Exactly the two newest closures fit.
     cache.variables["MAX_CACHE_BYTES"] = str(budget)
     worker = cache.start(3)
-    plan = json.loads(cli(nix, worker, writer, "gc", "--dry-run", "--json").stdout)
+    plan = json.loads(cli(nix, worker, operator, "gc", "--dry-run", "--json").stdout)
     oldest_only = set(closure(nix, tops[0])) - newest_two
     assert {c["storePath"] for c in plan["plan"]["paths"]} == {Path(p).name for p in oldest_only}
     assert {c["rule"] for c in plan["plan"]["paths"]} == {"budget"}

@@ -19,6 +19,8 @@ use crate::core::index::{
 use crate::core::nix::store_path::{StorePathBaseName, StorePathHash};
 
 const GC_KEY: &str = "gc";
+/// Counters stay exact JSON numbers (the state travels through `JSON.parse`).
+const MAX_JSON_INTEGER: u64 = (1 << 53) - 1;
 
 /// What the object remembers of the pass under way.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,6 +113,7 @@ impl Index {
              WHERE hash IN (SELECT value FROM json_each(?1)) RETURNING hash",
             vec![hash_array(&refresh.hashes), integer(refresh.now)],
         )?;
+        self.touch(&refreshed, refresh.now)?;
         let missing = refresh
             .hashes
             .iter()
@@ -121,6 +124,28 @@ impl Index {
             refreshed: refreshed.len() as u64,
             missing,
         })
+    }
+
+    /// Paths pushed (or pushed again) now: a pass under way keeps them, whatever the
+    /// clocks of the requests say. Marked roots if the mark is still running, never
+    /// doomed if it is done.
+    pub(super) fn touch(&self, hashes: &[StorePathHash], now: u64) -> Result<(), String> {
+        let list = hash_array(hashes);
+        let spared = self.hashes(
+            "DELETE FROM gc_doomed WHERE hash IN (SELECT value FROM json_each(?)) RETURNING hash",
+            vec![list.clone()],
+        )?;
+        if !spared.is_empty() {
+            let mut state = self.load_gc()?;
+            state.run.spared_paths += spared.len() as u64;
+            self.save_gc(&state)?;
+        }
+        self.exec(
+            "UPDATE gc_mark SET keep = ?2, expanded = 0 \
+             WHERE hash IN (SELECT value FROM json_each(?1)) AND keep < ?2",
+            vec![list, integer(now.max(1))],
+        )?;
+        Ok(())
     }
 
     pub(super) fn pins(&self) -> Answer {
@@ -209,8 +234,8 @@ impl Index {
             return text(&answer);
         }
         let start = match state.run.phase {
-            // A dry run marks afresh unless a mark is under way or ready.
-            GcPhase::Orphans => step.dry_run,
+            // A dry run marks afresh when no pass is under way; one that is past its
+            // sweep (removing orphans) is left to finish: its plan is empty.
             GcPhase::Idle | GcPhase::Done => step.dry_run || state.run.run < step.start_up_to,
             _ => false,
         };
@@ -225,6 +250,14 @@ impl Index {
             GcPhase::Budget => self.cut(&mut state)?,
             GcPhase::Sweep if step.dry_run => answer.plan = Some(self.plan(&state, step.now)?),
             GcPhase::Sweep => answer.sweep = self.sweep(&mut state, step.now)?,
+            GcPhase::Orphans if step.dry_run => {
+                answer.plan = Some(GcPlan {
+                    paths: Vec::new(),
+                    path_count: 0,
+                    path_bytes: 0,
+                    in_grace: self.in_grace(step.now.saturating_sub(state.run.grace_ms))?,
+                })
+            }
             GcPhase::Orphans => answer.list_after = Some(state.cursor.clone()),
         }
         self.save_gc(&state)?;
@@ -233,7 +266,7 @@ impl Index {
     }
 
     fn start_gc(&self, number: u64, step: &GcStep) -> Result<GcState, String> {
-        for table in ["gc_mark", "gc_doomed", "gc_batch"] {
+        for table in ["gc_mark", "gc_doomed", "gc_batch", "gc_pending"] {
             self.exec(&format!("DELETE FROM {table}"), Vec::new())?;
         }
         let mut state = GcState::idle();
@@ -258,9 +291,13 @@ impl Index {
     fn seed(&self, state: &mut GcState, now: u64) -> Result<(), String> {
         let page = "SELECT hash, pushed_at FROM paths WHERE hash > ?1 ORDER BY hash LIMIT ?2";
         self.exec(
+            // Every path the seed sees is recorded (0: seen, not a root): only those can
+            // be doomed, so a path published after the seed passed its hash never is.
             &format!(
                 "INSERT OR IGNORE INTO gc_mark (hash, keep, expanded) \
-                 SELECT hash, pushed_at, 0 FROM ({page}) WHERE ?3 IS NULL OR pushed_at >= ?3"
+                 SELECT hash, CASE WHEN ?3 IS NULL OR pushed_at >= ?3 THEN MAX(pushed_at, 1) \
+                 ELSE 0 END, CASE WHEN ?3 IS NULL OR pushed_at >= ?3 THEN 0 ELSE 1 END \
+                 FROM ({page}) WHERE true"
             ),
             vec![
                 string(&state.cursor),
@@ -332,8 +369,11 @@ impl Index {
         }
         let marks: Vec<(u64, u64)> = self
             .rows::<MarkRow>(
-                "SELECT m.keep AS keep, SUM(p.file_size) AS bytes FROM gc_mark AS m \
-                 JOIN paths AS p ON p.hash = m.hash GROUP BY m.keep ORDER BY m.keep DESC",
+                // Each NAR file once (paths may share one), under the newest mark.
+                "SELECT keep, SUM(bytes) AS bytes FROM \
+                 (SELECT MAX(m.keep) AS keep, MAX(p.file_size) AS bytes FROM gc_mark AS m \
+                  JOIN paths AS p ON p.hash = m.hash WHERE m.keep > 0 GROUP BY p.nar) \
+                 GROUP BY keep ORDER BY keep DESC",
                 Vec::new(),
             )?
             .into_iter()
@@ -341,18 +381,18 @@ impl Index {
             .collect();
         let (keep_from, kept_bytes) = budget_cut(&marks, state.run.budget_bytes);
         state.keep_from = keep_from;
-        state.run.kept_bytes = kept_bytes;
+        state.run.kept_bytes = kept_bytes.min(MAX_JSON_INTEGER);
         state.run.over_budget = state.run.budget_bytes.is_some_and(|b| kept_bytes > b);
         state.run.kept_paths = self.number(
             "SELECT COUNT(*) AS n FROM gc_mark AS m JOIN paths AS p ON p.hash = m.hash \
-             WHERE ?1 IS NULL OR m.keep >= ?1",
+             WHERE m.keep > 0 AND (?1 IS NULL OR m.keep >= ?1)",
             vec![optional(keep_from)],
         )?;
         self.exec(
             "INSERT OR IGNORE INTO gc_doomed (hash, rule) \
-             SELECT p.hash, CASE WHEN m.hash IS NULL THEN 'retention' ELSE 'budget' END \
-             FROM paths AS p LEFT JOIN gc_mark AS m ON m.hash = p.hash \
-             WHERE (m.hash IS NULL OR (?1 IS NOT NULL AND m.keep < ?1)) AND p.pushed_at <= ?2",
+             SELECT m.hash, CASE WHEN m.keep = 0 THEN 'retention' ELSE 'budget' END \
+             FROM gc_mark AS m JOIN paths AS p ON p.hash = m.hash \
+             WHERE (m.keep = 0 OR (?1 IS NOT NULL AND m.keep < ?1)) AND p.pushed_at <= ?2",
             vec![optional(keep_from), integer(state.run.started_at)],
         )?;
         state.run.doomed_paths = self.number("SELECT COUNT(*) AS n FROM gc_doomed", Vec::new())?;
@@ -364,6 +404,30 @@ impl Index {
     /// their closures: nothing refers to them (no path, no publish under way), no pin
     /// holds them, no push named them since the pass began.
     fn sweep(&self, state: &mut GcState, now: u64) -> Result<Vec<Vec<StorePathHash>>, String> {
+        // Layers handed out but not yet confirmed deleted from R2: handed out again, in
+        // order, and nothing below them until they are.
+        #[derive(Deserialize)]
+        struct PendingRow {
+            hash: String,
+            layer: u64,
+        }
+        let pending = self.rows::<PendingRow>(
+            "SELECT hash, layer FROM gc_pending ORDER BY layer",
+            Vec::new(),
+        )?;
+        if !pending.is_empty() {
+            let mut layers: Vec<Vec<StorePathHash>> = Vec::new();
+            let mut last = None;
+            for row in pending {
+                let hash = row.hash.parse().map_err(|_| "bad hash in gc_pending")?;
+                match layers.last_mut() {
+                    Some(layer) if last == Some(row.layer) => layer.push(hash),
+                    _ => layers.push(vec![hash]),
+                }
+                last = Some(row.layer);
+            }
+            return Ok(layers);
+        }
         let mut layers = Vec::new();
         let mut total = 0;
         while total < SWEEP_BATCH {
@@ -385,15 +449,23 @@ impl Index {
             if layer.is_empty() {
                 break;
             }
-            state.run.removed_bytes += self.number(
-                "SELECT COALESCE(SUM(file_size), 0) AS n FROM paths \
+            state.run.removed_bytes = state
+                .run
+                .removed_bytes
+                .saturating_add(self.number(
+                    "SELECT COALESCE(SUM(file_size), 0) AS n FROM paths \
                  WHERE hash IN (SELECT value FROM json_each(?))",
-                vec![hash_array(&layer)],
-            )?;
+                    vec![hash_array(&layer)],
+                )?)
+                .min(MAX_JSON_INTEGER);
             self.remove_paths(&layer, now)?;
             self.exec(
                 "DELETE FROM gc_doomed WHERE hash IN (SELECT value FROM json_each(?))",
                 vec![hash_array(&layer)],
+            )?;
+            self.exec(
+                "INSERT OR IGNORE INTO gc_pending (hash, layer) SELECT value, ?2 FROM json_each(?1)",
+                vec![hash_array(&layer), integer(layers.len() as u64)],
             )?;
             total += layer.len() as u64;
             state.run.removed_paths += layer.len() as u64;
@@ -401,7 +473,7 @@ impl Index {
         }
         if layers.is_empty() {
             // What is left was saved since the mark, or deleted by someone else.
-            state.run.spared_paths = self.number(
+            state.run.spared_paths += self.number(
                 "SELECT COUNT(*) AS n FROM gc_doomed AS d JOIN paths AS p ON p.hash = d.hash",
                 Vec::new(),
             )?;
@@ -418,6 +490,10 @@ impl Index {
     pub(super) fn gc_swept(&self, swept: Swept) -> Answer {
         self.exec(
             "UPDATE deleting SET done = 1 WHERE hash IN (SELECT value FROM json_each(?))",
+            vec![hash_array(&swept.hashes)],
+        )?;
+        self.exec(
+            "DELETE FROM gc_pending WHERE hash IN (SELECT value FROM json_each(?))",
             vec![hash_array(&swept.hashes)],
         )?;
         text(&api::True)
