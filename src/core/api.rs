@@ -20,7 +20,7 @@
 //! | `GET /_nixflare/pins` (any valid token) | [`Pins`] |
 //! | `PUT /_nixflare/pins/<name>` ([`PinRequest`], pin) | [`Pin`] |
 //! | `DELETE /_nixflare/pins/<name>` (pin) | 204, no body |
-//! | `GET /_nixflare/gc` (any valid token) | [`GcProgress`] with a plan once marked |
+//! | `GET /_nixflare/gc` (delete) | [`GcProgress`] with a plan once marked |
 //! | `POST /_nixflare/gc` ([`GcRequest`], delete) | [`GcProgress`] |
 //!
 //! Refusals are not JSON: a status and a one-line `text/plain` reason, the same for

@@ -358,7 +358,10 @@ mod tests {
         assert_eq!(config.max_cache_bytes, Some(1000));
         assert_eq!(config.gc_grace_hours, DEFAULT_GC_GRACE_HOURS);
         let defaults = CacheConfig::from_vars(vars(&[(var::RETAIN_DAYS, "")])).unwrap();
-        assert_eq!((defaults.retain_days, defaults.max_cache_bytes), (None, None));
+        assert_eq!(
+            (defaults.retain_days, defaults.max_cache_bytes),
+            (None, None)
+        );
         for bad in [
             &[(var::RETAIN_DAYS, "0")][..],
             &[(var::RETAIN_DAYS, "36501")],
