@@ -18,6 +18,9 @@ cargo build --quiet --bin nixflare
 PUBLIC_KEY=$(cat "$KEY.pub")
 TOKEN=$(target/debug/nixflare token mint --key "$TOKEN_KEY" --subject local-dev \
   --permissions read,write --expires-in 30d 2>/dev/null)
+# For the operator's commands (nixflare gc, nixflare pin): never in the netrc.
+OPERATOR_TOKEN=$(target/debug/nixflare token mint --key "$TOKEN_KEY" --subject local-operator \
+  --permissions read,write,delete,pin --expires-in 30d 2>/dev/null)
 printf 'machine %s login nixflare password %s\n' "$HOST" "$TOKEN" > .dev/netrc
 chmod 600 .dev/netrc
 
@@ -42,6 +45,10 @@ cat <<TXT
   ...or with stock Nix:
     nix copy --option netrc-file $PWD/.dev/netrc \\
       --to '$URL?secret-key=$PWD/$KEY' /nix/store/...
+
+  Retention (README "Retention"; this token may also delete and pin):
+    NIXFLARE_TOKEN=$OPERATOR_TOKEN \\
+      $PWD/target/debug/nixflare gc --dry-run --cache $URL
 
   Stored objects live in $PWD/.dev/r2. Stop with Ctrl-C.
 

@@ -129,6 +129,12 @@ pub fn plan(client: &Client, json: bool) -> Result<()> {
 }
 
 fn describe_plan(base: &str, run: &GcRun, plan: &GcPlan, now_ms: u64) -> String {
+    if run.roots_since.is_none() && run.budget_bytes.is_none() && plan.path_count == 0 {
+        return format!(
+            "{base}: neither RETAIN_DAYS nor MAX_CACHE_BYTES is set: every path is kept; a pass only removes orphans past their grace period ({} paths removed earlier are still within it)\n",
+            plan.in_grace
+        );
+    }
     let mut out = format!(
         "{base}: a GC pass would remove {} paths ({} of NARs) and keep {} ({})\n",
         plan.path_count,
@@ -231,11 +237,18 @@ pub fn run(client: &Client, json: bool) -> Result<()> {
 }
 
 fn describe_run(base: &str, run: &GcRun, seconds: f64, requests: u64) -> String {
+    let kept = if run.roots_since.is_none() && run.budget_bytes.is_none() {
+        "kept every path (no RETAIN_DAYS or MAX_CACHE_BYTES)".to_owned()
+    } else {
+        format!(
+            "kept {} paths ({})",
+            run.kept_paths,
+            HumanBytes(run.kept_bytes)
+        )
+    };
     let mut out = format!(
-        "gc of {base}: pass {} in {seconds:.1}s ({requests} requests): kept {} paths ({}), removed {} paths ({} of NARs, deleted after the {}h grace period), deleted {} objects past their grace of {} listed",
+        "gc of {base}: pass {} in {seconds:.1}s ({requests} requests): {kept}, removed {} paths ({} of NARs, deleted after the {}h grace period), deleted {} objects past their grace of {} listed",
         run.run,
-        run.kept_paths,
-        HumanBytes(run.kept_bytes),
         run.removed_paths,
         HumanBytes(run.removed_bytes),
         run.grace_ms / 3_600_000,
@@ -313,7 +326,10 @@ mod tests {
     #[test]
     fn a_pass_reports_what_it_did() {
         let text = describe_run("http://c", &run(), 1.25, 4);
-        assert!(text.contains("pass 3 in 1.2s (4 requests)"), "{text}");
+        assert!(
+            text.contains("pass 3 in 1.2s (4 requests): kept 5 paths"),
+            "{text}"
+        );
         assert!(text.contains("removed 2 paths"), "{text}");
         assert!(text.contains("1 paths were pushed"), "{text}");
     }
