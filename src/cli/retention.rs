@@ -261,6 +261,12 @@ fn describe_run(base: &str, run: &GcRun, seconds: f64, requests: u64) -> String 
             run.spared_paths
         );
     }
+    if run.held_paths > 0 {
+        out += &format!(
+            "; {} paths wait a day for edge copies of what referred to them to expire (the next passes take them)",
+            run.held_paths
+        );
+    }
     if run.over_budget {
         out += &format!(
             "; warning: pins alone hold {}, more than MAX_CACHE_BYTES",
@@ -291,6 +297,7 @@ mod tests {
             removed_paths: 2,
             removed_bytes: 1024,
             spared_paths: 1,
+            held_paths: 0,
             removed_objects: 4,
             listed_keys: 20,
         }

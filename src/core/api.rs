@@ -309,6 +309,10 @@ pub struct GcRun {
     pub removed_bytes: u64,
     /// Doomed paths a push, a new reference or a pin saved during the pass.
     pub spared_paths: u64,
+    /// Doomed paths left for a later pass because a path referring to them was removed
+    /// less than a day ago and the edge cache could not be purged.
+    #[serde(default)]
+    pub held_paths: u64,
     /// Objects the orphan listing removed (NARs, side files), and keys it looked at.
     pub removed_objects: u64,
     pub listed_keys: u64,

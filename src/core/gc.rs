@@ -30,6 +30,11 @@ use crate::core::nix::store_path::StorePathHash;
 /// JSON number.
 pub const PINNED: u64 = (1 << 53) - 1;
 
+/// How long a path stays after a path referring to it was removed, when the edge cache
+/// could not be purged: a narinfo lives a day there (`Kind::Narinfo`'s Cache-Control),
+/// and a client that still gets the referrer must still find its references.
+pub const EDGE_HOLD_MS: u64 = 25 * 3_600_000;
+
 /// Paths one seed step reads.
 pub const SEED_PAGE: u64 = 2000;
 /// Marked paths one mark step follows the references of.

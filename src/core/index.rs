@@ -313,6 +313,10 @@ pub struct PinRemoved {
 pub struct GcStep {
     /// A dry run: mark (nothing is deleted), then list what would go.
     pub dry_run: bool,
+    /// The worker purges the edge cache of what it deletes. If not, a path whose
+    /// referrer was just removed waits [`EDGE_HOLD_MS`](crate::core::gc::EDGE_HOLD_MS):
+    /// the referrer's narinfo may still be served from the edge.
+    pub purges: bool,
     /// Once the pass under way is done, start a new one only if its number would be at
     /// most this.
     pub start_up_to: u64,
@@ -482,6 +486,10 @@ CREATE TABLE IF NOT EXISTS gc_batch (
   hash TEXT PRIMARY KEY,
   keep INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS gc_hold (
+  hash TEXT PRIMARY KEY,
+  until INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS gc_pending (
   hash TEXT PRIMARY KEY,
   layer INTEGER NOT NULL
@@ -597,6 +605,7 @@ mod tests {
         for dry_run in [true, false] {
             check(&GcStep {
                 dry_run,
+                purges: !dry_run,
                 start_up_to: 7,
                 retain_ms: Some(1),
                 budget_bytes: None,
@@ -619,6 +628,7 @@ mod tests {
             removed_paths: 7,
             removed_bytes: 8,
             spared_paths: 9,
+            held_paths: 0,
             removed_objects: 10,
             listed_keys: 11,
         };

@@ -56,6 +56,7 @@ pub async fn steps(
 ) -> Result<GcProgress, EdgeError> {
     let step = GcStep {
         dry_run,
+        purges: edge.purges(),
         start_up_to,
         retain_ms: config.retain_days.map(|days| days.saturating_mul(DAY_MS)),
         budget_bytes: config.max_cache_bytes,

@@ -32,6 +32,11 @@ impl EdgeCache {
         Self { purge }
     }
 
+    /// Whether the runtime offers a purge here.
+    pub fn purges(&self) -> bool {
+        self.purge.is_some()
+    }
+
     /// No purge available (the cron).
     pub fn none() -> Self {
         Self { purge: None }

@@ -10,7 +10,8 @@ use super::{hash_array, integer, string, text, Answer, CountRow, Index};
 use crate::core::api::RootsRefreshed;
 use crate::core::api::{self, GcCandidate, GcPhase, GcPlan, GcRule, GcRun, Pin, Pins};
 use crate::core::gc::{
-    budget_cut, orphan_kind, OrphanKind, MARK_BATCH, MAX_PLANNED, PINNED, SEED_PAGE, SWEEP_BATCH,
+    budget_cut, orphan_kind, OrphanKind, EDGE_HOLD_MS, MARK_BATCH, MAX_PLANNED, PINNED, SEED_PAGE,
+    SWEEP_BATCH,
 };
 use crate::core::index::{
     GcStep, GcWork, OrphanPage, Orphans, PinRemoved, PinSet, Refresh, RemovePin, SetPin, Swept,
@@ -53,6 +54,7 @@ impl GcState {
                 removed_paths: 0,
                 removed_bytes: 0,
                 spared_paths: 0,
+                held_paths: 0,
                 removed_objects: 0,
                 listed_keys: 0,
             },
@@ -249,7 +251,7 @@ impl Index {
             GcPhase::Mark => self.mark(&mut state)?,
             GcPhase::Budget => self.cut(&mut state)?,
             GcPhase::Sweep if step.dry_run => answer.plan = Some(self.plan(&state, step.now)?),
-            GcPhase::Sweep => answer.sweep = self.sweep(&mut state, step.now)?,
+            GcPhase::Sweep => answer.sweep = self.sweep(&mut state, step.now, step.purges)?,
             GcPhase::Orphans if step.dry_run => {
                 answer.plan = Some(GcPlan {
                     paths: Vec::new(),
@@ -403,7 +405,12 @@ impl Index {
     /// Forgets doomed paths that are still doomed now, layer by layer from the top of
     /// their closures: nothing refers to them (no path, no publish under way), no pin
     /// holds them, no push named them since the pass began.
-    fn sweep(&self, state: &mut GcState, now: u64) -> Result<Vec<Vec<StorePathHash>>, String> {
+    fn sweep(
+        &self,
+        state: &mut GcState,
+        now: u64,
+        purges: bool,
+    ) -> Result<Vec<Vec<StorePathHash>>, String> {
         // Layers handed out but not yet confirmed deleted from R2: handed out again, in
         // order, and nothing below them until they are.
         #[derive(Deserialize)]
@@ -439,6 +446,7 @@ impl Index {
                    AND NOT EXISTS (SELECT 1 FROM reservations AS v WHERE v.hash = d.hash) \
                    AND NOT EXISTS (SELECT 1 FROM pins AS n WHERE n.hash = d.hash \
                                    AND (n.expires_at IS NULL OR n.expires_at > ?2)) \
+                   AND NOT EXISTS (SELECT 1 FROM gc_hold AS h WHERE h.hash = d.hash AND h.until > ?2) \
                  LIMIT ?3",
                 vec![
                     integer(state.run.started_at),
@@ -458,6 +466,14 @@ impl Index {
                     vec![hash_array(&layer)],
                 )?)
                 .min(MAX_JSON_INTEGER);
+            if !purges {
+                // Their references wait until no edge copy of these narinfos is left.
+                self.exec(
+                    "INSERT OR REPLACE INTO gc_hold (hash, until) \
+                     SELECT reference, ?2 FROM refs WHERE referrer IN (SELECT value FROM json_each(?1))",
+                    vec![hash_array(&layer), integer(now.saturating_add(EDGE_HOLD_MS))],
+                )?;
+            }
             self.remove_paths(&layer, now)?;
             self.exec(
                 "DELETE FROM gc_doomed WHERE hash IN (SELECT value FROM json_each(?))",
@@ -473,10 +489,18 @@ impl Index {
         }
         if layers.is_empty() {
             // What is left was saved since the mark, or deleted by someone else.
-            state.run.spared_paths += self.number(
-                "SELECT COUNT(*) AS n FROM gc_doomed AS d JOIN paths AS p ON p.hash = d.hash",
-                Vec::new(),
+            state.run.held_paths = self.number(
+                "SELECT COUNT(*) AS n FROM gc_doomed AS d JOIN paths AS p ON p.hash = d.hash \
+                 WHERE EXISTS (SELECT 1 FROM gc_hold AS h WHERE h.hash = d.hash AND h.until > ?) \
+                   AND NOT EXISTS (SELECT 1 FROM refs AS r WHERE r.reference = d.hash)",
+                vec![integer(now)],
             )?;
+            state.run.spared_paths += self
+                .number(
+                    "SELECT COUNT(*) AS n FROM gc_doomed AS d JOIN paths AS p ON p.hash = d.hash",
+                    Vec::new(),
+                )?
+                .saturating_sub(state.run.held_paths);
             self.exec("DELETE FROM gc_doomed", Vec::new())?;
             self.exec("DELETE FROM gc_mark", Vec::new())?;
             state.run.phase = GcPhase::Orphans;
@@ -597,6 +621,10 @@ impl Index {
                     vec![integer(
                         state.orphans_from.saturating_sub(state.run.grace_ms),
                     )],
+                )?;
+                self.exec(
+                    "DELETE FROM gc_hold WHERE until <= ?",
+                    vec![integer(page.now)],
                 )?;
                 self.exec(
                     "DELETE FROM nar_deleting WHERE at < ?",
