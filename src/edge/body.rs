@@ -101,3 +101,17 @@ pub async fn small_body(
         _ => Ok(bytes),
     }
 }
+
+/// A small JSON request body (a wire-contract message) of at most `max` bytes, read with
+/// the runtime's `JSON.parse`; `shape` names what it must look like in the 400.
+pub async fn json_body<T: serde::de::DeserializeOwned>(
+    req: &mut Request,
+    max: u64,
+    shape: &str,
+) -> Result<T, EdgeError> {
+    let bytes = small_body(req, max, BodyKind::Json).await?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| EdgeError::BadRequest("the body is not UTF-8".into()))?;
+    super::json::from_json(&text)
+        .map_err(|err| EdgeError::BadRequest(format!("the body must be {shape}: {err}")))
+}

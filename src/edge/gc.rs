@@ -6,10 +6,9 @@
 use worker::{Bucket, Request, Response};
 
 use super::auth::Guarded;
-use super::body::{small_body, BodyKind};
+use super::body::json_body;
 use super::error::EdgeError;
 use super::index_client::IndexClient;
-use super::json::from_json;
 use super::purge::EdgeCache;
 use super::response;
 use crate::core::api::{
@@ -32,17 +31,6 @@ const MAX_BODY_BYTES: u64 = 64 * 1024;
 const MAX_SIDE_FILE_BYTES: u64 = 1024 * 1024;
 /// The longest a pin may be kept for, in days (a century).
 const MAX_KEEP_DAYS: u64 = 36_500;
-
-async fn json_body<T: serde::de::DeserializeOwned>(
-    req: &mut Request,
-    shape: &str,
-) -> Result<T, EdgeError> {
-    let bytes = small_body(req, MAX_BODY_BYTES, BodyKind::Json).await?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| EdgeError::BadRequest("the body is not UTF-8".into()))?;
-    from_json(&text)
-        .map_err(|err| EdgeError::BadRequest(format!("the body must be {shape}: {err}")))
-}
 
 /// Steps of the pass under way (starting one as `mode` allows) until it needs no more
 /// work now, or this invocation's share of subrequests is spent.
@@ -207,7 +195,8 @@ pub async fn run(
     cache: &Guarded,
     edge: &EdgeCache,
 ) -> Result<Response, EdgeError> {
-    let request: GcRequest = json_body(&mut req, "{\"startUpTo\": pass number}").await?;
+    let request: GcRequest =
+        json_body(&mut req, MAX_BODY_BYTES, "{\"startUpTo\": pass number}").await?;
     let progress = steps(
         &cache.bucket,
         &cache.index()?,
@@ -254,6 +243,7 @@ pub async fn set_pin(
 ) -> Result<Response, EdgeError> {
     let request: PinRequest = json_body(
         &mut req,
+        MAX_BODY_BYTES,
         "{\"storePath\": \"<hash>-<name>\", \"keepDays\": days or null}",
     )
     .await?;
@@ -308,7 +298,12 @@ pub async fn remove_pin(name: &PinName, cache: &Guarded) -> Result<Response, Edg
 
 /// POST `_nixflare/roots`: the paths a push names are pushed again now.
 pub async fn refresh_roots(mut req: Request, cache: &Guarded) -> Result<Response, EdgeError> {
-    let query: PathQuery = json_body(&mut req, "{\"hashes\": [store path hashes]}").await?;
+    let query: PathQuery = json_body(
+        &mut req,
+        MAX_BODY_BYTES,
+        "{\"hashes\": [store path hashes]}",
+    )
+    .await?;
     if query.hashes.len() > MAX_QUERY_HASHES {
         return Err(EdgeError::TooLarge(format!(
             "at most {MAX_QUERY_HASHES} hashes per request"

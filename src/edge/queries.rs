@@ -5,9 +5,8 @@
 use worker::{Request, Response};
 
 use super::auth::Guarded;
-use super::body::{small_body, BodyKind};
+use super::body::json_body;
 use super::error::EdgeError;
-use super::json::from_json;
 use super::reconcile;
 use super::response;
 use crate::core::api::{self, PathQuery};
@@ -18,14 +17,12 @@ const MAX_QUERY_BYTES: u64 = 64 * 1024;
 
 /// POST `_nixflare/missing`.
 pub async fn missing(mut req: Request, cache: &Guarded) -> Result<Response, EdgeError> {
-    let bytes = small_body(&mut req, MAX_QUERY_BYTES, BodyKind::Json).await?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| EdgeError::BadRequest("the query is not UTF-8".into()))?;
-    let query: PathQuery = from_json(&text).map_err(|err| {
-        EdgeError::BadRequest(format!(
-            "the query must be {{\"hashes\": [store path hashes]}}: {err}"
-        ))
-    })?;
+    let query: PathQuery = json_body(
+        &mut req,
+        MAX_QUERY_BYTES,
+        "{\"hashes\": [store path hashes]}",
+    )
+    .await?;
     if query.hashes.len() > MAX_QUERY_HASHES {
         return Err(EdgeError::TooLarge(format!(
             "at most {MAX_QUERY_HASHES} hashes per query"
