@@ -155,30 +155,24 @@ impl Client {
     /// [`MAX_QUERY_HASHES`](crate::core::index::MAX_QUERY_HASHES)) the cache lacks. `None`
     /// from a cache older than the index, which has no such endpoint.
     pub fn query_missing(&self, hashes: &[StorePathHash]) -> Result<Option<PathQueryAnswer>> {
-        let path = Route::Missing.to_string();
-        let query = serde_json::to_vec(&PathQuery {
-            hashes: hashes.to_vec(),
-        })?;
-        let reply = self.send(
-            Method::Post,
-            &path,
-            Some(Kind::Api.content_type()),
-            Body::Bytes(&query),
-        )?;
-        match reply.status {
-            200 => parse(&reply.body)
-                .map(Some)
-                .context("the cache's answer to a path query is not what nixflare sends"),
-            404 | 405 => Ok(None),
-            _ => Err(HttpError::new(Method::Post, &path, &reply).into()),
-        }
+        self.post_hashes(Route::Missing, hashes, "a path query")
     }
 
     /// POST `/_nixflare/roots`: these paths (at most
     /// [`MAX_QUERY_HASHES`](crate::core::index::MAX_QUERY_HASHES)) were pushed again now.
     /// `None` from a cache without retention.
     pub fn refresh_roots(&self, hashes: &[StorePathHash]) -> Result<Option<RootsRefreshed>> {
-        let path = Route::Roots.to_string();
+        self.post_hashes(Route::Roots, hashes, "a roots refresh")
+    }
+
+    /// POSTs a [`PathQuery`]; `None` where the cache has no such endpoint (404/405).
+    fn post_hashes<T: serde::de::DeserializeOwned>(
+        &self,
+        route: Route,
+        hashes: &[StorePathHash],
+        what: &str,
+    ) -> Result<Option<T>> {
+        let path = route.to_string();
         let body = serde_json::to_vec(&PathQuery {
             hashes: hashes.to_vec(),
         })?;
@@ -189,9 +183,9 @@ impl Client {
             Body::Bytes(&body),
         )?;
         match reply.status {
-            200 => parse(&reply.body)
-                .map(Some)
-                .context("the cache's answer to a roots refresh is not what nixflare sends"),
+            200 => parse(&reply.body).map(Some).with_context(|| {
+                format!("the cache's answer to {what} is not what nixflare sends")
+            }),
             404 | 405 => Ok(None),
             _ => Err(HttpError::new(Method::Post, &path, &reply).into()),
         }

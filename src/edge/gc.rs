@@ -11,21 +11,17 @@ use super::error::EdgeError;
 use super::index_client::IndexClient;
 use super::purge::EdgeCache;
 use super::response;
-use crate::core::api::{
-    self, GcPhase, GcPlan, GcProgress, GcRequest, GcRun, PathQuery, PinRequest,
-};
+use crate::core::api::{self, GcPhase, GcPlan, GcProgress, GcRequest, GcRun, PinRequest};
 use crate::core::config::CacheConfig;
 use crate::core::gc::{
     orphan_kind, side_file_target, OrphanKind, PinName, MAX_SIDE_FILE_READS, ORPHAN_PAGE_KEYS,
     STEPS_PER_REQUEST,
 };
-use crate::core::index::{
-    GcStep, Listed, OrphanPage, PinSet, Refresh, RemovePin, SetPin, Swept, MAX_QUERY_HASHES,
-};
+use crate::core::index::{GcStep, Listed, OrphanPage, PinSet, Refresh, RemovePin, SetPin, Swept};
 use crate::core::route::Route;
 
 const DAY_MS: u64 = 86_400_000;
-/// Largest pin, roots or GC request body.
+/// Largest pin or GC request body.
 const MAX_BODY_BYTES: u64 = 64 * 1024;
 /// Largest side file the orphan step reads to learn what it belongs to.
 const MAX_SIDE_FILE_BYTES: u64 = 1024 * 1024;
@@ -298,21 +294,11 @@ pub async fn remove_pin(name: &PinName, cache: &Guarded) -> Result<Response, Edg
 
 /// POST `_nixflare/roots`: the paths a push names are pushed again now.
 pub async fn refresh_roots(mut req: Request, cache: &Guarded) -> Result<Response, EdgeError> {
-    let query: PathQuery = json_body(
-        &mut req,
-        MAX_BODY_BYTES,
-        "{\"hashes\": [store path hashes]}",
-    )
-    .await?;
-    if query.hashes.len() > MAX_QUERY_HASHES {
-        return Err(EdgeError::TooLarge(format!(
-            "at most {MAX_QUERY_HASHES} hashes per request"
-        )));
-    }
+    let hashes = super::queries::hash_batch(&mut req).await?;
     let answer = cache
         .index()?
         .refresh(&Refresh {
-            hashes: query.hashes,
+            hashes,
             now: cache.now_ms(),
         })
         .await?;

@@ -11,27 +11,30 @@ use super::reconcile;
 use super::response;
 use crate::core::api::{self, PathQuery};
 use crate::core::index::{Query, MAX_QUERY_HASHES};
+use crate::core::nix::store_path::StorePathHash;
 
 /// Largest query body: a thousand quoted 32-character hashes and then some.
 const MAX_QUERY_BYTES: u64 = 64 * 1024;
 
-/// POST `_nixflare/missing`.
-pub async fn missing(mut req: Request, cache: &Guarded) -> Result<Response, EdgeError> {
-    let query: PathQuery = json_body(
-        &mut req,
-        MAX_QUERY_BYTES,
-        "{\"hashes\": [store path hashes]}",
-    )
-    .await?;
+/// A batch of store path hashes (`PathQuery`): at most [`MAX_QUERY_HASHES`].
+pub async fn hash_batch(req: &mut Request) -> Result<Vec<StorePathHash>, EdgeError> {
+    let query: PathQuery =
+        json_body(req, MAX_QUERY_BYTES, "{\"hashes\": [store path hashes]}").await?;
     if query.hashes.len() > MAX_QUERY_HASHES {
         return Err(EdgeError::TooLarge(format!(
-            "at most {MAX_QUERY_HASHES} hashes per query"
+            "at most {MAX_QUERY_HASHES} hashes per request"
         )));
     }
+    Ok(query.hashes)
+}
+
+/// POST `_nixflare/missing`.
+pub async fn missing(mut req: Request, cache: &Guarded) -> Result<Response, EdgeError> {
+    let hashes = hash_batch(&mut req).await?;
     let answer = cache
         .index()?
         .query(&Query {
-            hashes: query.hashes,
+            hashes,
             upstreams: cache.config.upstream_caches.clone(),
             now: cache.now_ms(),
         })

@@ -140,6 +140,17 @@ def test_retention_pins_grace_and_races(nix: Nix, keys: Keys, tokens: Tokens, ma
     stray = b"not a nar anyone references" + os.urandom(8)
     stray_key = f"nar/{nix32_sha256(stray)}.nar"
     assert request(worker, "PUT", "/" + stray_key, bearer(writer), stray)[0] == 201
+    # Side files of C: its build log and its NAR listing (as stock Nix writes it), and a
+    # log uploaded on its own, for a derivation no path here names.
+    _, _, c_info = request(worker, "GET", f"/{hash_of(tops['c'])}.narinfo")
+    c_log = "log/" + field(c_info.decode(), "Deriver")
+    standalone_log = "log/" + "0" * 32 + "-standalone.drv"
+    for key in (c_log, standalone_log):
+        assert request(worker, "PUT", "/" + key, bearer(writer), b"build output\n")[0] == 201
+    listing_cache = tmp_path / "listing-cache"
+    nix("copy", "--to", f"file://{listing_cache}?compression=none&write-nar-listing=true", tops["c"])
+    c_listing = f"{hash_of(tops['c'])}.ls"
+    assert request(worker, "PUT", "/" + c_listing, bearer(writer), (listing_cache / c_listing).read_bytes())[0] == 201
     denied = cli(nix, worker, writer, "pin", "add", "keep", tops["b"], check=False)
     assert denied.returncode != 0 and "pin permission" in denied.stderr, denied.stderr
     cli(nix, worker, operator, "pin", "add", "keep", tops["b"])
@@ -187,6 +198,7 @@ def test_retention_pins_grace_and_races(nix: Nix, keys: Keys, tokens: Tokens, ma
         substitute(nix, worker, keys, top, tmp_path / f"store-{i}")
     # The removed path's NAR outlives its narinfo by the grace period.
     assert nars[tops["c"]] in list_keys(cache.persist, "nar/")
+    assert request(worker, "GET", "/" + c_log)[0] == 200 and request(worker, "GET", "/" + c_listing)[0] == 200
 
     # Day 41: within the grace period, the hourly cron runs a pass: the NAR stays.
     worker = cache.start(41)
@@ -205,6 +217,10 @@ def test_retention_pins_grace_and_races(nix: Nix, keys: Keys, tokens: Tokens, ma
     assert total(done, "removedObjects") >= 1, done
     left = list_keys(cache.persist, "nar/")
     assert nars[tops["c"]] not in left
+    # C's log and listing went with its NAR; a log nothing removed named stays.
+    assert request(worker, "GET", "/" + c_log)[0] == 404
+    assert request(worker, "GET", "/" + c_listing)[0] == 404
+    assert request(worker, "GET", "/" + standalone_log)[0] == 200
     # top-b goes; own-b waits a day, since the edge cache (which workerd does not purge)
     # may still serve top-b's narinfo to a client that would then ask for own-b.
     assert narinfo_status(worker, tops["b"]) == 404
@@ -302,3 +318,52 @@ def test_the_size_budget_drops_the_oldest_roots_first(nix: Nix, keys: Keys, toke
     for path in closure(nix, tops[1]):
         assert narinfo_status(worker, path) == 200, path
     substitute(nix, worker, keys, tops[1], tmp_path / "store")
+
+
+def test_bad_retention_requests_are_refused_and_change_nothing(nix: Nix, worker: Worker, tokens: Tokens):
+    operator = tokens.mint("read,write,delete,pin", subject="ops")
+    reader = tokens.mint("read", subject="reader")
+    absent = "0" * 32 + "-never-pushed"
+
+    def pins() -> list:
+        status, _, body = request(worker, "GET", "/_nixflare/pins", bearer(operator))
+        assert status == 200
+        return json.loads(body)["pins"]
+
+    before = pins()
+    for body, status, reason in [
+        (b"not json", 400, "must be"),
+        (json.dumps({"storePath": absent, "keepDays": 0}).encode(), 400, "keepDays"),
+        (json.dumps({"storePath": "not a store path"}).encode(), 400, "must be"),
+        (json.dumps({"storePath": absent}).encode(), 404, "push it first"),
+    ]:
+        got, _, answer = request(worker, "PUT", "/_nixflare/pins/release", bearer(operator), body)
+        assert (got, reason in answer.decode()) == (status, True), answer
+    assert request(worker, "PUT", "/_nixflare/pins/release", bearer(reader),
+                   json.dumps({"storePath": absent}).encode())[0] == 403
+    assert request(worker, "PUT", "/_nixflare/pins/release", None, b"{}")[0] == 401
+    assert request(worker, "PUT", "/_nixflare/pins/.hidden", bearer(operator), b"{}")[0] == 404
+    assert request(worker, "GET", "/_nixflare/pins/release", bearer(operator))[0] == 405
+    status, _, answer = request(worker, "DELETE", "/_nixflare/pins/nothing-here", bearer(operator))
+    assert status == 404 and b"no pin named" in answer
+    assert pins() == before
+
+    too_many = json.dumps({"hashes": ["0" * 32] * 1001}).encode()
+    assert request(worker, "POST", "/_nixflare/roots", bearer(operator), too_many)[0] == 413
+    assert request(worker, "POST", "/_nixflare/roots", bearer(operator), b"[]")[0] == 400
+    assert request(worker, "POST", "/_nixflare/roots", bearer(reader), b'{"hashes": []}')[0] == 403
+    status, _, answer = request(worker, "POST", "/_nixflare/roots", bearer(operator),
+                                json.dumps({"hashes": ["0" * 32]}).encode())
+    assert status == 200 and json.loads(answer) == {"refreshed": 0, "missing": ["0" * 32]}
+
+    def gc_state():
+        status, _, body = request(worker, "GET", "/_nixflare/stats", bearer(operator))
+        assert status == 200
+        return json.loads(body).get("gc")
+
+    state = gc_state()
+    assert request(worker, "POST", "/_nixflare/gc", bearer(operator), b"{")[0] == 400
+    assert request(worker, "POST", "/_nixflare/gc", bearer(reader), b'{"startUpTo": 1}')[0] == 403
+    assert request(worker, "GET", "/_nixflare/gc", bearer(reader))[0] == 403
+    assert request(worker, "DELETE", "/_nixflare/gc", bearer(operator))[0] == 405
+    assert gc_state() == state
