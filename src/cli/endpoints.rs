@@ -12,11 +12,11 @@ use crate::core::api::{
     CacheInfo, GcProgress, GcRequest, PartUploaded, PathQuery, PathQueryAnswer, Pin, PinRequest,
     Pins, ReconcileStep, RootsRefreshed, Stats, UploadCompleted, UploadCreated, Whoami,
 };
-use crate::core::gc::PinName;
 use crate::core::http::Method;
 use crate::core::multipart::{render_part_list, Action, PartReceipt, UploadId};
 use crate::core::nix::nar_file::NarFile;
 use crate::core::nix::store_path::StorePathHash;
+use crate::core::pin_name::PinName;
 use crate::core::route::{Kind, Route};
 use crate::core::token::TokenId;
 

@@ -156,6 +156,8 @@ mod tests {
             reconcile: ReconcileState {
                 after: String::new(),
                 last_pass_at: None,
+                complete_lap_started_at: None,
+                lap_started_at: None,
             },
             gc: None,
         };

@@ -9,8 +9,8 @@ use indicatif::HumanBytes;
 
 use super::client::Client;
 use crate::core::api::{GcPhase, GcPlan, GcProgress, GcRule, GcRun, PinRequest, Pins};
-use crate::core::gc::PinName;
 use crate::core::nix::store_path::StorePathBaseName;
+use crate::core::pin_name::PinName;
 
 fn pin_name(name: &str) -> Result<PinName> {
     name.parse().map_err(|err| anyhow!("{name:?}: {err}"))
@@ -91,7 +91,7 @@ fn describe_pins(pins: &Pins, now_ms: u64) -> String {
             pin.name,
             pin.store_path,
             super::inventory::age(pin.pinned_at, now_ms),
-            pin.subject
+            pin.subject.as_deref().unwrap_or("(hidden)")
         );
     }
     out
@@ -300,6 +300,7 @@ mod tests {
             held_paths: 0,
             removed_objects: 4,
             listed_keys: 20,
+            waiting_for_lap: false,
         }
     }
 
@@ -348,7 +349,7 @@ mod tests {
             store_path: "7rjj86a15146cq1d3qy068lml7n8ykzm-hello".parse().unwrap(),
             pinned_at: 0,
             expires_at,
-            subject: "ci".into(),
+            subject: Some("ci".into()),
         };
         let pins = Pins {
             pins: vec![

@@ -32,10 +32,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::core::config::CacheConfig;
-use crate::core::gc::PinName;
 use crate::core::multipart::{UploadId, MAX_OBJECT_BYTES, MAX_PARTS, MIN_PART_BYTES};
 use crate::core::nix::keys::PublicKey;
 use crate::core::nix::store_path::{StorePathBaseName, StorePathHash};
+use crate::core::pin_name::PinName;
 use crate::core::token::{Permissions, TokenId, VerifiedToken};
 
 /// `GET /_nixflare/info`: what a client needs to know before it uploads.
@@ -200,8 +200,15 @@ pub struct Publish {
 pub struct ReconcileState {
     /// The last top-level bucket key the running pass has reconciled ("" between passes).
     pub after: String,
-    /// Unix milliseconds when the last complete pass ended, if one ever did.
+    /// Unix milliseconds when the last complete lap ended, if one ever did.
     pub last_pass_at: Option<u64>,
+    /// When the last complete lap began: every narinfo the bucket held then is known
+    /// to the index. The GC deletes nothing the index could not have seen by then.
+    #[serde(default)]
+    pub complete_lap_started_at: Option<u64>,
+    /// When the lap under way began, if one is.
+    #[serde(default)]
+    pub lap_started_at: Option<u64>,
 }
 
 /// `POST /_nixflare/reconcile`: what one step did.
@@ -252,7 +259,9 @@ pub struct Pin {
     pub pinned_at: u64,
     /// Unix milliseconds; none: until removed.
     pub expires_at: Option<u64>,
-    pub subject: String,
+    /// Who set it: shown to tokens that may write, hidden (none) from read-only ones.
+    #[serde(default)]
+    pub subject: Option<String>,
 }
 
 /// `GET /_nixflare/pins`, by name.
@@ -316,6 +325,10 @@ pub struct GcRun {
     /// Objects the orphan listing removed (NARs, side files), and keys it looked at.
     pub removed_objects: u64,
     pub listed_keys: u64,
+    /// The sweep waits for a reconcile lap that began after the pass did, so that no
+    /// narinfo written behind the worker's back still needs what it would remove.
+    #[serde(default)]
+    pub waiting_for_lap: bool,
 }
 
 /// Why a dry run says a path would go.
@@ -487,6 +500,8 @@ mod tests {
             reconcile: ReconcileState {
                 after: String::new(),
                 last_pass_at: None,
+                complete_lap_started_at: None,
+                lap_started_at: None,
             },
             gc: None,
         });

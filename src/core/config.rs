@@ -97,7 +97,7 @@ pub const MAX_UPSTREAM_CACHES: usize = 4;
 /// The shortest grace between a narinfo's removal and its NAR's: a narinfo lives a day
 /// in the edge cache (`Kind::Narinfo`'s Cache-Control), and no client may be told about
 /// a path whose NAR is gone.
-pub const MIN_GC_GRACE_HOURS: u64 = 25;
+pub const MIN_GC_GRACE_HOURS: u64 = crate::core::gc::EDGE_HOLD_MS / crate::core::gc::HOUR_MS;
 /// Two days: a day of edge cache, and a day for a push that uploaded a NAR but not yet
 /// its narinfo.
 pub const DEFAULT_GC_GRACE_HOURS: u64 = 48;
@@ -278,6 +278,16 @@ impl CacheConfig {
     /// added).
     pub fn clock_ms(&self, now_ms: u64) -> u64 {
         now_ms.saturating_add(self.test_clock_offset_seconds.saturating_mul(1000))
+    }
+
+    /// The retention settings in the index's units (milliseconds, bytes).
+    pub fn retention(&self) -> crate::core::gc::Retention {
+        use crate::core::gc::{DAY_MS, HOUR_MS};
+        crate::core::gc::Retention {
+            retain_ms: self.retain_days.map(|days| days.saturating_mul(DAY_MS)),
+            budget_bytes: self.max_cache_bytes,
+            grace_ms: self.gc_grace_hours.saturating_mul(HOUR_MS),
+        }
     }
 
     /// The body of `public-keys`: one key per line.

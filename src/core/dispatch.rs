@@ -4,10 +4,10 @@
 
 use thiserror::Error;
 
-use crate::core::gc::PinName;
 use crate::core::http::Method;
 use crate::core::multipart::{Action, MultipartError};
 use crate::core::nix::nar_file::NarFile;
+use crate::core::pin_name::PinName;
 use crate::core::route::Route;
 use crate::core::token::{Permissions, TokenId};
 

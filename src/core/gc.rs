@@ -19,100 +19,108 @@
 //!    ([`orphan_kind`]), so an upload in flight and a client that still holds a
 //!    removed narinfo (the edge cache keeps it up to a day) never miss a NAR.
 
-use core::fmt;
-use core::str::FromStr;
-
-use thiserror::Error;
+use serde::{Deserialize, Serialize};
 
 use crate::core::nix::store_path::StorePathHash;
 
-/// The mark of a pinned path: above every push time (in milliseconds), and exact in a
-/// JSON number.
+/// The mark of a pinned path: above every root's mark, and exact in a JSON number.
 pub const PINNED: u64 = (1 << 53) - 1;
 
+/// A root's mark is its push time (milliseconds) times this, plus ten bits of its
+/// hash: the budget weighs roots one by one (paths pushed in one request, or adopted in
+/// one millisecond, are still separate roots), and ordering by mark is ordering by push
+/// time. Push times up to the year 2250 stay below [`PINNED`].
+pub const MARK_SCALE: u64 = 1024;
+
+/// Margin on top of an edge lifetime, for clocks and the edge's own delays.
+pub const EDGE_MARGIN_MS: u64 = 3_600_000;
+
 /// How long a path stays after a path referring to it was removed, when the edge cache
-/// could not be purged: a narinfo lives a day there (`Kind::Narinfo`'s Cache-Control),
-/// and a client that still gets the referrer must still find its references.
-pub const EDGE_HOLD_MS: u64 = 25 * 3_600_000;
+/// could not be purged: a narinfo lives [`METADATA_MAX_AGE_SECS`] there, and a client that
+/// still gets the referrer must still find its references. Also the shortest grace
+/// period between a narinfo's removal and its NAR's (`crate::core::config`).
+///
+/// [`METADATA_MAX_AGE_SECS`]: crate::core::route::METADATA_MAX_AGE_SECS
+pub const EDGE_HOLD_MS: u64 = crate::core::route::METADATA_MAX_AGE_SECS * 1000 + EDGE_MARGIN_MS;
+
+/// Milliseconds in the units of the retention settings.
+pub const DAY_MS: u64 = 86_400_000;
+pub const HOUR_MS: u64 = 3_600_000;
+
+/// The retention settings a GC step runs under (milliseconds, bytes), from the
+/// worker's configuration at that moment. A pass under way with other settings is
+/// started again under these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Retention {
+    pub retain_ms: Option<u64>,
+    pub budget_bytes: Option<u64>,
+    pub grace_ms: u64,
+}
 
 /// Paths one seed step reads.
 pub const SEED_PAGE: u64 = 2000;
-/// Marked paths one mark step follows the references of.
+/// Marked paths one mark step follows the references of (fewer if their references
+/// pass [`MAX_ROWS_PER_STEP`]).
 pub const MARK_BATCH: u64 = 1000;
-/// Most paths one sweep step forgets (one R2 delete per layer of them).
+/// Most paths one sweep step forgets (fewer if their references pass
+/// [`MAX_ROWS_PER_STEP`]): one R2 delete.
 pub const SWEEP_BATCH: u64 = 500;
+/// Most reference rows one mark or sweep step reads or writes: a step's work is
+/// bounded by the rows it touches, not by the paths (a path may have 10,000
+/// references). A path with more than this still goes alone in its step.
+pub const MAX_ROWS_PER_STEP: u64 = 20_000;
 /// Keys one orphan step lists (one R2 list page).
 pub const ORPHAN_PAGE_KEYS: u32 = 1000;
-/// Requests to the index one request (or one cron run) spends on a pass: each step is
-/// one, plus one R2 delete or list; well inside the Free plan's 1,000 subrequests.
+/// Requests to the index one worker request (`nixflare gc`) spends on a pass: each step
+/// is one, plus at most one R2 list or delete and the reads of side files.
 pub const STEPS_PER_REQUEST: u32 = 40;
 /// Side files read per orphan step to learn what they belong to (debuginfo,
-/// realisations): one R2 GET each.
-pub const MAX_SIDE_FILE_READS: usize = 200;
+/// realisations): one R2 GET each, within what the invocation has left.
+pub const MAX_SIDE_FILE_READS: usize = 40;
 /// Paths a dry run lists (it counts them all).
 pub const MAX_PLANNED: u64 = 1000;
 
-/// The name of a pin: what `nixflare pin add NAME` moves from one path to the next.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PinName(String);
-
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("a pin name is 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'")]
-pub struct BadPinName;
-
-impl PinName {
-    pub fn parse(text: &str) -> Option<PinName> {
-        let valid = (1..=64).contains(&text.len())
-            && !text.starts_with('.')
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-        valid.then(|| PinName(text.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+/// What the budget keeps and drops.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BudgetCut {
+    /// Marks whose paths go (rule `budget`), unless a kept mark reaches them.
+    pub dropped: Vec<u64>,
+    /// NAR bytes the kept marks hold.
+    pub kept_bytes: u64,
 }
 
-impl FromStr for PinName {
-    type Err = BadPinName;
-    fn from_str(s: &str) -> Result<Self, BadPinName> {
-        PinName::parse(s).ok_or(BadPinName)
-    }
-}
-
-impl fmt::Display for PinName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-crate::core::serde_via_text!(PinName);
-
-/// Where the budget cuts: `marks` are (mark, bytes of the paths holding it), newest
-/// mark first. Keeps the longest run of newest marks whose bytes fit `budget`; pinned
-/// paths are always kept, even past it. Returns the lowest mark kept (`None`: nothing
-/// needs to go) and the bytes kept.
-pub fn budget_cut(marks: &[(u64, u64)], budget: Option<u64>) -> (Option<u64>, u64) {
-    let total: u64 = marks.iter().map(|&(_, bytes)| bytes).sum();
+/// The budget's decision. `marks` are (mark, NAR bytes first reached by it), newest
+/// first; each unpinned mark is one root (see [`MARK_SCALE`]). Pins are always kept,
+/// even past the budget. Then roots are kept newest first while they fit; a root whose
+/// closure alone exceeds the budget is dropped by itself (it never fits, and must not
+/// take everyone else with it); the first other root that does not fit ends the run:
+/// it and every older root are dropped (the oldest go first).
+pub fn budget_cut(marks: &[(u64, u64)], budget: Option<u64>) -> BudgetCut {
+    let total = marks
+        .iter()
+        .fold(0u64, |sum, &(_, bytes)| sum.saturating_add(bytes));
     let Some(budget) = budget else {
-        return (None, total);
+        return BudgetCut {
+            dropped: Vec::new(),
+            kept_bytes: total,
+        };
     };
-    if total <= budget {
-        return (None, total);
-    }
-    let mut kept = 0u64;
-    let mut lowest = PINNED;
+    let mut cut = BudgetCut::default();
+    let mut full = false;
     for &(mark, bytes) in marks {
-        let pinned = mark >= PINNED;
-        if !pinned && kept.saturating_add(bytes) > budget {
-            break;
+        if mark >= PINNED {
+            cut.kept_bytes = cut.kept_bytes.saturating_add(bytes);
+        } else if full || bytes > budget {
+            cut.dropped.push(mark);
+        } else if cut.kept_bytes.saturating_add(bytes) > budget {
+            full = true;
+            cut.dropped.push(mark);
+        } else {
+            cut.kept_bytes += bytes;
         }
-        kept = kept.saturating_add(bytes);
-        lowest = mark;
     }
-    (Some(lowest), kept)
+    cut
 }
 
 /// What a bucket key is to the orphan step.
@@ -181,15 +189,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_budget_keeps_the_newest_marks_that_fit() {
+    fn the_budget_keeps_the_newest_roots_that_fit() {
         let marks = [(PINNED, 50), (30, 20), (20, 20), (10, 20)];
-        assert_eq!(budget_cut(&marks, None), (None, 110));
-        assert_eq!(budget_cut(&marks, Some(110)), (None, 110));
-        assert_eq!(budget_cut(&marks, Some(109)), (Some(20), 90));
-        assert_eq!(budget_cut(&marks, Some(70)), (Some(30), 70));
+        let cut = |budget| {
+            let c = budget_cut(&marks, budget);
+            (c.dropped, c.kept_bytes)
+        };
+        assert_eq!(cut(None), (vec![], 110));
+        assert_eq!(cut(Some(110)), (vec![], 110));
+        assert_eq!(cut(Some(109)), (vec![10], 90));
+        assert_eq!(cut(Some(70)), (vec![20, 10], 70));
         // Pins stay even past the budget; nothing else does.
-        assert_eq!(budget_cut(&marks, Some(10)), (Some(PINNED), 50));
-        assert_eq!(budget_cut(&[(5, 10)], Some(9)), (Some(PINNED), 0));
+        assert_eq!(cut(Some(10)), (vec![30, 20, 10], 50));
+        let lone = budget_cut(&[(5, 10)], Some(9));
+        assert_eq!((lone.dropped, lone.kept_bytes), (vec![5], 0));
+    }
+
+    #[test]
+    fn a_root_over_the_budget_by_itself_goes_alone() {
+        // The newest root (a huge push, or one path refreshed on purpose) holds more than
+        // the whole budget: it goes, the older roots that fit stay.
+        let marks = [(40, 500), (30, 20), (20, 20), (10, 20)];
+        let cut = budget_cut(&marks, Some(50));
+        assert_eq!(cut.dropped, vec![40, 10]);
+        assert_eq!(cut.kept_bytes, 40);
+        // The oldest still go first among those that fit on their own.
+        let cut = budget_cut(&[(30, 30), (20, 30), (10, 10)], Some(50));
+        assert_eq!(cut.dropped, vec![20, 10]);
     }
 
     #[test]
@@ -212,14 +238,6 @@ mod tests {
         }
         assert_eq!(side_file_target(&OrphanKind::Realisation, b"{}"), None);
         assert_eq!(side_file_target(&OrphanKind::DebugInfo, b"not json"), None);
-    }
-
-    #[test]
-    fn pin_names_are_plain() {
-        assert!(PinName::parse("release-24.05_x").is_some());
-        for bad in ["", ".hidden", "a/b", "a b", "é", &"x".repeat(65)] {
-            assert!(PinName::parse(bad).is_none(), "{bad:?}");
-        }
     }
 
     #[test]

@@ -16,6 +16,9 @@
 //! - [`multipart`]: the rules of multipart NAR uploads.
 //! - [`dispatch`]: what the worker does for a method and route, and with which permission.
 //! - [`storage`]: what R2's refusals mean.
+//! - [`index`]: the index of what the cache holds and the GC's decisions, with the
+//!   passes that act on them ([`gc`] holds the retention rules that need no storage).
+//! - [`json_serde`]: typed reading of JSON with the strict reader.
 
 /// Serializes a type as its text (`Display`) and reads it back with `FromStr`, so a
 /// value has one spelling everywhere: in a narinfo, a key file, a log line and JSON.
@@ -45,10 +48,12 @@ pub mod gc;
 pub mod http;
 pub mod index;
 pub mod json_read;
+pub mod json_serde;
 pub mod json_write;
 pub mod lower_hex;
 pub mod multipart;
 pub mod nix;
+pub mod pin_name;
 mod properties;
 pub mod publish;
 pub mod route;

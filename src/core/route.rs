@@ -11,10 +11,10 @@
 
 use core::fmt;
 
-use crate::core::gc::PinName;
 use crate::core::nix::hash::Sha256;
 use crate::core::nix::nar_file::NarFile;
 use crate::core::nix::store_path::{check_name, StorePathBaseName, StorePathHash};
+use crate::core::pin_name::PinName;
 use crate::core::token::TokenId;
 
 /// A derivation's base name, `<hash>-<name>.drv`.
@@ -155,13 +155,22 @@ impl Kind {
             // Immutable once published, but an admin may delete a path: a day bounds
             // how long a deleted path lingers at the edge. Nix itself keeps positive
             // narinfo lookups for 30 days anyway.
-            Kind::Narinfo | Kind::Json | Kind::Log => "public, max-age=86400",
+            // The GC's timing rests on this lifetime (`METADATA_MAX_AGE_SECS`).
+            Kind::Narinfo | Kind::Json | Kind::Log => METADATA_CACHE_CONTROL,
             // Configuration: picked up within minutes of a redeploy.
             Kind::Page | Kind::CacheInfo | Kind::PublicKeys => "public, max-age=300",
             Kind::Internal | Kind::Api => "no-store",
         }
     }
 }
+
+/// How long the edge may serve a narinfo (or another metadata file) after it was
+/// deleted. The GC's edge hold and shortest grace period are derived from it
+/// (`crate::core::gc::EDGE_HOLD_MS`), so a client that still gets a removed narinfo
+/// from the edge finds its NAR and its references.
+pub const METADATA_MAX_AGE_SECS: u64 = 86_400;
+/// `Cache-Control` of metadata: [`METADATA_MAX_AGE_SECS`] (a test checks they agree).
+pub const METADATA_CACHE_CONTROL: &str = "public, max-age=86400";
 
 /// Where multipart uploads live, as a path and (for the assembled parts) a storage key.
 pub const UPLOADS_PREFIX: &str = "_nixflare/uploads/";
@@ -338,6 +347,14 @@ fn percent_decode(segment: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_cache_control_says_its_max_age() {
+        assert_eq!(
+            METADATA_CACHE_CONTROL,
+            format!("public, max-age={METADATA_MAX_AGE_SECS}")
+        );
+    }
 
     const HASH: &str = "7rjj86a15146cq1d3qy068lml7n8ykzm";
     const FILE_HASH: &str = "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73";

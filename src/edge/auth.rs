@@ -33,7 +33,13 @@ impl Guarded {
 
     /// The index (a Durable Object): only guarded operations ever reach it.
     pub fn index(&self) -> Result<IndexClient, EdgeError> {
-        IndexClient::open(&self.env)
+        Ok(IndexClient::open(&self.env)?)
+    }
+
+    /// Whether the token may learn who published or pinned what (subjects, token ids):
+    /// tokens that may write; a read-only token sees what an anonymous reader sees.
+    pub fn may_see_who(&self) -> bool {
+        self.token.permissions.contains(Permissions::WRITE)
     }
 
     /// Now, in Unix milliseconds, as the index records it (`TEST_CLOCK_OFFSET_SECONDS`

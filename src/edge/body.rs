@@ -102,16 +102,15 @@ pub async fn small_body(
     }
 }
 
-/// A small JSON request body (a wire-contract message) of at most `max` bytes, read with
-/// the runtime's `JSON.parse`; `shape` names what it must look like in the 400.
+/// A small JSON request body (a wire-contract message) of at most `max` bytes, read by
+/// the core's strict reader: a duplicate key, deep nesting or a value of the wrong kind
+/// is refused with a reason that names it; `shape` says what it must look like.
 pub async fn json_body<T: serde::de::DeserializeOwned>(
     req: &mut Request,
     max: u64,
     shape: &str,
 ) -> Result<T, EdgeError> {
     let bytes = small_body(req, max, BodyKind::Json).await?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| EdgeError::BadRequest("the body is not UTF-8".into()))?;
-    super::json::from_json(&text)
+    crate::core::json_serde::from_slice(&bytes)
         .map_err(|err| EdgeError::BadRequest(format!("the body must be {shape}: {err}")))
 }

@@ -4,6 +4,8 @@ use worker::{console_error, Headers, Response, ResponseBody};
 
 use crate::core::config::ConfigError;
 use crate::core::dispatch::Refusal;
+use crate::core::index::passes::PassError;
+use crate::core::index::IndexError;
 use crate::core::multipart::MultipartError;
 use crate::core::route::NOT_FOUND_CACHE_CONTROL;
 use crate::core::storage::R2Error;
@@ -36,6 +38,8 @@ pub enum EdgeError {
     UnsupportedEncoding(String),
     /// A worker variable is invalid: the operator's fault, not the client's.
     Misconfigured(ConfigError),
+    /// A binding the worker needs is missing from wrangler.toml.
+    Unconfigured(String),
     /// A narinfo references paths neither in the cache nor upstream.
     MissingReferences(String),
     /// Work is left for another request (more upstream checks than one may make).
@@ -48,6 +52,8 @@ pub enum EdgeError {
     MissingBody,
     /// The runtime or R2 failed.
     Runtime(worker::Error),
+    /// An R2 operation of the index's procedures failed.
+    Storage(String),
 }
 
 /// For logs (the cron's): the details where there are any, else the client's reason.
@@ -63,6 +69,28 @@ impl core::fmt::Display for EdgeError {
 impl From<worker::Error> for EdgeError {
     fn from(err: worker::Error) -> Self {
         EdgeError::Runtime(err)
+    }
+}
+
+impl From<IndexError> for EdgeError {
+    fn from(err: IndexError) -> Self {
+        match err {
+            IndexError::Unbound => EdgeError::Unconfigured(err.to_string()),
+            other => EdgeError::Index(other.to_string()),
+        }
+    }
+}
+
+impl From<PassError> for EdgeError {
+    fn from(err: PassError) -> Self {
+        match err {
+            PassError::Storage(err) => EdgeError::Storage(err.0),
+            PassError::Index(err) => err.into(),
+            PassError::Busy(why) => EdgeError::Busy(why),
+            PassError::MissingReferences(why) => EdgeError::MissingReferences(why),
+            PassError::Upstream(why) => EdgeError::Upstream(why),
+            PassError::Conflict(why) => EdgeError::Conflict(why),
+        }
     }
 }
 
@@ -136,9 +164,11 @@ impl EdgeError {
             EdgeError::Busy(why) => (503, format!("not yet: {why}")),
             EdgeError::Upstream(why) => (502, format!("upstream cache unavailable: {why}")),
             EdgeError::Index(_) => (503, "index unavailable, try again".into()),
-            EdgeError::Misconfigured(_) => (500, "cache misconfigured: see the worker log".into()),
+            EdgeError::Misconfigured(_) | EdgeError::Unconfigured(_) => {
+                (500, "cache misconfigured: see the worker log".into())
+            }
             // 502 lets Nix retry: the storage behind us failed, not the request.
-            EdgeError::MissingBody | EdgeError::Runtime(_) => {
+            EdgeError::MissingBody | EdgeError::Runtime(_) | EdgeError::Storage(_) => {
                 (502, "storage error, try again".into())
             }
         }
@@ -148,6 +178,8 @@ impl EdgeError {
     fn log_line(&self) -> Option<String> {
         match self {
             EdgeError::Misconfigured(err) => Some(format!("misconfigured: {err}")),
+            EdgeError::Unconfigured(why) => Some(format!("misconfigured: {why}")),
+            EdgeError::Storage(err) => Some(format!("storage error: {err}")),
             EdgeError::MissingBody => Some("R2 returned an object without a body".into()),
             EdgeError::Runtime(err) => Some(format!("runtime error: {err}")),
             EdgeError::Index(err) => Some(format!("index error: {err}")),

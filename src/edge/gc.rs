@@ -1,187 +1,79 @@
-//! Retention at the edge (docs/gc.md): the steps of a GC pass, driven by the cron and by
-//! `/_nixflare/gc`; pins; and the roots a push names again. The index decides what goes
-//! (`index/gc.rs`); this file deletes it from R2 in the order it says and purges the
-//! edge cache.
+//! Retention at the edge (docs/gc.md): `/_nixflare/gc` drives steps of a pass (the
+//! core's `passes::gc`, with R2 deletes and edge-cache purges from this request); pins;
+//! and the roots a push names again. The index decides what goes.
 
-use worker::{Bucket, Request, Response};
+use worker::{Request, Response};
 
 use super::auth::Guarded;
 use super::body::json_body;
+use super::bucket::R2;
 use super::error::EdgeError;
 use super::index_client::IndexClient;
 use super::purge::EdgeCache;
 use super::response;
-use crate::core::api::{self, GcPhase, GcPlan, GcProgress, GcRequest, GcRun, PinRequest};
-use crate::core::config::CacheConfig;
-use crate::core::gc::{
-    orphan_kind, side_file_target, OrphanKind, PinName, MAX_SIDE_FILE_READS, ORPHAN_PAGE_KEYS,
-    STEPS_PER_REQUEST,
-};
-use crate::core::index::{GcStep, Listed, OrphanPage, PinSet, Refresh, RemovePin, SetPin, Swept};
-use crate::core::route::Route;
+use crate::core::api::{self, GcPhase, GcProgress, GcRequest, PinRequest, ReconcileStep};
+use crate::core::gc::DAY_MS;
+use crate::core::index::ops::{PinsOp, ReconcileStepOp, RemovePinOp, RootsOp, SetPinOp};
+use crate::core::index::passes::gc::{steps, Laps, Mode};
+use crate::core::index::passes::{Budget, IndexCalls, PassError};
+use crate::core::index::{At, PinSet, Refresh, RemovePin, SetPin, R2_OPS_PER_INVOCATION};
+use crate::core::pin_name::PinName;
 
-const DAY_MS: u64 = 86_400_000;
 /// Largest pin or GC request body.
 const MAX_BODY_BYTES: u64 = 64 * 1024;
-/// Largest side file the orphan step reads to learn what it belongs to.
-const MAX_SIDE_FILE_BYTES: u64 = 1024 * 1024;
 /// The longest a pin may be kept for, in days (a century).
 const MAX_KEEP_DAYS: u64 = 36_500;
 
-/// Steps of the pass under way (starting one as `mode` allows) until it needs no more
-/// work now, or this invocation's share of subrequests is spent.
-pub async fn steps(
-    bucket: &Bucket,
-    index: &IndexClient,
-    config: &CacheConfig,
+/// Reconcile steps for a pass that waits for a lap: each a request to the object,
+/// which takes the step with its own budget.
+struct ObjectSteps<'a> {
+    index: &'a IndexClient,
     now: u64,
-    (dry_run, start_up_to): (bool, u64),
-    edge: &EdgeCache,
-) -> Result<GcProgress, EdgeError> {
-    let step = GcStep {
-        dry_run,
-        purges: edge.purges(),
-        start_up_to,
-        retain_ms: config.retain_days.map(|days| days.saturating_mul(DAY_MS)),
-        budget_bytes: config.max_cache_bytes,
-        grace_ms: config.gc_grace_hours.saturating_mul(3_600_000),
+}
+
+impl Laps for ObjectSteps<'_> {
+    async fn reconcile_step(
+        &self,
+        budget: &mut Budget,
+    ) -> Result<Option<ReconcileStep>, PassError> {
+        if !budget.take(1) {
+            return Ok(None);
+        }
+        let step = self
+            .index
+            .call_object::<ReconcileStepOp>(&At { now: self.now })
+            .await?;
+        Ok(Some(step))
+    }
+}
+
+async fn drive(cache: &Guarded, mode: Mode, edge: &EdgeCache) -> Result<GcProgress, EdgeError> {
+    let index = cache.index()?;
+    let now = cache.now_ms();
+    let laps = ObjectSteps { index: &index, now };
+    // The token's revocation check took one subrequest already.
+    let mut budget = Budget::new(R2_OPS_PER_INVOCATION - 1);
+    steps(
+        &R2(&cache.bucket),
+        &index,
+        edge,
+        &laps,
+        cache.config.retention(),
         now,
-    };
-    let mut progress = None;
-    let mut cost = Cost::default();
-    for _ in 0..STEPS_PER_REQUEST {
-        let work = index.gc_step(&step).await?;
-        cost.index += 1;
-        if dry_run {
-            // Never acts: only marks, then reports.
-            if work.plan.is_some() || matches!(work.run.phase, GcPhase::Idle | GcPhase::Done) {
-                return Ok(cost.of(work.run, work.plan));
-            }
-        } else if !work.sweep.is_empty() {
-            // Top of each closure first: a narinfo goes only once nothing left refers
-            // to it.
-            for layer in &work.sweep {
-                let keys: Vec<String> = layer
-                    .iter()
-                    .map(|hash| Route::Narinfo(*hash).to_string())
-                    .collect();
-                bucket.delete_multiple(keys.clone()).await?;
-                cost.r2 += 1;
-                edge.purge(&keys).await;
-            }
-            let hashes = work.sweep.concat();
-            index.gc_swept(&Swept { hashes }).await?;
-            cost.index += 1;
-        } else if let Some(after) = &work.list_after {
-            let run = orphan_step(bucket, index, after, now, edge, &mut cost).await?;
-            if run.phase == GcPhase::Done {
-                // A finished pass is reported; the next request starts another.
-                return Ok(cost.of(run, None));
-            }
-        } else if work.plan.is_some() || matches!(work.run.phase, GcPhase::Idle | GcPhase::Done) {
-            return Ok(cost.of(work.run, work.plan));
-        }
-        progress = Some(work.run);
-    }
-    progress
-        .map(|run| cost.of(run, None))
-        .ok_or_else(|| EdgeError::Index("no GC step was taken".into()))
-}
-
-/// What a request spent, reported with its progress.
-#[derive(Default)]
-struct Cost {
-    index: u64,
-    r2: u64,
-}
-
-impl Cost {
-    fn of(&self, run: GcRun, plan: Option<GcPlan>) -> GcProgress {
-        GcProgress {
-            run,
-            plan,
-            index_requests: self.index,
-            r2_operations: self.r2,
-        }
-    }
-}
-
-/// One page of the bucket: the index says which keys are orphans past their grace.
-async fn orphan_step(
-    bucket: &Bucket,
-    index: &IndexClient,
-    after: &str,
-    now: u64,
-    edge: &EdgeCache,
-    cost: &mut Cost,
-) -> Result<GcRun, EdgeError> {
-    let mut list = bucket.list().limit(ORPHAN_PAGE_KEYS);
-    if !after.is_empty() {
-        list = list.start_after(after.to_owned());
-    }
-    let page = list.execute().await?;
-    cost.r2 += 1;
-    let mut objects = Vec::new();
-    let mut reads = 0;
-    for object in page.objects() {
-        let key = object.key();
-        let kind = orphan_kind(&key);
-        let mut points_to = None;
-        let readable = matches!(kind, OrphanKind::DebugInfo | OrphanKind::Realisation)
-            && object.size() <= MAX_SIDE_FILE_BYTES
-            && reads < MAX_SIDE_FILE_READS;
-        if readable {
-            reads += 1;
-            cost.r2 += 1;
-            if let Some(stored) = bucket.get(&key).execute().await? {
-                if let Some(body) = stored.body() {
-                    points_to = side_file_target(&kind, &body.bytes().await?);
-                }
-            }
-        }
-        objects.push(Listed {
-            key,
-            uploaded: object.uploaded().as_millis(),
-            points_to,
-        });
-    }
-    let through = match (page.truncated(), objects.last()) {
-        (false, _) => None,
-        (true, Some(last)) => Some(last.key.clone()),
-        (true, None) => {
-            return Err(EdgeError::Index(
-                "a truncated bucket listing held no keys".into(),
-            ))
-        }
-    };
-    let orphans = index
-        .gc_orphans(&OrphanPage {
-            after: after.to_owned(),
-            through,
-            objects,
-            now,
-        })
-        .await?;
-    cost.index += 1;
-    if !orphans.delete.is_empty() {
-        bucket.delete_multiple(orphans.delete.clone()).await?;
-        cost.r2 += 1;
-        edge.purge(&orphans.delete).await;
-    }
-    Ok(orphans.run)
+        mode,
+        &mut budget,
+    )
+    .await?
+    .ok_or_else(|| EdgeError::Busy("no GC step fit in this request; send it again".into()))
 }
 
 /// GET `_nixflare/gc`: a dry run.
 pub async fn plan(cache: &Guarded, head_only: bool) -> Result<Response, EdgeError> {
-    let progress = steps(
-        &cache.bucket,
-        &cache.index()?,
-        &cache.config,
-        cache.now_ms(),
-        (true, 0),
-        &EdgeCache::none(),
-    )
-    .await?;
+    let mode = Mode {
+        dry_run: true,
+        start_up_to: 0,
+    };
+    let progress = drive(cache, mode, &EdgeCache::none()).await?;
     response::json(200, api::render(&progress), head_only)
 }
 
@@ -193,42 +85,31 @@ pub async fn run(
 ) -> Result<Response, EdgeError> {
     let request: GcRequest =
         json_body(&mut req, MAX_BODY_BYTES, "{\"startUpTo\": pass number}").await?;
-    let progress = steps(
-        &cache.bucket,
-        &cache.index()?,
-        &cache.config,
-        cache.now_ms(),
-        (false, request.start_up_to),
-        edge,
-    )
-    .await?;
+    let mode = Mode {
+        dry_run: false,
+        start_up_to: request.start_up_to,
+    };
+    let progress = drive(cache, mode, edge).await?;
+    if progress.run.phase == GcPhase::Done && progress.run.removed_paths > 0 {
+        worker::console_log!(
+            "gc pass {} by {}: {} paths removed",
+            progress.run.run,
+            cache.token.subject,
+            progress.run.removed_paths
+        );
+    }
     response::json(200, api::render(&progress), false)
 }
 
-/// The cron's share: the pass under way, or a new one.
-pub async fn cron(
-    bucket: &Bucket,
-    index: &IndexClient,
-    config: &CacheConfig,
-    now: u64,
-) -> Result<GcProgress, EdgeError> {
-    // The largest number a JSON number carries exactly: always start a new pass.
-    let always = (1 << 53) - 1;
-    steps(
-        bucket,
-        index,
-        config,
-        now,
-        (false, always),
-        &EdgeCache::none(),
-    )
-    .await
-}
-
-/// GET `_nixflare/pins`.
+/// GET `_nixflare/pins`. Who set each pin is shown only to tokens that may write.
 pub async fn list_pins(cache: &Guarded, head_only: bool) -> Result<Response, EdgeError> {
-    let pins = cache.index()?.pins().await?;
-    response::json(200, pins, head_only)
+    let mut pins = cache.index()?.call::<PinsOp>(&api::True).await?;
+    if !cache.may_see_who() {
+        for pin in &mut pins.pins {
+            pin.subject = None;
+        }
+    }
+    response::json(200, api::render(&pins), head_only)
 }
 
 /// PUT `_nixflare/pins/<name>`: pins a path the cache holds, or moves the pin to it.
@@ -255,7 +136,7 @@ pub async fn set_pin(
     };
     let answer = cache
         .index()?
-        .set_pin(&SetPin {
+        .call::<SetPinOp>(&SetPin {
             name: name.clone(),
             store_path: request.store_path.clone(),
             expires_at,
@@ -283,7 +164,7 @@ pub async fn set_pin(
 pub async fn remove_pin(name: &PinName, cache: &Guarded) -> Result<Response, EdgeError> {
     let removed = cache
         .index()?
-        .remove_pin(&RemovePin { name: name.clone() })
+        .call::<RemovePinOp>(&RemovePin { name: name.clone() })
         .await?;
     if !removed.removed {
         return Err(EdgeError::Absent(format!("no pin named {name}")));
@@ -297,7 +178,7 @@ pub async fn refresh_roots(mut req: Request, cache: &Guarded) -> Result<Response
     let hashes = super::queries::hash_batch(&mut req).await?;
     let answer = cache
         .index()?
-        .refresh(&Refresh {
+        .call::<RootsOp>(&Refresh {
             hashes,
             now: cache.now_ms(),
         })

@@ -7,21 +7,20 @@
 
 mod auth;
 mod body;
+mod bucket;
 mod cleanup;
-mod closure;
 mod decode;
 mod error;
 mod gc;
 mod index;
 mod index_client;
-mod json;
 mod multipart;
 mod purge;
 mod queries;
 mod read;
-mod reconcile;
 mod response;
 mod store;
+mod upstream;
 mod write;
 
 use worker::{
@@ -33,6 +32,8 @@ use crate::core::api;
 use crate::core::config::CacheConfig;
 use crate::core::dispatch::{self, Operation, Plan, Public};
 use crate::core::http::{query_pairs, Method};
+use crate::core::index::ops::TickOp;
+use crate::core::index::At;
 use crate::core::route::Route;
 use auth::Guarded;
 use error::EdgeError;
@@ -98,8 +99,10 @@ async fn handle(
     }
 }
 
-/// Cron (`[triggers]` in wrangler.toml): cleans up abandoned multipart uploads, takes a
-/// few steps of the reconcile pass, then of a GC pass.
+/// Cron (`[triggers]` in wrangler.toml): cleans up abandoned multipart uploads, then
+/// nudges the index (`tick`), which takes the reconcile and GC steps itself: a Durable
+/// Object request gets 30 s of CPU on every plan, where a Free cron gets 10 ms. What one
+/// invocation cannot finish, the object's alarm goes on with.
 #[event(scheduled)]
 async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     let (config, bucket) = match (config(&env), bucket(&env)) {
@@ -113,39 +116,28 @@ async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     if let Err(err) = cleanup::abandoned_uploads(&bucket, &config, now).await {
         console_error!("cleanup failed: {err}");
     }
-    if let Err(err) = reconcile_steps(&env, &bucket, &config, now).await {
-        console_error!("reconcile failed: {err}");
-    }
-    let gc = match index_client::IndexClient::open(&env) {
-        Ok(index) => gc::cron(&bucket, &index, &config, config.clock_ms(now)).await,
+    let ticked = match index_client::IndexClient::open(&env) {
+        Ok(index) => {
+            index
+                .call_object::<TickOp>(&At {
+                    now: config.clock_ms(now),
+                })
+                .await
+        }
         Err(err) => Err(err),
     };
-    match gc {
-        Ok(progress) => console_log!(
-            "gc: pass {} {:?}, {} paths and {} objects removed so far",
-            progress.run.run,
-            progress.run.phase,
-            progress.run.removed_paths,
-            progress.run.removed_objects
+    match ticked {
+        Ok(ticked) => console_log!(
+            "index: {} reconcile steps; gc {}; more for the alarm: {}",
+            ticked.reconcile_steps,
+            ticked.gc.map_or("idle".to_owned(), |run| format!(
+                "pass {} {:?}, {} paths and {} objects removed so far",
+                run.run, run.phase, run.removed_paths, run.removed_objects
+            )),
+            ticked.more
         ),
-        Err(err) => console_error!("gc failed: {err}"),
+        Err(err) => console_error!("index tick failed: {err}"),
     }
-}
-
-async fn reconcile_steps(
-    env: &Env,
-    bucket: &Bucket,
-    config: &CacheConfig,
-    now: u64,
-) -> Result<(), EdgeError> {
-    let index = index_client::IndexClient::open(env)?;
-    for _ in 0..crate::core::index::RECONCILE_STEPS_PER_CRON {
-        let step = reconcile::step(bucket, &index, &config.store_dir, config.clock_ms(now)).await?;
-        if step.pass_complete {
-            break;
-        }
-    }
-    Ok(())
 }
 
 /// The bucket R2 binds to this worker.

@@ -11,6 +11,8 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use worker::console_error;
 
+use crate::core::index::passes::EdgePurge;
+
 /// Most tags one purge call names.
 const TAGS_PER_PURGE: usize = 100;
 
@@ -32,19 +34,21 @@ impl EdgeCache {
         Self { purge }
     }
 
-    /// Whether the runtime offers a purge here.
-    pub fn purges(&self) -> bool {
-        self.purge.is_some()
-    }
-
-    /// No purge available (the cron).
+    /// No purge available (a dry run).
     pub fn none() -> Self {
         Self { purge: None }
+    }
+}
+
+impl EdgePurge for EdgeCache {
+    /// Whether the runtime offers a purge here.
+    fn purges(&self) -> bool {
+        self.purge.is_some()
     }
 
     /// Drops the keys' cached copies; failures are logged, never fatal (the copies
     /// expire on their own).
-    pub async fn purge(&self, keys: &[String]) {
+    async fn purge(&self, keys: &[String]) {
         let Some((cache, purge)) = &self.purge else {
             return;
         };

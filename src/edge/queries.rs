@@ -7,10 +7,11 @@ use worker::{Request, Response};
 use super::auth::Guarded;
 use super::body::json_body;
 use super::error::EdgeError;
-use super::reconcile;
 use super::response;
 use crate::core::api::{self, PathQuery};
-use crate::core::index::{Query, MAX_QUERY_HASHES};
+use crate::core::index::ops::{QueryOp, ReconcileStepOp, StatsOp};
+use crate::core::index::passes::IndexCalls;
+use crate::core::index::{At, Query, MAX_QUERY_HASHES};
 use crate::core::nix::store_path::StorePathHash;
 
 /// Largest query body: a thousand quoted 32-character hashes and then some.
@@ -33,30 +34,36 @@ pub async fn missing(mut req: Request, cache: &Guarded) -> Result<Response, Edge
     let hashes = hash_batch(&mut req).await?;
     let answer = cache
         .index()?
-        .query(&Query {
+        .call::<QueryOp>(&Query {
             hashes,
             upstreams: cache.config.upstream_caches.clone(),
             now: cache.now_ms(),
         })
         .await?;
-    response::json(200, answer, false)
+    response::json(200, api::render(&answer), false)
 }
 
-/// GET/HEAD `_nixflare/stats`.
+/// GET/HEAD `_nixflare/stats`. Who published what is shown only to tokens that may
+/// write: a read-only token learns no more than an anonymous reader.
 pub async fn stats(cache: &Guarded, head_only: bool) -> Result<Response, EdgeError> {
-    let answer = cache.index()?.stats().await?;
-    response::json(200, answer, head_only)
+    let mut stats = cache.index()?.call::<StatsOp>(&api::True).await?;
+    if !cache.may_see_who() {
+        for publish in &mut stats.recent {
+            publish.subject = None;
+            publish.token_id = None;
+        }
+    }
+    response::json(200, api::render(&stats), head_only)
 }
 
-/// POST `_nixflare/reconcile`: one step; the client calls again until the pass is done.
+/// POST `_nixflare/reconcile`: one step, taken by the index itself; the client calls
+/// again until the lap is done.
 pub async fn reconcile(cache: &Guarded) -> Result<Response, EdgeError> {
-    let index = cache.index()?;
-    let step = reconcile::step(
-        &cache.bucket,
-        &index,
-        &cache.config.store_dir,
-        cache.now_ms(),
-    )
-    .await?;
+    let step = cache
+        .index()?
+        .call_object::<ReconcileStepOp>(&At {
+            now: cache.now_ms(),
+        })
+        .await?;
     response::json(200, api::render(&step), false)
 }

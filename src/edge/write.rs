@@ -5,12 +5,15 @@ use worker::{console_error, console_log, Data, Request, Response};
 
 use super::auth::Guarded;
 use super::body::{reject_content_encoding, small_body, stream_body, BodyKind};
-use super::closure;
+use super::bucket::R2;
 use super::error::EdgeError;
 use super::purge::EdgeCache;
 use super::response::Stored;
 use super::store;
-use crate::core::index::{Entry, Finish, Forget, Forgot};
+use super::upstream::Http;
+use crate::core::index::ops::OwnLogOp;
+use crate::core::index::passes::{self, publish::Sources, EdgePurge, IndexCalls};
+use crate::core::index::{Entry, OwnLog};
 use crate::core::nix::nar_file::NarFile;
 use crate::core::nix::store_path::StorePathHash;
 use crate::core::publish::{self, SideFile, MAX_NARINFO_BYTES};
@@ -89,40 +92,42 @@ async fn store_narinfo(
     let index = cache.index()?;
     let now = cache.now_ms();
     let entry = Entry::of(&checked.info, now, Some(&cache.token));
-    let reservation = closure::reserve(cache, &index, &checked.info, entry, now).await?;
-    let supersedes = |old: &[u8]| publish::signed_replaces_unsigned(old, &checked, &cache.config);
-    let stored = store::put_small(
-        &cache.bucket,
-        &route.to_string(),
-        bytes,
-        &cache.token,
-        supersedes,
-    )
-    .await;
-    let finish = Finish {
-        reservation,
-        now,
-        unchanged: matches!(stored, Ok(Stored::Unchanged)),
+    let sources = Sources {
+        bucket: &R2(&cache.bucket),
+        upstreams: &Http,
+        upstream_caches: &cache.config.upstream_caches,
+        store_dir: &cache.config.store_dir,
     };
-    match &stored {
-        // Published (or already was): recorded. Should this call fail, the client's
-        // retry finds the same bytes stored and records them then.
-        Ok(_) => index.commit(&finish).await?,
-        // The write's own error is the answer; a reservation left behind expires.
-        Err(_) => {
-            if let Err(err) = index.abort(&finish).await {
-                console_error!("abort of reservation {reservation} failed: {err}");
-            }
-        }
-    }
-    stored
+    let supersedes = |old: &[u8]| publish::signed_replaces_unsigned(old, &checked, &cache.config);
+    let put = || async {
+        let stored = store::put_small(
+            &cache.bucket,
+            &route.to_string(),
+            bytes,
+            &cache.token,
+            supersedes,
+        )
+        .await?;
+        let unchanged = matches!(stored, Stored::Unchanged);
+        Ok::<_, EdgeError>((stored, unchanged))
+    };
+    passes::publish::publish(&sources, &index, &checked.info, entry, now, put).await
 }
 
-/// A build log, streamed into R2.
+/// A build log, streamed into R2. The index hears of it: a log uploaded while a path
+/// names its derivation goes with that path; any other log stays (docs/gc.md).
 async fn store_log(req: &Request, route: &Route, cache: &Guarded) -> Result<Stored, EdgeError> {
     reject_content_encoding(req)?;
     let body = stream_body(req, cache.config.max_request_bytes, BodyKind::Log)?;
-    store::put_stream(&cache.bucket, &route.to_string(), body, &cache.token).await
+    let stored = store::put_stream(&cache.bucket, &route.to_string(), body, &cache.token).await?;
+    if let Route::Log(_) = route {
+        let drv = route.to_string().trim_start_matches("log/").to_owned();
+        // Best effort: a log the index did not hear of is kept, which is safe.
+        if let Err(err) = cache.index()?.call::<OwnLogOp>(&OwnLog { drv }).await {
+            console_error!("recording the owner of /{route} failed: {err}");
+        }
+    }
+    Ok(stored)
 }
 
 /// A JSON side file (`.ls`, realisation, debuginfo): its shape, and a realisation's
@@ -165,43 +170,29 @@ pub async fn revoke(id: TokenId, cache: &Guarded) -> Result<Response, EdgeError>
 }
 
 /// DELETE of a narinfo or NAR. A narinfo goes only when no other published (or
-/// being published) path references it: the index says, and marks it as being deleted
-/// so no publish counts on it meanwhile.
+/// being published) path references it and no pin names it: the index says, and marks
+/// it as being deleted so no publish counts on it meanwhile.
 pub async fn delete(
     route: &Route,
     cache: &Guarded,
     edge: &EdgeCache,
 ) -> Result<Response, EdgeError> {
-    let forgotten = match route {
+    match route {
         Route::Narinfo(hash) => {
             let index = cache.index()?;
-            let forget = Forget {
-                hash: *hash,
-                now: cache.now_ms(),
-            };
-            match index.forget(&forget).await? {
-                Forgot::Forgotten { .. } => {}
-                Forgot::Referenced { referrers } => {
-                    let names: Vec<String> = referrers.iter().map(ToString::to_string).collect();
-                    return Err(EdgeError::Conflict(format!(
-                        "/{route} is referenced by {}: delete those first",
-                        names.join(", ")
-                    )));
-                }
-                Forgot::Publishing { .. } => {
-                    return Err(EdgeError::Busy(format!(
-                        "/{route} is being published; send the delete again"
-                    )))
-                }
-            }
-            Some((index, forget))
+            passes::publish::delete_narinfo(
+                &R2(&cache.bucket),
+                &index,
+                edge,
+                *hash,
+                cache.now_ms(),
+            )
+            .await?;
         }
-        _ => None,
-    };
-    cache.bucket.delete(route.to_string()).await?;
-    edge.purge(&[route.to_string()]).await;
-    if let Some((index, forget)) = forgotten {
-        index.forget_done(&forget).await?;
+        _ => {
+            cache.bucket.delete(route.to_string()).await?;
+            edge.purge(&[route.to_string()]).await;
+        }
     }
     log_write("DELETE", route, &cache.token, &Stored::Deleted);
     Stored::Deleted.into_response()

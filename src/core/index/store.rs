@@ -1,0 +1,797 @@
+//! [`Index`]: the object's state, and one handler per operation. Each handler runs
+//! alone (the object serialises requests) and never awaits, so each is atomic: "check
+//! the references, then reserve", "check nothing refers to it, then forget it", "move
+//! the cursor only if it is still here". The GC's handlers are in `gc_store.rs`.
+//!
+//! Two rules keep the index from ever claiming more than the bucket holds, or losing
+//! what protects a reference:
+//! - a path is recorded only after its narinfo is in R2 (`commit`, `adopt`);
+//! - a path being removed keeps its references recorded until R2 confirms its narinfo
+//!   is gone (`forget/done`, `gc/swept`): until then it may still be served, so nothing
+//!   it names may go.
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use super::schema;
+use super::sql::{integer, text, Sql, Value};
+use super::{
+    Adopt, Advance, At, Begin, Begun, Cursor, Entry, Finish, Forget, Forgot, IndexError, OwnLog,
+    PageChecked, Query, ReconcilePage, MAX_LISTED, RECONCILE_MARGIN_MS, STALE_DELETE_MS,
+    STALE_RESERVATION_MS, UPSTREAM_MEMORY_MS,
+};
+use crate::core::api::{self, PathQueryAnswer, Publish, ReconcileState, Stats};
+use crate::core::gc::EDGE_HOLD_MS;
+use crate::core::nix::store_path::StorePathHash;
+
+pub(super) const CURSOR_KEY: &str = "reconcile_after";
+pub(super) const LAST_PASS_KEY: &str = "reconcile_last_pass_at";
+pub(super) const LAP_STARTED_KEY: &str = "reconcile_lap_started_at";
+pub(super) const COMPLETE_LAP_KEY: &str = "reconcile_complete_lap_started_at";
+
+/// The index: its SQL, and whether its schema is current.
+pub struct Index<S: Sql> {
+    pub(super) sql: S,
+    schema: Result<(), String>,
+}
+
+pub(super) type Answer<T> = Result<T, IndexError>;
+
+/// A JSON array of hashes, bound as one parameter and read with `json_each`.
+pub(super) fn hash_array(hashes: &[StorePathHash]) -> Value {
+    let texts: Vec<String> = hashes.iter().map(ToString::to_string).collect();
+    Value::Text(api::render(&texts))
+}
+
+pub(super) fn parse_hash(text: &str) -> Answer<StorePathHash> {
+    text.parse().map_err(|_| IndexError::Corrupt {
+        what: "store path hash",
+        value: text.to_owned(),
+    })
+}
+
+/// "Its narinfo is being deleted": a DELETE under way (for [`STALE_DELETE_MS`] at most:
+/// `?{stale}` binds the cutoff), or a GC removal R2 has not confirmed (no expiry: the
+/// GC hands it out again until it is).
+pub(super) fn being_deleted(hash: &str, stale: u32) -> String {
+    format!(
+        "(EXISTS (SELECT 1 FROM deleting AS d WHERE d.hash = {hash} AND d.done = 0 AND d.at > ?{stale}) \
+          OR EXISTS (SELECT 1 FROM gc_pending AS g WHERE g.hash = {hash}))"
+    )
+}
+
+#[derive(Deserialize)]
+pub(super) struct HashRow {
+    pub(super) hash: String,
+}
+
+#[derive(Deserialize)]
+pub(super) struct CountRow {
+    pub(super) n: u64,
+}
+
+impl<S: Sql> Index<S> {
+    /// Opens the index, bringing its schema up to date. A failure is kept: every
+    /// request then answers with it.
+    pub fn open(sql: S) -> Self {
+        let schema = schema::migrate(&sql).map(drop).map_err(|err| err.0);
+        Index { sql, schema }
+    }
+
+    pub(super) fn ready(&self) -> Answer<()> {
+        self.schema.clone().map_err(IndexError::Schema)
+    }
+
+    pub(super) fn exec(&self, query: &str, params: &[Value]) -> Answer<()> {
+        Ok(self.sql.exec(query, params)?)
+    }
+
+    pub(super) fn rows<T: DeserializeOwned>(
+        &self,
+        query: &str,
+        params: &[Value],
+    ) -> Answer<Vec<T>> {
+        Ok(self.sql.rows(query, params)?)
+    }
+
+    pub(super) fn hashes(&self, query: &str, params: &[Value]) -> Answer<Vec<StorePathHash>> {
+        self.rows::<HashRow>(query, params)?
+            .iter()
+            .map(|row| parse_hash(&row.hash))
+            .collect()
+    }
+
+    pub(super) fn exists(&self, query: &str, params: &[Value]) -> Answer<bool> {
+        Ok(!self.rows::<CountRow>(query, params)?.is_empty())
+    }
+
+    pub(super) fn number(&self, query: &str, params: &[Value]) -> Answer<u64> {
+        Ok(self
+            .rows::<CountRow>(query, params)?
+            .first()
+            .map_or(0, |row| row.n))
+    }
+
+    pub(super) fn meta_text(&self, key: &str) -> Answer<Option<String>> {
+        // `value` is untyped in the schema: read it as text.
+        #[derive(Deserialize)]
+        struct TextRow {
+            value: Option<String>,
+        }
+        Ok(self
+            .rows::<TextRow>(
+                "SELECT CAST(value AS TEXT) AS value FROM meta WHERE key = ?",
+                &[text(key)],
+            )?
+            .into_iter()
+            .next()
+            .and_then(|row| row.value))
+    }
+
+    pub(super) fn meta_time(&self, key: &str) -> Answer<Option<u64>> {
+        Ok(self.meta_text(key)?.and_then(|t| t.parse().ok()))
+    }
+
+    pub(super) fn set_meta(&self, key: &str, value: String) -> Answer<()> {
+        self.exec(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+            &[text(key), Value::Text(value)],
+        )
+    }
+
+    fn clear_meta(&self, key: &str) -> Answer<()> {
+        self.exec("DELETE FROM meta WHERE key = ?", &[text(key)])
+    }
+
+    /// Forgets published paths: their rows go, a delete marker stays (no publish counts
+    /// on them while R2 deletes their narinfos), a record of the removal keeps their
+    /// NARs and side files for the GC's grace period, and their references stay until
+    /// R2 confirms ([`Self::confirm_removed`]).
+    pub(super) fn remove_paths(&self, hashes: &[StorePathHash], now: u64) -> Answer<()> {
+        let list = hash_array(hashes);
+        self.exec(
+            "INSERT OR REPLACE INTO removed (hash, nar, deriver, removed_at) \
+             SELECT hash, nar, deriver, ?2 FROM paths WHERE hash IN (SELECT value FROM json_each(?1))",
+            &[list.clone(), integer(now)],
+        )?;
+        self.exec(
+            "DELETE FROM paths WHERE hash IN (SELECT value FROM json_each(?))",
+            std::slice::from_ref(&list),
+        )?;
+        self.exec(
+            "INSERT OR REPLACE INTO deleting (hash, at, done) SELECT value, ?2, 0 FROM json_each(?1)",
+            &[list, integer(now)],
+        )
+    }
+
+    /// R2 no longer holds these narinfos (as of `now`): their references stop counting
+    /// (unless the path was published again meanwhile), their delete markers are done,
+    /// and the grace period of their NARs and side files counts from now: until now the
+    /// narinfo could still be served.
+    pub(super) fn confirm_removed(
+        &self,
+        hashes: &[StorePathHash],
+        now: u64,
+        purged: bool,
+    ) -> Answer<()> {
+        let list = hash_array(hashes);
+        if !purged {
+            // A copy of these narinfos may be served from the edge cache for a while
+            // yet: what they reference stays until no such copy is left.
+            self.exec(
+                "INSERT INTO gc_hold (hash, until) \
+                 SELECT reference, ?2 FROM refs WHERE referrer IN (SELECT value FROM json_each(?1)) \
+                   AND referrer NOT IN (SELECT hash FROM paths) AND true \
+                 ON CONFLICT (hash) DO UPDATE SET until = MAX(until, excluded.until)",
+                &[list.clone(), integer(now.saturating_add(EDGE_HOLD_MS))],
+            )?;
+        }
+        self.exec(
+            "UPDATE removed SET removed_at = MAX(removed_at, ?2) \
+             WHERE hash IN (SELECT value FROM json_each(?1))",
+            &[list.clone(), integer(now)],
+        )?;
+        self.exec(
+            "DELETE FROM refs WHERE referrer IN (SELECT value FROM json_each(?1)) \
+               AND referrer NOT IN (SELECT hash FROM paths)",
+            std::slice::from_ref(&list),
+        )?;
+        self.exec(
+            "UPDATE deleting SET done = 1 WHERE hash IN (SELECT value FROM json_each(?))",
+            &[list],
+        )
+    }
+
+    /// Records a published path, replacing what was recorded before.
+    fn record(&self, entry: &Entry) -> Answer<()> {
+        // A replacement with another NAR: the old one keeps the GC's grace period.
+        self.exec(
+            "INSERT OR REPLACE INTO removed (hash, nar, deriver, removed_at) \
+             SELECT hash, nar, deriver, ?3 FROM paths WHERE hash = ?1 AND nar != ?2",
+            &[
+                text(entry.hash),
+                text(&entry.nar),
+                integer(entry.published_at),
+            ],
+        )?;
+        self.exec(
+            "INSERT OR REPLACE INTO paths (hash, name, nar, file_size, nar_size, deriver, \
+             published_at, token_id, subject, pushed_at, ref_count) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?7, ?10)",
+            &[
+                text(entry.hash),
+                text(&entry.name),
+                text(&entry.nar),
+                integer(entry.file_size),
+                integer(entry.nar_size),
+                entry.deriver.clone().into(),
+                integer(entry.published_at),
+                entry.token_id.map(|id| id.to_string()).into(),
+                entry.subject.clone().into(),
+                integer(entry.references.len() as u64),
+            ],
+        )?;
+        self.exec("DELETE FROM refs WHERE referrer = ?", &[text(entry.hash)])?;
+        self.exec(
+            "INSERT OR IGNORE INTO refs (referrer, reference) SELECT ?1, value FROM json_each(?2)",
+            &[text(entry.hash), hash_array(&entry.references)],
+        )?;
+        self.exec("DELETE FROM unreadable WHERE hash = ?", &[text(entry.hash)])
+    }
+
+    /// Records a path found in the bucket, unless the index already has it (a publish
+    /// that recorded it meanwhile knows more: who pushed it; but a narinfo R2 stored well
+    /// after that record replaced it behind the worker's back) or its narinfo is being
+    /// deleted (a DELETE within the hour, or one that R2 stored before a recent delete;
+    /// a GC removal until R2 confirms it).
+    fn adopt(&self, entry: &Entry, now: u64) -> Answer<bool> {
+        // Known, unless R2 stored this narinfo well after the index recorded the path (it
+        // was replaced behind the worker's back: the bucket's version counts).
+        let known = self.exists(
+            "SELECT 1 AS n FROM paths WHERE hash = ?1 AND published_at + ?4 >= ?3 \
+             UNION ALL SELECT 1 FROM deleting WHERE hash = ?1 AND at > ?2 \
+               AND (done = 0 OR at >= ?3) \
+             UNION ALL SELECT 1 FROM gc_pending WHERE hash = ?1",
+            &[
+                text(entry.hash),
+                integer(now.saturating_sub(STALE_DELETE_MS)),
+                integer(entry.published_at),
+                integer(RECONCILE_MARGIN_MS),
+            ],
+        )?;
+        if known {
+            return Ok(false);
+        }
+        self.record(entry)?;
+        // A delete that never reached R2: the path is back, its marker done with.
+        self.exec("DELETE FROM deleting WHERE hash = ?", &[text(entry.hash)])?;
+        Ok(true)
+    }
+
+    pub fn adopt_all(&self, adopt: Adopt) -> Answer<api::True> {
+        self.ready()?;
+        for entry in &adopt.entries {
+            self.adopt(entry, adopt.now)?;
+        }
+        Ok(api::True)
+    }
+
+    pub fn begin(&self, begin: Begin) -> Answer<Begun> {
+        self.ready()?;
+        for entry in &begin.adopt {
+            self.adopt(entry, begin.now)?;
+        }
+        for hit in &begin.upstream_hits {
+            self.exec(
+                "INSERT OR REPLACE INTO upstream (hash, cache, checked_at) VALUES (?, ?, ?)",
+                &[text(hit.hash), text(&hit.cache), integer(begin.now)],
+            )?;
+        }
+        let stale = integer(begin.now.saturating_sub(STALE_DELETE_MS));
+        // The path itself is being deleted, or its NAR is (by the orphan step: a NAR
+        // the publish found a moment ago; the retry finds it gone and uploads it).
+        let deleting = self.exists(
+            &format!(
+                "SELECT 1 AS n WHERE {} \
+                 OR EXISTS (SELECT 1 FROM nar_deleting WHERE nar = ?3 AND at > ?2)",
+                being_deleted("?1", 2)
+            ),
+            &[
+                text(begin.entry.hash),
+                stale.clone(),
+                text(&begin.entry.nar),
+            ],
+        )?;
+        if deleting {
+            return Ok(Begun::Deleting {
+                deleting: api::True,
+            });
+        }
+        // Correlated lookups: each reference is a few index probes, never a table scan.
+        let missing = self.hashes(
+            &format!(
+                "SELECT r.value AS hash FROM json_each(?1) AS r \
+                 WHERE (NOT EXISTS (SELECT 1 FROM paths AS p WHERE p.hash = r.value) \
+                        OR {}) \
+                   AND NOT EXISTS (SELECT 1 FROM upstream AS u \
+                        WHERE u.hash = r.value AND u.checked_at > ?4 \
+                          AND u.cache IN (SELECT c.value FROM json_each(?2) AS c))",
+                being_deleted("r.value", 3)
+            ),
+            &[
+                hash_array(&begin.entry.references),
+                Value::Text(api::render(&begin.upstreams)),
+                stale,
+                integer(begin.now.saturating_sub(UPSTREAM_MEMORY_MS)),
+            ],
+        )?;
+        if !missing.is_empty() {
+            return Ok(Begun::Missing { missing });
+        }
+        #[derive(Deserialize)]
+        struct IdRow {
+            id: u64,
+        }
+        let id = self
+            .rows::<IdRow>(
+                "INSERT INTO reservations (hash, entry, created_at) VALUES (?, ?, ?) RETURNING id",
+                &[
+                    text(begin.entry.hash),
+                    Value::Text(api::render(&begin.entry)),
+                    integer(begin.now),
+                ],
+            )?
+            .first()
+            .map(|row| row.id)
+            .ok_or_else(|| IndexError::Storage("no reservation id".into()))?;
+        self.exec(
+            "INSERT OR IGNORE INTO reserved_refs (reservation, reference) \
+             SELECT ?1, value FROM json_each(?2)",
+            &[integer(id), hash_array(&begin.entry.references)],
+        )?;
+        Ok(Begun::Reserved { reservation: id })
+    }
+
+    /// The entry a reservation was taken for.
+    fn reserved_entry(&self, id: u64) -> Answer<Option<Entry>> {
+        #[derive(Deserialize)]
+        struct EntryRow {
+            hash: String,
+            name: String,
+            nar: String,
+            file_size: u64,
+            nar_size: u64,
+            deriver: Option<String>,
+            token_id: Option<String>,
+            subject: Option<String>,
+        }
+        let Some(row) = self
+            .rows::<EntryRow>(
+                "SELECT json_extract(entry, '$.hash') AS hash, json_extract(entry, '$.name') AS name, \
+                 json_extract(entry, '$.nar') AS nar, json_extract(entry, '$.fileSize') AS file_size, \
+                 json_extract(entry, '$.narSize') AS nar_size, \
+                 json_extract(entry, '$.deriver') AS deriver, \
+                 json_extract(entry, '$.tokenId') AS token_id, \
+                 json_extract(entry, '$.subject') AS subject \
+                 FROM reservations WHERE id = ?",
+                &[integer(id)],
+            )?
+            .into_iter()
+            .next()
+        else {
+            return Ok(None);
+        };
+        let references = self.hashes(
+            "SELECT reference AS hash FROM reserved_refs WHERE reservation = ? ORDER BY reference",
+            &[integer(id)],
+        )?;
+        let token_id = match row.token_id {
+            Some(id) => Some(id.parse().map_err(|_| IndexError::Corrupt {
+                what: "token id",
+                value: id,
+            })?),
+            None => None,
+        };
+        Ok(Some(Entry {
+            hash: parse_hash(&row.hash)?,
+            name: row.name,
+            nar: row.nar,
+            file_size: row.file_size,
+            nar_size: row.nar_size,
+            references,
+            deriver: row.deriver,
+            published_at: 0,
+            token_id,
+            subject: row.subject,
+        }))
+    }
+
+    fn drop_reservation(&self, id: u64) -> Answer<()> {
+        self.exec("DELETE FROM reservations WHERE id = ?", &[integer(id)])?;
+        self.exec(
+            "DELETE FROM reserved_refs WHERE reservation = ?",
+            &[integer(id)],
+        )
+    }
+
+    pub fn commit(&self, finish: Finish) -> Answer<api::True> {
+        self.ready()?;
+        // A reservation the reconcile pass dropped as stale: the narinfo is in the bucket
+        // and the next lap indexes it.
+        if let Some(mut entry) = self.reserved_entry(finish.reservation)? {
+            entry.published_at = finish.now;
+            // The same bytes again: the first publish's record (who, when) stands.
+            let keep = finish.unchanged
+                && self.exists(
+                    "SELECT 1 AS n FROM paths WHERE hash = ?",
+                    &[text(entry.hash)],
+                )?;
+            self.touch(&[entry.hash], finish.now)?;
+            if keep {
+                // Pushed again: a GC root anew.
+                self.exec(
+                    "UPDATE paths SET pushed_at = MAX(pushed_at, ?2) WHERE hash = ?1",
+                    &[text(entry.hash), integer(finish.now)],
+                )?;
+            } else {
+                self.record(&entry)?;
+            }
+        }
+        self.drop_reservation(finish.reservation)?;
+        Ok(api::True)
+    }
+
+    pub fn abort(&self, finish: Finish) -> Answer<api::True> {
+        self.ready()?;
+        self.drop_reservation(finish.reservation)?;
+        Ok(api::True)
+    }
+
+    pub fn forget(&self, forget: Forget) -> Answer<Forgot> {
+        self.ready()?;
+        let hash = text(forget.hash);
+        if self.exists(
+            "SELECT 1 AS n FROM reservations WHERE hash = ? LIMIT 1",
+            std::slice::from_ref(&hash),
+        )? {
+            return Ok(Forgot::Publishing {
+                publishing: api::True,
+            });
+        }
+        let referrers = self.hashes(
+            "SELECT referrer AS hash FROM refs WHERE reference = ?1 AND referrer != ?1 \
+             UNION SELECT r.hash AS hash FROM reserved_refs AS rr \
+             JOIN reservations AS r ON r.id = rr.reservation WHERE rr.reference = ?1 \
+             LIMIT ?2",
+            &[hash.clone(), integer(MAX_LISTED as u64)],
+        )?;
+        if !referrers.is_empty() {
+            return Ok(Forgot::Referenced { referrers });
+        }
+        #[derive(Deserialize)]
+        struct NameRow {
+            name: String,
+        }
+        let pins = self.rows::<NameRow>(
+            "SELECT name FROM pins WHERE hash = ? ORDER BY name LIMIT ?",
+            &[hash, integer(MAX_LISTED as u64)],
+        )?;
+        if !pins.is_empty() {
+            let pins = pins
+                .iter()
+                .map(|row| {
+                    row.name.parse().map_err(|_| IndexError::Corrupt {
+                        what: "pin name",
+                        value: row.name.clone(),
+                    })
+                })
+                .collect::<Answer<_>>()?;
+            return Ok(Forgot::Pinned { pins });
+        }
+        self.remove_paths(&[forget.hash], forget.now)?;
+        Ok(Forgot::Forgotten {
+            forgotten: api::True,
+        })
+    }
+
+    /// The DELETE's R2 delete is done. Its marker stays, done, for a while: see `adopt`.
+    pub fn forget_done(&self, forget: Forget) -> Answer<api::True> {
+        self.ready()?;
+        self.confirm_removed(&[forget.hash], forget.now, forget.purged)?;
+        Ok(api::True)
+    }
+
+    pub fn query(&self, query: Query) -> Answer<PathQueryAnswer> {
+        self.ready()?;
+        #[derive(Deserialize)]
+        struct MissingRow {
+            hash: String,
+            upstream: u64,
+        }
+        let rows = self.rows::<MissingRow>(
+            &format!(
+                "SELECT q.value AS hash, EXISTS (SELECT 1 FROM upstream AS u WHERE u.hash = q.value \
+                   AND u.checked_at > ?3 \
+                   AND u.cache IN (SELECT c.value FROM json_each(?2) AS c)) AS upstream \
+                 FROM json_each(?1) AS q \
+                 WHERE NOT EXISTS (SELECT 1 FROM paths AS p WHERE p.hash = q.value) OR {}",
+                being_deleted("q.value", 4)
+            ),
+            &[
+                hash_array(&query.hashes),
+                Value::Text(api::render(&query.upstreams)),
+                integer(query.now.saturating_sub(UPSTREAM_MEMORY_MS)),
+                integer(query.now.saturating_sub(STALE_DELETE_MS)),
+            ],
+        )?;
+        let mut answer = PathQueryAnswer {
+            missing: Vec::with_capacity(rows.len()),
+            in_upstream: Vec::new(),
+        };
+        for row in rows {
+            let hash = parse_hash(&row.hash)?;
+            answer.missing.push(hash);
+            if row.upstream != 0 {
+                answer.in_upstream.push(hash);
+            }
+        }
+        Ok(answer)
+    }
+
+    pub fn stats(&self, _: api::True) -> Answer<Stats> {
+        self.ready()?;
+        #[derive(Deserialize)]
+        struct TotalsRow {
+            paths: u64,
+            nar_bytes: u64,
+        }
+        let totals = self
+            .rows::<TotalsRow>(
+                "SELECT COUNT(*) AS paths, COALESCE(SUM(nar_size), 0) AS nar_bytes FROM paths",
+                &[],
+            )?
+            .into_iter()
+            .next()
+            .ok_or_else(|| IndexError::Storage("no totals".into()))?;
+        let stored_bytes = self.number(
+            "SELECT COALESCE(SUM(size), 0) AS n FROM \
+             (SELECT MAX(file_size) AS size FROM paths GROUP BY nar)",
+            &[],
+        )?;
+        #[derive(Deserialize)]
+        struct RecentRow {
+            hash: String,
+            name: String,
+            published_at: u64,
+            subject: Option<String>,
+            token_id: Option<String>,
+        }
+        let recent = self
+            .rows::<RecentRow>(
+                "SELECT hash, name, published_at, subject, token_id FROM paths \
+                 ORDER BY published_at DESC LIMIT 10",
+                &[],
+            )?
+            .into_iter()
+            .map(|row| Publish {
+                store_path: format!("{}-{}", row.hash, row.name),
+                published_at: row.published_at,
+                subject: row.subject,
+                token_id: row.token_id.and_then(|id| id.parse().ok()),
+            })
+            .collect();
+        Ok(Stats {
+            paths: totals.paths,
+            nar_bytes: totals.nar_bytes,
+            stored_bytes,
+            index_bytes: self.sql.size(),
+            upstream_paths: self.number("SELECT COUNT(DISTINCT hash) AS n FROM upstream", &[])?,
+            recent,
+            reconcile: self.reconcile_state()?,
+            gc: self.gc_run()?,
+        })
+    }
+
+    pub fn reconcile_state(&self) -> Answer<ReconcileState> {
+        Ok(ReconcileState {
+            after: self.meta_text(CURSOR_KEY)?.unwrap_or_default(),
+            last_pass_at: self.meta_time(LAST_PASS_KEY)?,
+            complete_lap_started_at: self.meta_time(COMPLETE_LAP_KEY)?,
+            lap_started_at: self.meta_time(LAP_STARTED_KEY)?,
+        })
+    }
+
+    /// When the last complete reconcile lap began (see [`ReconcileState`]).
+    pub(super) fn complete_lap_started_at(&self) -> Answer<Option<u64>> {
+        self.meta_time(COMPLETE_LAP_KEY)
+    }
+
+    pub fn cursor(&self, _: api::True) -> Answer<Cursor> {
+        self.ready()?;
+        Ok(Cursor {
+            after: self.meta_text(CURSOR_KEY)?.unwrap_or_default(),
+            moved: true,
+        })
+    }
+
+    pub fn reconcile_page(&self, page: ReconcilePage) -> Answer<PageChecked> {
+        self.ready()?;
+        let through = page.through.clone().map_or(Value::Null, Value::Text);
+        let after = Value::Text(page.after.clone());
+        let narinfos = hash_array(&page.narinfos);
+        // `hash >= substr(key, 1, 32)` follows from `hash || '.narinfo' > key` (and `<=`
+        // for the upper bound); stated, it lets SQLite walk the primary key over the
+        // page's range instead of reading every row.
+        let in_page = |column: &str| {
+            format!(
+                "{column} >= substr(?1, 1, 32) AND {column} || '.narinfo' > ?1 \
+                 AND (?2 IS NULL OR ({column} <= substr(?2, 1, 32) AND {column} || '.narinfo' <= ?2)) \
+                 AND {column} NOT IN (SELECT value FROM json_each(?3))"
+            )
+        };
+        let cutoff = integer(page.listed_at.saturating_sub(RECONCILE_MARGIN_MS));
+        // Gone from the bucket: their NARs are kept for the GC's grace period too.
+        self.exec(
+            &format!(
+                "INSERT OR REPLACE INTO removed (hash, nar, deriver, removed_at) \
+                 SELECT hash, nar, deriver, ?5 FROM paths WHERE {} AND published_at < ?4",
+                in_page("hash")
+            ),
+            &[
+                after.clone(),
+                through.clone(),
+                narinfos.clone(),
+                cutoff.clone(),
+                integer(page.listed_at),
+            ],
+        )?;
+        let removed = self.hashes(
+            &format!(
+                "DELETE FROM paths WHERE {} AND published_at < ?4 RETURNING hash",
+                in_page("hash")
+            ),
+            &[after.clone(), through.clone(), narinfos.clone(), cutoff],
+        )?;
+        // References of paths whose narinfo is not in the bucket (removed above, or
+        // forgotten by a delete whose confirmation was lost) protect nothing any more.
+        self.exec(
+            &format!(
+                "DELETE FROM refs WHERE {} AND referrer NOT IN (SELECT hash FROM paths)",
+                in_page("referrer")
+            ),
+            &[after.clone(), through.clone(), narinfos.clone()],
+        )?;
+        self.exec(
+            &format!("DELETE FROM unreadable WHERE {}", in_page("hash")),
+            &[after.clone(), through.clone(), narinfos.clone()],
+        )?;
+        // Deletes whose narinfo is gone from the bucket are done, confirmed or not: their
+        // references protect nothing. (An old marker whose narinfo is still here stays
+        // until `advance` adopts the narinfo again: until then its NAR is kept.)
+        let stale = integer(page.listed_at.saturating_sub(STALE_DELETE_MS));
+        let gone = self.hashes(
+            &format!(
+                "SELECT hash FROM deleting WHERE {} AND (done = 1 OR at < ?4)",
+                in_page("hash")
+            ),
+            &[after, through, narinfos, stale.clone()],
+        )?;
+        // Nobody purged the edge cache of these.
+        self.confirm_removed(&gone, page.listed_at, false)?;
+        self.exec(
+            "DELETE FROM deleting WHERE at < ?2 AND hash IN (SELECT value FROM json_each(?1))",
+            &[hash_array(&gone), stale],
+        )?;
+        // Missing from the index, or stored in R2 well after the index recorded it (the
+        // margin covers a publish's own write, which follows its recorded time).
+        let unindexed = self.hashes(
+            &format!(
+                "SELECT q.value AS hash FROM json_each(?1) AS q \
+                 WHERE NOT EXISTS (SELECT 1 FROM paths AS p WHERE p.hash = q.value \
+                     AND p.published_at + ?4 >= COALESCE(json_extract(?3, '$[' || q.key || ']'), 0)) \
+                   AND NOT {}",
+                being_deleted("q.value", 2)
+            ),
+            &[
+                hash_array(&page.narinfos),
+                integer(page.listed_at.saturating_sub(STALE_DELETE_MS)),
+                Value::Text(api::render(&page.uploaded)),
+                integer(RECONCILE_MARGIN_MS),
+            ],
+        )?;
+        Ok(PageChecked {
+            unindexed,
+            removed: removed.len() as u64,
+        })
+    }
+
+    pub fn advance(&self, advance: Advance) -> Answer<Cursor> {
+        self.ready()?;
+        for entry in &advance.adopt {
+            self.adopt(entry, advance.now)?;
+        }
+        for unreadable in &advance.unreadable {
+            self.exec(
+                "INSERT OR REPLACE INTO unreadable (hash, nar, seen_at) VALUES (?, ?, ?)",
+                &[
+                    text(unreadable.hash),
+                    unreadable.nar.clone().into(),
+                    integer(advance.now),
+                ],
+            )?;
+        }
+        // Reservations of publishes that died half-way, in this page's range: their
+        // narinfo, if it reached the bucket, was just adopted, so what they kept from
+        // deletion stays kept. (Dropped anywhere else, a narinfo in R2 that no lap has
+        // seen yet would lose its references' protection.)
+        self.exec(
+            "DELETE FROM reservations WHERE created_at < ?3 \
+               AND hash >= substr(?1, 1, 32) AND hash || '.narinfo' > ?1 \
+               AND (?2 IS NULL OR (hash <= substr(?2, 1, 32) AND hash || '.narinfo' <= ?2))",
+            &[
+                Value::Text(advance.after.clone()),
+                advance.through.clone().map_or(Value::Null, Value::Text),
+                integer(advance.listed_at.saturating_sub(STALE_RESERVATION_MS)),
+            ],
+        )?;
+        self.exec(
+            "DELETE FROM reserved_refs WHERE reservation NOT IN (SELECT id FROM reservations)",
+            &[],
+        )?;
+        let current = self.meta_text(CURSOR_KEY)?.unwrap_or_default();
+        if current != advance.after {
+            return Ok(Cursor {
+                after: current,
+                moved: false,
+            });
+        }
+        if advance.after.is_empty() {
+            // The first page of a lap: everything in the bucket before this listing is
+            // seen by the time the lap comes round.
+            self.set_meta(LAP_STARTED_KEY, advance.listed_at.to_string())?;
+        }
+        let next = advance.through.unwrap_or_default();
+        if next.is_empty() {
+            if let Some(started) = self.meta_time(LAP_STARTED_KEY)? {
+                self.set_meta(COMPLETE_LAP_KEY, started.to_string())?;
+            }
+            self.set_meta(LAST_PASS_KEY, advance.now.to_string())?;
+            self.clear_meta(LAP_STARTED_KEY)?;
+        }
+        self.set_meta(CURSOR_KEY, next.clone())?;
+        Ok(Cursor {
+            after: next,
+            moved: true,
+        })
+    }
+
+    /// `logs/own`: a log uploaded while a path names its derivation is that path's, and
+    /// goes with it; any other log stays.
+    pub fn own_log(&self, own: OwnLog) -> Answer<bool> {
+        self.ready()?;
+        let owned = self.exists(
+            "SELECT 1 AS n FROM paths WHERE deriver = ?1 LIMIT 1",
+            &[text(&own.drv)],
+        )?;
+        if owned {
+            self.exec(
+                "INSERT OR IGNORE INTO owned_logs (drv) VALUES (?)",
+                &[text(&own.drv)],
+            )?;
+        }
+        Ok(owned)
+    }
+
+    /// Whether a reconcile lap should run now: one is under way, or the last one ended
+    /// longer ago than `interval` (or never did).
+    pub fn lap_wanted(&self, at: At, interval: u64) -> Answer<bool> {
+        self.ready()?;
+        if !self.meta_text(CURSOR_KEY)?.unwrap_or_default().is_empty() {
+            return Ok(true);
+        }
+        Ok(match self.meta_time(LAST_PASS_KEY)? {
+            Some(last) => at.now.saturating_sub(last) >= interval,
+            None => true,
+        })
+    }
+}

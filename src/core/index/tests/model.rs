@@ -1,0 +1,1291 @@
+//! The model-based test of everything that decides what is deleted.
+//!
+//! A simulated deployment, in memory and deterministic: a bucket (a map of keys to
+//! bytes and upload times), the real index on SQLite, and the real procedures
+//! (`passes`) the worker, the cron and the object's alarm run. Proptest throws random
+//! sequences of operations at it: publishes through the worker, writes and deletes
+//! behind its back (`nix copy --to s3://`, `rclone`), DELETEs, pins, root refreshes,
+//! reconcile steps, GC requests (dry and real, with and without edge purge), cron ticks
+//! and alarms, settings changes, clock jumps and an index wipe (a new Durable Object).
+//! Any operation may be killed at any await (the request dies there: what it did so
+//! far stays, nothing more), before or after that await's effect.
+//!
+//! After every operation the bucket is held against a plain model of what must hold:
+//!
+//! - **closure**: every narinfo in the bucket has its NAR and the narinfos of its
+//!   references, unless the missing object was absent when the narinfo was written,
+//!   or removed by the operator (DELETE of a NAR) or behind the worker's back, or the
+//!   narinfo was written behind the worker's back after the reconcile lap that the
+//!   deleting step relied on began;
+//! - **retention**: the GC deletes no narinfo reachable from a root (pushed within
+//!   `RETAIN_DAYS`, as the model saw the pushes) or a pin, and none at all when no rule
+//!   is configured; a budget may drop roots, never pins;
+//! - **knowledge**: the GC deletes no object that the last complete lap (whose claim
+//!   is itself checked: every narinfo in the bucket when it began is known) could not
+//!   have seen unused, i.e. stored less than the grace period before it began;
+//! - **grace**: a NAR goes only a grace period after the last narinfo naming it left
+//!   the bucket;
+//! - **dry runs** delete nothing;
+//! - **liveness**, at the end: with the clock moved on and enough cron ticks, alarms and
+//!   GC requests, everything no rule keeps is gone (no retention: every unused NAR; with
+//!   retention: every narinfo no pin reaches).
+//!
+//! `PROPTEST_CASES` sets the number of cases (`make soak` runs many more); a failure
+//! prints the shrunk sequence of operations, and the seed in
+//! `proptest-regressions/` replays it.
+
+// The simulation is single-threaded and nothing borrows the index mutably while a
+// request runs (only `Wipe`, between requests).
+#![allow(clippy::await_holding_refcell_ref)]
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use proptest::prelude::*;
+
+use super::sqlite::Sqlite;
+use crate::core::api;
+use crate::core::gc::{Retention, DAY_MS, HOUR_MS};
+use crate::core::index::ops::{IndexOp, RemovePinOp, RootsOp, SetPinOp};
+use crate::core::index::passes::gc::{steps, Laps, Mode};
+use crate::core::index::passes::publish::{delete_narinfo, publish, Sources};
+use crate::core::index::passes::upkeep::{upkeep, Caller, ObjectLaps};
+use crate::core::index::passes::{
+    Bucket, Budget, EdgePurge, Fetched, Found, IndexCalls, Listing, Object, PassError,
+    StorageError, Upstreams,
+};
+use crate::core::index::sql::Sql;
+use crate::core::index::{
+    Entry, Index, IndexError, Refresh, RemovePin, SetPin, R2_OPS_PER_INVOCATION,
+};
+use crate::core::nix::hash::Sha256;
+use crate::core::nix::narinfo::NarInfo;
+use crate::core::nix::store_path::StorePathHash;
+use crate::core::pin_name::PinName;
+use crate::core::route::METADATA_MAX_AGE_SECS;
+
+const STORE_DIR: &str = "/nix/store";
+const PATHS: usize = 7;
+const GRACE_MS: u64 = 25 * HOUR_MS;
+const START: u64 = 1_700_000_000_000;
+
+// ---------------------------------------------------------------------------------
+// The universe of a case: paths, their references (a DAG) and NARs (sometimes shared).
+
+#[derive(Debug, Clone)]
+struct Universe {
+    /// `refs[i]`: paths `i` references (all below `i`).
+    refs: Vec<Vec<usize>>,
+    /// `nar[i]`: the NAR file path `i` uses.
+    nar: Vec<usize>,
+}
+
+fn hash(i: usize) -> StorePathHash {
+    let mut bytes = [0u8; 20];
+    bytes[0] = 7 * i as u8 + 1;
+    bytes[19] = i as u8;
+    StorePathHash::from_bytes(bytes)
+}
+
+fn narinfo_key(i: usize) -> String {
+    format!("{}.narinfo", hash(i))
+}
+
+fn nar_key(n: usize) -> String {
+    format!("nar/{}.nar.zst", Sha256([n as u8 + 1; 32]).nix32())
+}
+
+fn nar_size(n: usize) -> u64 {
+    1000 * (n as u64 + 1)
+}
+
+impl Universe {
+    fn narinfo(&self, i: usize) -> Vec<u8> {
+        let n = self.nar[i];
+        let nar = Sha256([n as u8 + 1; 32]).nix32();
+        let refs: Vec<String> = self.refs[i]
+            .iter()
+            .map(|&j| format!("{}-p{j}", hash(j)))
+            .collect();
+        format!(
+            "StorePath: {STORE_DIR}/{}-p{i}\nURL: nar/{nar}.nar.zst\nCompression: zstd\n\
+             FileHash: sha256:{nar}\nFileSize: {size}\nNarHash: sha256:{nar}\nNarSize: {size}\n\
+             References: {}\n",
+            hash(i),
+            refs.join(" "),
+            size = nar_size(n),
+        )
+        .into_bytes()
+    }
+
+    /// What narinfo `i` needs in the bucket: its NAR, its references' narinfos.
+    fn needs(&self, i: usize) -> Vec<String> {
+        let mut keys = vec![nar_key(self.nar[i])];
+        keys.extend(self.refs[i].iter().map(|&j| narinfo_key(j)));
+        keys
+    }
+
+    /// The closure of `roots` over the paths in `present`.
+    fn closure(
+        &self,
+        roots: impl IntoIterator<Item = usize>,
+        present: &BTreeSet<usize>,
+    ) -> BTreeSet<usize> {
+        let mut seen = BTreeSet::new();
+        let mut todo: Vec<usize> = roots.into_iter().filter(|r| present.contains(r)).collect();
+        while let Some(i) = todo.pop() {
+            if seen.insert(i) {
+                todo.extend(self.refs[i].iter().filter(|j| present.contains(j)));
+            }
+        }
+        seen
+    }
+}
+
+fn path_of_narinfo(key: &str) -> Option<usize> {
+    (0..PATHS).find(|&i| narinfo_key(i) == key)
+}
+
+// ---------------------------------------------------------------------------------
+// The simulated deployment.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Actor {
+    Worker,
+    Gc,
+    Operator,
+    Behind,
+}
+
+#[derive(Debug, Clone)]
+struct Stored {
+    bytes: Vec<u8>,
+    uploaded: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Deletion {
+    key: String,
+    at: u64,
+    by: Actor,
+    /// What the index said at that moment: when the last complete lap began.
+    lap: Option<u64>,
+    uploaded: u64,
+    /// The request purged the edge cache of what it deleted.
+    purged: bool,
+}
+
+struct Sim {
+    objects: RefCell<BTreeMap<String, Stored>>,
+    index: RefCell<Index<Sqlite>>,
+    now: Cell<u64>,
+    awaits: Cell<u32>,
+    kill: Cell<Option<(u32, bool)>>,
+    actor: Cell<Actor>,
+    purges: Cell<bool>,
+    deletions: RefCell<Vec<Deletion>>,
+}
+
+/// Where a request meets the world: `None` goes on; `Some(effect)`: the request dies
+/// here, after this await's effect (`true`) or before it.
+impl Sim {
+    fn new() -> Self {
+        Sim {
+            objects: RefCell::new(BTreeMap::new()),
+            index: RefCell::new(Index::open(Sqlite::memory())),
+            now: Cell::new(START),
+            awaits: Cell::new(0),
+            kill: Cell::new(None),
+            actor: Cell::new(Actor::Worker),
+            purges: Cell::new(false),
+            deletions: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn gate(&self) -> Option<bool> {
+        let n = self.awaits.get();
+        self.awaits.set(n + 1);
+        match self.kill.get() {
+            Some((at, effect)) if at == n => Some(effect),
+            _ => None,
+        }
+    }
+
+    fn lap(&self) -> Option<u64> {
+        self.index.borrow().complete_lap_started_at().ok().flatten()
+    }
+
+    fn remove(&self, key: &str, by: Actor) {
+        if let Some(old) = self.objects.borrow_mut().remove(key) {
+            self.deletions.borrow_mut().push(Deletion {
+                key: key.to_owned(),
+                at: self.now.get(),
+                by,
+                lap: self.lap(),
+                uploaded: old.uploaded,
+                purged: self.purges.get(),
+            });
+        }
+    }
+
+    fn put(&self, key: &str, bytes: Vec<u8>) {
+        self.objects.borrow_mut().insert(
+            key.to_owned(),
+            Stored {
+                bytes,
+                uploaded: self.now.get(),
+            },
+        );
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.objects.borrow().contains_key(key)
+    }
+}
+
+/// Runs a request to its end, or to the await where it is killed (the future is then
+/// dropped: nothing after that await happens).
+fn run<F: Future>(sim: &Sim, kill: Option<(u32, bool)>, future: F) -> Option<F::Output> {
+    sim.awaits.set(0);
+    sim.kill.set(kill);
+    let mut future = pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    let result = match future.as_mut().poll(&mut cx) {
+        Poll::Ready(value) => Some(value),
+        Poll::Pending => None,
+    };
+    sim.kill.set(None);
+    result
+}
+
+async fn killed<T>() -> T {
+    std::future::pending().await
+}
+
+struct SimBucket<'a>(&'a Sim);
+
+impl Bucket for SimBucket<'_> {
+    async fn list(
+        &self,
+        after: &str,
+        limit: u32,
+        top_level: bool,
+    ) -> Result<Listing, StorageError> {
+        if self.0.gate().is_some() {
+            return killed().await;
+        }
+        let objects = self.0.objects.borrow();
+        let mut listed: Vec<Object> = objects
+            .range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+            .filter(|(key, _)| !top_level || !key.contains('/'))
+            .map(|(key, stored)| Object {
+                key: key.clone(),
+                size: stored.bytes.len() as u64,
+                uploaded: stored.uploaded,
+            })
+            .take(limit as usize + 1)
+            .collect();
+        let truncated = listed.len() > limit as usize;
+        listed.truncate(limit as usize);
+        Ok(Listing {
+            objects: listed,
+            truncated,
+        })
+    }
+
+    async fn get(&self, key: &str, max_bytes: u64) -> Result<Option<Fetched>, StorageError> {
+        if self.0.gate().is_some() {
+            return killed().await;
+        }
+        Ok(self.0.objects.borrow().get(key).map(|stored| Fetched {
+            bytes: (stored.bytes.len() as u64 <= max_bytes).then(|| stored.bytes.clone()),
+            uploaded: stored.uploaded,
+        }))
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<(), StorageError> {
+        let gate = self.0.gate();
+        if gate != Some(false) {
+            for key in keys {
+                self.0.remove(key, self.0.actor.get());
+            }
+        }
+        if gate.is_some() {
+            return killed().await;
+        }
+        Ok(())
+    }
+}
+
+/// The worker's calls to the object: each may die before it reaches the object, or
+/// after the object acted but before the answer arrived.
+struct SimIndex<'a>(&'a Sim);
+
+impl IndexCalls for SimIndex<'_> {
+    async fn call<O: IndexOp>(&self, request: &O::Request) -> Result<O::Answer, IndexError> {
+        let gate = self.0.gate();
+        if gate == Some(false) {
+            return killed().await;
+        }
+        let answer = O::apply(&self.0.index.borrow(), request.clone());
+        if gate.is_some() {
+            return killed().await;
+        }
+        answer
+    }
+
+    fn cost(&self) -> u32 {
+        1
+    }
+}
+
+/// The worker asking the object for a reconcile step.
+struct SimObjectSteps<'a>(&'a Sim);
+
+impl Laps for SimObjectSteps<'_> {
+    async fn reconcile_step(
+        &self,
+        budget: &mut Budget,
+    ) -> Result<Option<api::ReconcileStep>, PassError> {
+        if !budget.take(1) {
+            return Ok(None);
+        }
+        if self.0.gate() == Some(false) {
+            return killed().await;
+        }
+        let index = self.0.index.borrow();
+        let laps = ObjectLaps {
+            bucket: &SimBucket(self.0),
+            index: &index,
+            store_dir: STORE_DIR,
+            now: self.0.now.get(),
+        };
+        match laps
+            .reconcile_step(&mut Budget::new(R2_OPS_PER_INVOCATION))
+            .await?
+        {
+            Some(step) => Ok(Some(step)),
+            None => Err(PassError::Busy("no budget for a step".into())),
+        }
+    }
+}
+
+struct NoUpstreams;
+
+impl Upstreams for NoUpstreams {
+    async fn lookup(&self, _caches: &[String], hashes: &[StorePathHash]) -> Vec<Found> {
+        vec![Found::Absent; hashes.len()]
+    }
+}
+
+/// An edge cache that purges (`nixflare gc` on Cloudflare): no edge holds.
+struct Purging;
+
+impl EdgePurge for Purging {
+    fn purges(&self) -> bool {
+        true
+    }
+    async fn purge(&self, _keys: &[String]) {}
+}
+
+// ---------------------------------------------------------------------------------
+// Operations.
+
+type Kill = Option<(u32, bool)>;
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// `PUT` of a path's NAR, then of its narinfo, through the worker.
+    Push {
+        path: usize,
+        kill: Kill,
+    },
+    /// `nixflare push`: the closure, references first, then the roots refreshed.
+    PushClosure {
+        path: usize,
+    },
+    /// Written straight into the bucket; `nar`: the NAR too (if absent); `garbage`: a
+    /// narinfo this cache cannot parse that names the NAR.
+    Behind {
+        path: usize,
+        nar: bool,
+        garbage: bool,
+    },
+    BehindDelete {
+        path: usize,
+        nar: bool,
+    },
+    Delete {
+        path: usize,
+        kill: Kill,
+    },
+    DeleteNar {
+        path: usize,
+    },
+    Pin {
+        name: u8,
+        path: usize,
+        kill: Kill,
+    },
+    Unpin {
+        name: u8,
+        kill: Kill,
+    },
+    Refresh {
+        path: usize,
+        kill: Kill,
+    },
+    Reconcile {
+        kill: Kill,
+    },
+    Gc {
+        dry: bool,
+        purges: bool,
+        kill: Kill,
+    },
+    Cron {
+        kill: Kill,
+    },
+    Alarm {
+        kill: Kill,
+    },
+    Settings {
+        retain_days: Option<u64>,
+        budget: Option<u64>,
+    },
+    Clock {
+        hours: u64,
+    },
+    Wipe,
+}
+
+fn kill() -> impl Strategy<Value = Kill> {
+    prop_oneof![
+        4 => Just(None),
+        1 => (0u32..14, any::<bool>()).prop_map(Some),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let path = 0..PATHS;
+    prop_oneof![
+        6 => (path.clone(), kill()).prop_map(|(path, kill)| Op::Push { path, kill }),
+        3 => path.clone().prop_map(|path| Op::PushClosure { path }),
+        3 => (path.clone(), any::<bool>(), prop::bool::weighted(0.15))
+            .prop_map(|(path, nar, garbage)| Op::Behind { path, nar, garbage }),
+        1 => (path.clone(), any::<bool>()).prop_map(|(path, nar)| Op::BehindDelete { path, nar }),
+        2 => (path.clone(), kill()).prop_map(|(path, kill)| Op::Delete { path, kill }),
+        1 => path.clone().prop_map(|path| Op::DeleteNar { path }),
+        1 => (0u8..2, path.clone(), kill()).prop_map(|(name, path, kill)| Op::Pin { name, path, kill }),
+        1 => (0u8..2, kill()).prop_map(|(name, kill)| Op::Unpin { name, kill }),
+        2 => (path, kill()).prop_map(|(path, kill)| Op::Refresh { path, kill }),
+        3 => kill().prop_map(|kill| Op::Reconcile { kill }),
+        4 => (any::<bool>(), any::<bool>(), kill())
+            .prop_map(|(dry, purges, kill)| Op::Gc { dry: dry && purges, purges, kill }),
+        3 => kill().prop_map(|kill| Op::Cron { kill }),
+        2 => kill().prop_map(|kill| Op::Alarm { kill }),
+        1 => (prop::option::weighted(0.7, 1u64..4), prop::option::weighted(0.3, 1000u64..12_000))
+            .prop_map(|(retain_days, budget)| Op::Settings { retain_days, budget }),
+        4 => prop_oneof![Just(1u64), Just(12), Just(26), Just(49), Just(24 * 5)]
+            .prop_map(|hours| Op::Clock { hours }),
+        1 => Just(Op::Wipe),
+    ]
+}
+
+fn universe() -> impl Strategy<Value = Universe> {
+    (
+        prop::collection::vec(prop::collection::vec(any::<bool>(), PATHS), PATHS),
+        prop::collection::vec(prop::option::weighted(0.2, 0..PATHS), PATHS),
+    )
+        .prop_map(|(edges, shared)| Universe {
+            refs: (0..PATHS)
+                .map(|i| {
+                    (0..i)
+                        .filter(|&j| edges[i][j] && (i + j) % 2 == 0)
+                        .collect()
+                })
+                .collect(),
+            nar: (0..PATHS)
+                .map(|i| match shared[i] {
+                    Some(j) if j < i => j,
+                    _ => i,
+                })
+                .collect(),
+        })
+}
+
+// ---------------------------------------------------------------------------------
+// The model.
+
+#[derive(Debug, Clone)]
+struct Written {
+    at: u64,
+    by: Actor,
+    /// What the narinfo needed that was not in the bucket when it was written.
+    absent: BTreeSet<String>,
+}
+
+struct Model {
+    universe: Universe,
+    retention: Retention,
+    /// Last successful publish or refresh of each path, as the client saw it.
+    pushed: BTreeMap<usize, u64>,
+    pins: BTreeMap<u8, usize>,
+    /// The current incarnation of each narinfo key.
+    written: BTreeMap<String, Written>,
+    /// Last deletion of each key.
+    deleted: BTreeMap<String, Deletion>,
+    /// For each NAR: when the last narinfo naming it left the bucket, and whether that
+    /// narinfo was one the index could have known (not written and removed behind its
+    /// back).
+    referrer_gone: BTreeMap<String, (u64, bool)>,
+    /// The complete lap the index claimed after the previous operation.
+    lap: Option<u64>,
+    /// Narinfos deleted by a request that could not purge the edge cache: clients may
+    /// still get them from there until the time given.
+    edge: BTreeMap<String, (Written, u64)>,
+}
+
+impl Model {
+    fn new(universe: Universe) -> Self {
+        Model {
+            universe,
+            retention: Retention {
+                retain_ms: None,
+                budget_bytes: None,
+                grace_ms: GRACE_MS,
+            },
+            pushed: BTreeMap::new(),
+            pins: BTreeMap::new(),
+            written: BTreeMap::new(),
+            deleted: BTreeMap::new(),
+            referrer_gone: BTreeMap::new(),
+            lap: None,
+            edge: BTreeMap::new(),
+        }
+    }
+}
+
+struct Case {
+    sim: Sim,
+    model: Model,
+}
+
+fn pin_name(name: u8) -> PinName {
+    format!("pin-{name}").parse().expect("a pin name")
+}
+
+fn parse(bytes: &[u8]) -> Option<NarInfo> {
+    NarInfo::parse(bytes, STORE_DIR).ok()
+}
+
+impl Case {
+    fn new(universe: Universe) -> Self {
+        Case {
+            sim: Sim::new(),
+            model: Model::new(universe),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.sim.now.get()
+    }
+
+    fn present_paths(&self) -> BTreeSet<usize> {
+        (0..PATHS)
+            .filter(|&i| {
+                self.sim
+                    .objects
+                    .borrow()
+                    .get(&narinfo_key(i))
+                    .is_some_and(|s| parse(&s.bytes).is_some())
+            })
+            .collect()
+    }
+
+    /// Records a narinfo write (or an object write) for the closure check.
+    fn note_written(&mut self, key: &str, by: Actor) {
+        let absent = match path_of_narinfo(key) {
+            Some(i) => self
+                .model
+                .universe
+                .needs(i)
+                .into_iter()
+                .filter(|k| !self.sim.has(k))
+                .collect(),
+            None => BTreeSet::new(),
+        };
+        self.model.written.insert(
+            key.to_owned(),
+            Written {
+                at: self.now(),
+                by,
+                absent,
+            },
+        );
+    }
+
+    // -- the worker's requests ------------------------------------------------------
+
+    fn push(&mut self, i: usize, kill: Kill) {
+        let nar = nar_key(self.model.universe.nar[i]);
+        // The NAR's own request.
+        let sim = &self.sim;
+        let nar_put = run(sim, kill, async {
+            if sim.gate() == Some(false) {
+                return killed().await;
+            }
+            if !sim.has(&nar) {
+                sim.put(&nar, vec![0; nar_size(self.model.universe.nar[i]) as usize]);
+            }
+        });
+        if nar_put.is_none() {
+            return;
+        }
+        let key = narinfo_key(i);
+        let existed = sim.has(&key);
+        let bytes = self.model.universe.narinfo(i);
+        let info = parse(&bytes).expect("the model's narinfo parses");
+        let now = self.now();
+        let entry = Entry::of(&info, now, None);
+        let sources = Sources {
+            bucket: &SimBucket(sim),
+            upstreams: &NoUpstreams,
+            upstream_caches: &[],
+            store_dir: STORE_DIR,
+        };
+        let outcome = run(sim, kill, async {
+            // The NAR must be there (one HEAD), then the closure rule and the one rule
+            // for stored keys (create if absent, same bytes again is fine).
+            if sim.gate() == Some(false) {
+                return killed().await;
+            }
+            if !sim.has(&nar) {
+                return Err(PassError::Conflict("upload the NAR first".into()));
+            }
+            let put = || async {
+                let gate = sim.gate();
+                if gate == Some(false) {
+                    return killed().await;
+                }
+                let stored = sim.objects.borrow().get(&key).map(|s| s.bytes.clone());
+                let result = match stored {
+                    None => {
+                        sim.put(&key, bytes.clone());
+                        Ok(((), false))
+                    }
+                    Some(old) if old == bytes => Ok(((), true)),
+                    Some(_) => Err(PassError::Conflict("a different narinfo".into())),
+                };
+                if gate.is_some() {
+                    return killed().await;
+                }
+                result
+            };
+            publish(&sources, &SimIndex(sim), &info, entry, now, put).await
+        });
+        if !existed && self.sim.has(&key) {
+            self.note_written(&key, Actor::Worker);
+        }
+        if let Some(Ok(())) = outcome {
+            self.model.pushed.insert(i, now);
+        }
+    }
+
+    fn push_closure(&mut self, i: usize) {
+        let present = (0..PATHS).collect();
+        let closure = self.model.universe.closure([i], &present);
+        for &j in &closure {
+            self.push(j, None);
+        }
+        self.refresh(i, None);
+    }
+
+    fn refresh(&mut self, i: usize, kill: Kill) {
+        let present = (0..PATHS).collect();
+        let closure: Vec<usize> = self
+            .model
+            .universe
+            .closure([i], &present)
+            .into_iter()
+            .collect();
+        let now = self.now();
+        let request = Refresh {
+            hashes: closure.iter().map(|&j| hash(j)).collect(),
+            now,
+        };
+        let sim = &self.sim;
+        if let Some(Ok(answer)) = run(sim, kill, SimIndex(sim).call::<RootsOp>(&request)) {
+            for j in closure {
+                if !answer.missing.contains(&hash(j)) {
+                    self.model.pushed.insert(j, now);
+                }
+            }
+        }
+    }
+
+    fn delete(&mut self, i: usize, kill: Kill) {
+        self.sim.actor.set(Actor::Operator);
+        let sim = &self.sim;
+        let now = self.now();
+        let outcome = run(
+            sim,
+            kill,
+            delete_narinfo(&SimBucket(sim), &SimIndex(sim), &Purging, hash(i), now),
+        );
+        if outcome.is_none() {
+            // Perhaps forgotten, perhaps not: what the client pushed before no longer
+            // counts on the model's side (the index may adopt the narinfo afresh, with
+            // its upload time).
+            self.model.pushed.remove(&i);
+        }
+    }
+
+    fn pin(&mut self, name: u8, i: usize, kill: Kill) {
+        let request = SetPin {
+            name: pin_name(name),
+            store_path: format!("{}-p{i}", hash(i)).parse().expect("a base name"),
+            expires_at: None,
+            subject: "model".into(),
+            now: self.now(),
+        };
+        let sim = &self.sim;
+        match run(sim, kill, SimIndex(sim).call::<SetPinOp>(&request)) {
+            Some(Ok(crate::core::index::PinSet::Pinned { .. })) => {
+                self.model.pins.insert(name, i);
+            }
+            // Moved or not: the model cannot tell, so it holds the old path no more.
+            None => {
+                self.model.pins.remove(&name);
+            }
+            _ => {}
+        }
+    }
+
+    fn unpin(&mut self, name: u8, kill: Kill) {
+        let sim = &self.sim;
+        let _ = run(
+            sim,
+            kill,
+            SimIndex(sim).call::<RemovePinOp>(&RemovePin {
+                name: pin_name(name),
+            }),
+        );
+        self.model.pins.remove(&name);
+    }
+
+    fn reconcile(&mut self, kill: Kill) {
+        let sim = &self.sim;
+        let _ = run(
+            sim,
+            kill,
+            SimObjectSteps(sim).reconcile_step(&mut Budget::new(44)),
+        );
+    }
+
+    fn gc(&mut self, dry: bool, purges: bool, kill: Kill) -> Option<api::GcProgress> {
+        self.sim.actor.set(Actor::Gc);
+        let sim = &self.sim;
+        let mode = Mode {
+            dry_run: dry,
+            start_up_to: if dry { 0 } else { u64::MAX >> 11 },
+        };
+        let retention = self.model.retention;
+        let now = self.now();
+        let mut budget = Budget::new(R2_OPS_PER_INVOCATION - 1);
+        let outcome = if purges {
+            run(
+                sim,
+                kill,
+                steps(
+                    &SimBucket(sim),
+                    &SimIndex(sim),
+                    &Purging,
+                    &SimObjectSteps(sim),
+                    retention,
+                    now,
+                    mode,
+                    &mut budget,
+                ),
+            )
+        } else {
+            run(
+                sim,
+                kill,
+                steps(
+                    &SimBucket(sim),
+                    &SimIndex(sim),
+                    &crate::core::index::passes::NoPurge,
+                    &SimObjectSteps(sim),
+                    retention,
+                    now,
+                    mode,
+                    &mut budget,
+                ),
+            )
+        };
+        match outcome {
+            Some(Ok(progress)) => progress,
+            Some(Err(err)) => panic!("a GC request failed: {err}"),
+            None => None,
+        }
+    }
+
+    fn upkeep(&mut self, caller: Caller, kill: Kill) {
+        self.sim.actor.set(Actor::Gc);
+        let sim = &self.sim;
+        let index = sim.index.borrow();
+        let mut budget = Budget::new(R2_OPS_PER_INVOCATION);
+        let outcome = run(
+            sim,
+            kill,
+            upkeep(
+                &SimBucket(sim),
+                &index,
+                (self.model.retention, STORE_DIR),
+                self.now(),
+                caller,
+                &mut budget,
+            ),
+        );
+        if let Some(Err(err)) = outcome {
+            panic!("upkeep failed: {err}");
+        }
+    }
+
+    // -- behind the worker's back ---------------------------------------------------
+
+    fn behind(&mut self, i: usize, with_nar: bool, garbage: bool) {
+        let nar = nar_key(self.model.universe.nar[i]);
+        if with_nar && !self.sim.has(&nar) {
+            self.sim
+                .put(&nar, vec![0; nar_size(self.model.universe.nar[i]) as usize]);
+            self.note_written(&nar, Actor::Behind);
+        }
+        let key = narinfo_key(i);
+        if self.sim.has(&key) {
+            return;
+        }
+        let bytes = if garbage {
+            format!("this is no narinfo\nURL: {nar}\n").into_bytes()
+        } else {
+            self.model.universe.narinfo(i)
+        };
+        self.note_written(&key, Actor::Behind);
+        self.sim.put(&key, bytes);
+    }
+
+    fn behind_delete(&mut self, i: usize, nar: bool) {
+        self.sim.remove(&narinfo_key(i), Actor::Behind);
+        if nar {
+            self.sim
+                .remove(&nar_key(self.model.universe.nar[i]), Actor::Behind);
+        }
+    }
+
+    // -- one operation, and the checks after it -------------------------------------
+
+    fn apply(&mut self, op: &Op) {
+        self.sim.now.set(self.now() + 1);
+        self.sim.actor.set(Actor::Worker);
+        self.sim.purges.set(match op {
+            Op::Gc { purges, .. } => *purges,
+            Op::Delete { .. } | Op::DeleteNar { .. } => true,
+            _ => false,
+        });
+        let before = self.present_paths();
+        let objects_before: BTreeMap<String, Stored> = self.sim.objects.borrow().clone();
+        match *op {
+            Op::Push { path, kill } => self.push(path, kill),
+            Op::PushClosure { path } => self.push_closure(path),
+            Op::Behind { path, nar, garbage } => self.behind(path, nar, garbage),
+            Op::BehindDelete { path, nar } => self.behind_delete(path, nar),
+            Op::Delete { path, kill } => self.delete(path, kill),
+            Op::DeleteNar { path } => {
+                self.sim
+                    .remove(&nar_key(self.model.universe.nar[path]), Actor::Operator);
+            }
+            Op::Pin { name, path, kill } => self.pin(name, path, kill),
+            Op::Unpin { name, kill } => self.unpin(name, kill),
+            Op::Refresh { path, kill } => self.refresh(path, kill),
+            Op::Reconcile { kill } => self.reconcile(kill),
+            Op::Gc { dry, purges, kill } => {
+                let deleted = self.sim.deletions.borrow().len();
+                self.gc(dry, purges, kill);
+                if dry {
+                    assert_eq!(
+                        self.sim.deletions.borrow().len(),
+                        deleted,
+                        "a dry run deleted something"
+                    );
+                }
+            }
+            Op::Cron { kill } => self.upkeep(Caller::Cron, kill),
+            Op::Alarm { kill } => self.upkeep(Caller::Alarm, kill),
+            Op::Settings {
+                retain_days,
+                budget,
+            } => {
+                self.model.retention.retain_ms = retain_days.map(|d| d * DAY_MS);
+                self.model.retention.budget_bytes = budget;
+            }
+            Op::Clock { hours } => self.sim.now.set(self.now() + hours * HOUR_MS),
+            Op::Wipe => {
+                *self.sim.index.borrow_mut() = Index::open(Sqlite::memory());
+                // What the index knew of pushes and pins is gone with it.
+                self.model.pushed.clear();
+                self.model.pins.clear();
+            }
+        }
+        self.check(op, &before, &objects_before);
+    }
+
+    /// A path's push time as far as the index can know it: the client's last
+    /// successful push or refresh, or the upload of its narinfo (what adoption records).
+    fn pushed_at(&self, i: usize, objects: &BTreeMap<String, Stored>) -> u64 {
+        let uploaded = objects.get(&narinfo_key(i)).map_or(0, |s| s.uploaded);
+        self.model
+            .pushed
+            .get(&i)
+            .copied()
+            .unwrap_or(0)
+            .max(uploaded)
+    }
+
+    fn check(
+        &mut self,
+        op: &Op,
+        before: &BTreeSet<usize>,
+        objects_before: &BTreeMap<String, Stored>,
+    ) {
+        let deletions: Vec<Deletion> = self.sim.deletions.borrow_mut().drain(..).collect();
+        let retention = self.model.retention;
+        for deletion in &deletions {
+            if deletion.by == Actor::Gc {
+                self.check_gc_deletion(op, deletion, before, objects_before, retention);
+            }
+            self.model
+                .deleted
+                .insert(deletion.key.clone(), deletion.clone());
+            let served = objects_before
+                .get(&deletion.key)
+                .is_some_and(|stored| parse(&stored.bytes).is_some());
+            if served && !deletion.purged && deletion.by != Actor::Behind {
+                if let Some(written) = self.model.written.get(&deletion.key) {
+                    let until = deletion.at + METADATA_MAX_AGE_SECS * 1000;
+                    self.model
+                        .edge
+                        .insert(deletion.key.clone(), (written.clone(), until));
+                }
+            }
+        }
+        let now = self.now();
+        self.model.edge.retain(|_, (_, until)| *until > now);
+        // Narinfos that left the bucket: their NARs' grace starts.
+        for (key, stored) in objects_before {
+            if self.sim.has(key) {
+                continue;
+            }
+            if let Some(info) = parse(&stored.bytes) {
+                let known = self
+                    .model
+                    .written
+                    .get(key)
+                    .is_none_or(|w| w.by != Actor::Behind)
+                    || deletions
+                        .iter()
+                        .any(|d| d.key == *key && d.by != Actor::Behind);
+                if let Some(nar) = crate::core::index::nar_key(&info.url) {
+                    self.model.referrer_gone.insert(nar, (self.now(), known));
+                }
+            }
+        }
+        self.check_closures(op);
+        self.check_index_claims(op);
+        self.check_lap_claim();
+    }
+
+    fn check_gc_deletion(
+        &self,
+        op: &Op,
+        deletion: &Deletion,
+        before: &BTreeSet<usize>,
+        objects_before: &BTreeMap<String, Stored>,
+        retention: Retention,
+    ) {
+        let t = deletion.at;
+        if let Some(p) = path_of_narinfo(&deletion.key) {
+            if !objects_before.contains_key(&deletion.key) {
+                return;
+            }
+            assert!(
+                retention.retain_ms.is_some() || retention.budget_bytes.is_some(),
+                "{op:?}: the GC deleted narinfo p{p} with no retention rule configured"
+            );
+            let pinned = self
+                .model
+                .universe
+                .closure(self.model.pins.values().copied(), before);
+            assert!(
+                !pinned.contains(&p),
+                "{op:?}: the GC deleted p{p}, which a pin keeps"
+            );
+            if retention.budget_bytes.is_none() {
+                let retain = retention.retain_ms.unwrap_or(u64::MAX);
+                let roots = before
+                    .iter()
+                    .copied()
+                    .filter(|&i| self.pushed_at(i, objects_before).saturating_add(retain) >= t);
+                let kept = self.model.universe.closure(roots, before);
+                assert!(
+                    !kept.contains(&p),
+                    "{op:?}: the GC deleted p{p}, reachable from a root pushed within RETAIN_DAYS"
+                );
+            }
+        } else {
+            // An object: only once the last complete lap could have seen it unused.
+            let lap = deletion.lap.unwrap_or_else(|| {
+                panic!(
+                    "{op:?}: the GC deleted {} with no complete lap",
+                    deletion.key
+                )
+            });
+            assert!(
+                deletion.uploaded + retention.grace_ms <= lap,
+                "{op:?}: the GC deleted {} (stored {}) which the lap of {} could not have seen unused",
+                deletion.key,
+                deletion.uploaded,
+                lap
+            );
+            if let Some(&(gone, known)) = self.model.referrer_gone.get(&deletion.key) {
+                assert!(
+                    !known || gone + retention.grace_ms <= t,
+                    "{op:?}: the GC deleted {} {} ms after its last narinfo went (grace {})",
+                    deletion.key,
+                    t - gone,
+                    retention.grace_ms
+                );
+            }
+        }
+    }
+
+    /// Every narinfo a client can get (from the bucket, or from the edge cache where a
+    /// deletion could not purge it) has its NAR and its references' narinfos in the
+    /// bucket.
+    fn check_closures(&self, op: &Op) {
+        let objects = self.sim.objects.borrow();
+        let mut served: Vec<(usize, &Written, &str)> = Vec::new();
+        for i in 0..PATHS {
+            let key = narinfo_key(i);
+            if let Some(stored) = objects.get(&key) {
+                if parse(&stored.bytes).is_some() {
+                    let written = self
+                        .model
+                        .written
+                        .get(&key)
+                        .expect("every narinfo was written");
+                    served.push((i, written, "bucket"));
+                }
+            }
+            if let Some((written, _)) = self.model.edge.get(&key) {
+                served.push((i, written, "edge cache"));
+            }
+        }
+        for (i, written, from) in served {
+            for need in self.model.universe.needs(i) {
+                if objects.contains_key(&need) || written.absent.contains(&need) {
+                    continue;
+                }
+                let deletion = self
+                    .model
+                    .deleted
+                    .get(&need)
+                    .unwrap_or_else(|| panic!("{need} vanished without a delete"));
+                if deletion.at < written.at {
+                    continue; // absent when the narinfo was written (a later write of it)
+                }
+                match deletion.by {
+                    Actor::Operator | Actor::Behind => {}
+                    Actor::Worker => panic!("{op:?}: a publish deleted {need}"),
+                    Actor::Gc => {
+                        let unseen = written.by == Actor::Behind
+                            && deletion.lap.is_none_or(|lap| written.at >= lap);
+                        assert!(
+                            unseen,
+                            "{op:?}: p{i}'s narinfo is served ({from}) without {need}, which the \
+                             GC deleted (written {} by {:?}, deleted {} with lap {:?})",
+                            written.at, written.by, deletion.at, deletion.lap
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The index never claims a path whose narinfo the GC (or a DELETE) removed from the
+    /// bucket: `nixflare push` would build on it.
+    fn check_index_claims(&self, op: &Op) {
+        #[derive(serde::Deserialize)]
+        struct Row {
+            hash: String,
+        }
+        let index = self.sim.index.borrow();
+        let claimed: Vec<Row> = index
+            .sql
+            .rows(
+                "SELECT hash FROM paths WHERE hash NOT IN (SELECT hash FROM gc_pending) \
+                   AND hash NOT IN (SELECT hash FROM deleting WHERE done = 0)",
+                &[],
+            )
+            .expect("the index reads");
+        for row in claimed {
+            let Some(i) = (0..PATHS).find(|&i| hash(i).to_string() == row.hash) else {
+                continue;
+            };
+            let key = narinfo_key(i);
+            if self.sim.has(&key) {
+                continue;
+            }
+            if let Some(deletion) = self.model.deleted.get(&key) {
+                assert!(
+                    !matches!(deletion.by, Actor::Gc | Actor::Operator),
+                    "{op:?}: the index claims p{i}, whose narinfo {:?} deleted at {}",
+                    deletion.by,
+                    deletion.at
+                );
+            }
+        }
+    }
+
+    /// A lap the index says is complete saw every narinfo that was in the bucket when it
+    /// began: each still there is indexed, or on its way out.
+    fn check_lap_claim(&mut self) {
+        let lap = self.sim.lap();
+        if lap == self.model.lap {
+            return;
+        }
+        self.model.lap = lap;
+        let Some(lap) = lap else {
+            return;
+        };
+        let index = self.sim.index.borrow();
+        #[derive(serde::Deserialize)]
+        struct Row {
+            hash: String,
+        }
+        let known: BTreeSet<String> = index
+            .sql
+            .rows::<Row>(
+                "SELECT hash FROM paths UNION SELECT hash FROM gc_pending \
+                 UNION SELECT hash FROM deleting",
+                &[],
+            )
+            .expect("the index reads")
+            .into_iter()
+            .map(|row| row.hash)
+            .collect();
+        let objects = self.sim.objects.borrow();
+        for i in 0..PATHS {
+            let key = narinfo_key(i);
+            let Some(stored) = objects.get(&key) else {
+                continue;
+            };
+            if stored.uploaded < lap && parse(&stored.bytes).is_some() {
+                assert!(
+                    known.contains(&hash(i).to_string()),
+                    "the index claims a lap from {lap} but does not know p{i} (stored {})",
+                    stored.uploaded
+                );
+            }
+        }
+    }
+
+    /// Moves the clock on and lets the cron, the alarm and `nixflare gc` work, then
+    /// checks that what no rule keeps is gone.
+    fn settle(&mut self) {
+        let pass = |case: &mut Case, op: Op| case.apply(&op);
+        for _ in 0..(PATHS + 2) {
+            pass(self, Op::Clock { hours: 26 });
+            for _ in 0..4 {
+                pass(self, Op::Cron { kill: None });
+                for _ in 0..10 {
+                    pass(self, Op::Alarm { kill: None });
+                }
+            }
+            for _ in 0..30 {
+                pass(
+                    self,
+                    Op::Gc {
+                        dry: false,
+                        purges: false,
+                        kill: None,
+                    },
+                );
+            }
+        }
+        let retention = self.model.retention;
+        if retention.budget_bytes.is_some() {
+            return;
+        }
+        let objects = self.sim.objects.borrow();
+        let present = self.present_paths();
+        let expected: BTreeSet<usize> = match retention.retain_ms {
+            None => present.clone(),
+            Some(_) => {
+                // No push is recent any more: pins alone keep.
+                self.model
+                    .universe
+                    .closure(self.model.pins.values().copied(), &present)
+            }
+        };
+        assert!(
+            present == expected,
+            "after settling, paths {:?} are still there; only {:?} are kept",
+            present,
+            expected
+        );
+        let used: BTreeSet<String> = objects
+            .iter()
+            .filter(|(key, _)| !key.starts_with("nar/"))
+            .filter_map(|(_, stored)| {
+                let text = stored.bytes.as_slice();
+                parse(text)
+                    .and_then(|info| crate::core::index::nar_key(&info.url))
+                    .or_else(|| crate::core::index::lenient_nar_key(text))
+            })
+            .collect();
+        for key in objects.keys().filter(|key| key.starts_with("nar/")) {
+            assert!(
+                used.contains(key),
+                "after settling, unused {key} is still there"
+            );
+        }
+    }
+}
+
+fn run_case(universe: Universe, ops: &[Op]) {
+    let mut case = Case::new(universe);
+    for op in ops {
+        case.apply(op);
+    }
+    case.settle();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        max_shrink_iters: 4096,
+        .. ProptestConfig::default()
+    })]
+
+    #[test]
+    fn deletions_follow_the_rules_under_any_interleaving(
+        universe in universe(),
+        ops in prop::collection::vec(op(), 1..60),
+    ) {
+        run_case(universe, &ops);
+    }
+}
