@@ -46,15 +46,21 @@ fn describe(base: &str, stats: &Stats, now_ms: u64) -> String {
         HumanBytes(stats.index_bytes),
         stats.upstream_paths,
     );
-    let pass = match stats.reconcile.last_pass_at {
-        Some(at) => format!("last complete pass {}", age(at, now_ms)),
-        None => "no complete pass yet".to_owned(),
+    let lap = &stats.reconcile;
+    let done = match (lap.complete_lap_started_at, lap.last_pass_at) {
+        (Some(began), Some(ended)) => format!(
+            "last complete lap began {}, ended {}: every narinfo in the bucket before it is indexed",
+            age(began, now_ms),
+            age(ended, now_ms)
+        ),
+        _ => "no complete lap yet: the GC deletes nothing until one completes".to_owned(),
     };
-    let running = match stats.reconcile.after.as_str() {
-        "" => String::new(),
-        after => format!(", a pass is past {after}"),
+    let running = match (lap.after.as_str(), lap.lap_started_at) {
+        ("", _) => String::new(),
+        (after, Some(began)) => format!("; a lap began {} and is past {after}", age(began, now_ms)),
+        (after, None) => format!("; a lap is past {after}"),
     };
-    out += &format!("  reconcile:    {pass}{running}\n");
+    out += &format!("  reconcile:    {done}{running}\n");
     if let Some(gc) = &stats.gc {
         let state = match (gc.phase, gc.finished_at) {
             (crate::core::api::GcPhase::Done, Some(at)) => format!("done {}", age(at, now_ms)),
@@ -168,6 +174,6 @@ mod tests {
             text.contains("2h ago  7rjj86a15146cq1d3qy068lml7n8ykzm-hello  by ci"),
             "{text}"
         );
-        assert!(text.contains("no complete pass yet"), "{text}");
+        assert!(text.contains("no complete lap yet"), "{text}");
     }
 }

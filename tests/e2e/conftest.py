@@ -22,6 +22,32 @@ from pathlib import Path
 
 import pytest
 
+# Each test's limit: a hung `nix` or worker call fails its test instead of hanging CI.
+# The longest tests (GC over days, a seeded bucket) take a minute or two here.
+TEST_TIMEOUT_SECONDS = 600
+
+
+@pytest.fixture(autouse=True)
+def per_test_timeout(request):
+    """Fails a test that runs longer than TEST_TIMEOUT_SECONDS (SIGALRM interrupts
+    whatever it waits for; its fixtures still clean up)."""
+    limit = request.node.get_closest_marker("timeout")
+    seconds = limit.args[0] if limit else TEST_TIMEOUT_SECONDS
+
+    def expire(signum, frame):
+        raise TimeoutError(f"{request.node.nodeid} ran longer than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "timeout(seconds): this test's own time limit")
+
+
 REPO = Path(__file__).resolve().parents[2]
 WRANGLER = REPO / "node_modules" / ".bin" / "wrangler"
 CLI = REPO / "target" / "debug" / "nixflare"  # built by `make e2e`

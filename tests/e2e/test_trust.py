@@ -5,6 +5,7 @@ and checks storage after every refusal."""
 from __future__ import annotations
 
 import json
+import time
 import os
 from pathlib import Path
 
@@ -431,6 +432,13 @@ def test_a_listing_with_endless_keys_is_refused_quickly(worker: Worker, tokens: 
     keys = ",".join(f'"k{i}":0' for i in range(300_000))
     body = gzip.compress(f'{{"version":1,"root":{{"type":"regular","size":1}},{keys}}}'.encode())
     headers = dict(bearer(tokens.mint()), **{"Content-Encoding": "gzip"})
+    started = time.monotonic()
     status, _, reply = request(worker, "PUT", "/" + "6" * 32 + ".ls", headers, body)
-    assert status in (201, 400, 413), reply  # accepted as a listing, or refused: never a dead isolate
+    elapsed = time.monotonic() - started
+    # Keys Nix does not read are allowed (Nix ignores them too): stored, after one
+    # reading of the whole document.
+    assert status == 201, reply
+    # Not a speed target (benches measure those): a reader quadratic in the keys would
+    # take minutes here, where this one takes well under a second.
+    assert elapsed < 10, f"{elapsed:.1f} s"
     assert request(worker, "GET", "/nix-cache-info")[0] == 200, "the worker still answers"

@@ -19,7 +19,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::sql::{integer, optional, text, Value, MAX_EXACT_INTEGER};
-use super::store::{being_deleted, hash_array, parse_hash, Answer, Index};
+use super::store::{being_deleted, hash_array, parse_hash, Answer, Index, BORN_KEY};
 use super::{
     GcStep, GcWork, Listed, OrphanPage, Orphans, PinRemoved, PinSet, Refresh, RemovePin, SetPin,
     Swept, STALE_DELETE_MS,
@@ -28,8 +28,8 @@ use crate::core::api::{
     self, GcCandidate, GcPhase, GcPlan, GcRule, GcRun, Pin, Pins, RootsRefreshed,
 };
 use crate::core::gc::{
-    budget_cut, orphan_kind, OrphanKind, Retention, MARK_BATCH, MARK_SCALE, MAX_PLANNED,
-    MAX_ROWS_PER_STEP, PINNED, SEED_PAGE, SWEEP_BATCH,
+    budget_cut, orphan_kind, OrphanKind, Retention, EDGE_HOLD_MS, MARK_BATCH, MARK_SCALE,
+    MAX_PLANNED, MAX_ROWS_PER_STEP, PINNED, SEED_PAGE, SWEEP_BATCH,
 };
 use crate::core::index::IndexError;
 use crate::core::nix::store_path::{StorePathBaseName, StorePathHash};
@@ -160,7 +160,7 @@ impl<S: super::sql::Sql> Index<S> {
 
     /// `roots`: a push names these paths again.
     pub fn refresh(&self, refresh: Refresh) -> Answer<RootsRefreshed> {
-        self.ready()?;
+        self.ready_at(refresh.now)?;
         let refreshed = self.hashes(
             "UPDATE paths SET pushed_at = MAX(pushed_at, ?2) \
              WHERE hash IN (SELECT value FROM json_each(?1)) RETURNING hash",
@@ -237,7 +237,7 @@ impl<S: super::sql::Sql> Index<S> {
     }
 
     pub fn set_pin(&self, set: SetPin) -> Answer<PinSet> {
-        self.ready()?;
+        self.ready_at(set.now)?;
         let hash = *set.store_path.hash();
         // Only a path the cache holds, by its own name, and not one on its way out.
         let cached = self.exists(
@@ -288,7 +288,7 @@ impl<S: super::sql::Sql> Index<S> {
 
     /// `gc/step`.
     pub fn gc_step(&self, step: GcStep) -> Answer<GcWork> {
-        self.ready()?;
+        self.ready_at(step.now)?;
         let mut state = self.load_gc()?;
         if state.marks_under_other_settings(&step.retention) {
             // The settings changed since this pass marked: what it doomed may no longer
@@ -518,6 +518,14 @@ impl<S: super::sql::Sql> Index<S> {
         if state.run.waiting_for_lap {
             return Ok(Vec::new());
         }
+        // An index younger than the edge hold cannot know which narinfos were deleted
+        // just before it began (without a purge, still served from the edge cache): it
+        // holds every doomed path until then.
+        let born = self.meta_time(BORN_KEY)?;
+        if born.is_none_or(|born| born.saturating_add(EDGE_HOLD_MS) > now) {
+            self.end_sweep(state, now, true)?;
+            return Ok(Vec::new());
+        }
         let candidates = self.rows::<WeightedRow>(
             "SELECT d.hash AS hash, p.ref_count AS ref_count FROM gc_doomed AS d \
              JOIN paths AS p ON p.hash = d.hash \
@@ -537,7 +545,7 @@ impl<S: super::sql::Sql> Index<S> {
         )?;
         let layer = within_rows(candidates)?;
         if layer.is_empty() {
-            self.end_sweep(state, now)?;
+            self.end_sweep(state, now, false)?;
             return Ok(Vec::new());
         }
         let list = hash_array(&layer);
@@ -565,12 +573,12 @@ impl<S: super::sql::Sql> Index<S> {
 
     /// No doomed path can go now: what is left was saved since the mark, is held, or
     /// was deleted by someone else. On to the orphans.
-    fn end_sweep(&self, state: &mut GcState, now: u64) -> Answer<()> {
+    fn end_sweep(&self, state: &mut GcState, now: u64, all_held: bool) -> Answer<()> {
         state.run.held_paths = self.number(
             "SELECT COUNT(*) AS n FROM gc_doomed AS d JOIN paths AS p ON p.hash = d.hash \
-             WHERE EXISTS (SELECT 1 FROM gc_hold AS h WHERE h.hash = d.hash AND h.until > ?) \
-               AND NOT EXISTS (SELECT 1 FROM refs AS r WHERE r.reference = d.hash)",
-            &[integer(now)],
+             WHERE ?2 OR (EXISTS (SELECT 1 FROM gc_hold AS h WHERE h.hash = d.hash AND h.until > ?1) \
+               AND NOT EXISTS (SELECT 1 FROM refs AS r WHERE r.reference = d.hash))",
+            &[integer(now), integer(u64::from(all_held))],
         )?;
         state.run.spared_paths += self
             .number(

@@ -85,10 +85,6 @@ pub const RECONCILE_PAGE_KEYS: u32 = 1000;
 /// that wrote R2 after the listing was taken: the reconcile pass never removes it.
 pub const RECONCILE_MARGIN_MS: u64 = 60_000;
 
-/// A reconcile lap starts at most this often from the cron (a lap that finds nothing
-/// new costs one R2 list per 1,000 top-level keys).
-pub const LAP_INTERVAL_MS: u64 = 3_600_000;
-
 /// A reservation older than this belongs to a publish that died between its steps.
 pub const STALE_RESERVATION_MS: u64 = 10 * 60_000;
 

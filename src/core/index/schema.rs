@@ -5,7 +5,7 @@
 //!
 //! Hashes are the 32 nix32 characters of a store path hash; times Unix milliseconds.
 
-use super::sql::{integer, Sql, SqlError};
+use super::sql::{Sql, SqlError};
 
 /// `meta` key of the schema version reached.
 pub const VERSION_KEY: &str = "schema_version";
@@ -126,7 +126,9 @@ pub fn migrate<S: Sql>(sql: &S) -> Result<usize, SqlError> {
         }
         sql.exec(
             "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
-            &[super::sql::text(VERSION_KEY), integer(number as u64)],
+            // Text: the Durable Object binds numbers as JavaScript numbers, which an
+            // untyped column keeps as REAL ("2.0").
+            &[super::sql::text(VERSION_KEY), super::sql::text(number)],
         )?;
         reached = number;
     }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use super::schema;
 use super::sql::{integer, text, Sql, Value};
 use super::{
-    Adopt, Advance, At, Begin, Begun, Cursor, Entry, Finish, Forget, Forgot, IndexError, OwnLog,
+    Adopt, Advance, Begin, Begun, Cursor, Entry, Finish, Forget, Forgot, IndexError, OwnLog,
     PageChecked, Query, ReconcilePage, MAX_LISTED, RECONCILE_MARGIN_MS, STALE_DELETE_MS,
     STALE_RESERVATION_MS, UPSTREAM_MEMORY_MS,
 };
@@ -28,6 +28,9 @@ pub(super) const CURSOR_KEY: &str = "reconcile_after";
 pub(super) const LAST_PASS_KEY: &str = "reconcile_last_pass_at";
 pub(super) const LAP_STARTED_KEY: &str = "reconcile_lap_started_at";
 pub(super) const COMPLETE_LAP_KEY: &str = "reconcile_complete_lap_started_at";
+/// When this index began to remember (the first request it handled that carried the
+/// time): what was deleted before, without an edge-cache purge, it cannot know.
+pub(super) const BORN_KEY: &str = "born_at";
 
 /// The index: its SQL, and whether its schema is current.
 pub struct Index<S: Sql> {
@@ -80,6 +83,15 @@ impl<S: Sql> Index<S> {
 
     pub(super) fn ready(&self) -> Answer<()> {
         self.schema.clone().map_err(IndexError::Schema)
+    }
+
+    /// [`Self::ready`], and the index's birth recorded if this is its first request.
+    pub(super) fn ready_at(&self, now: u64) -> Answer<()> {
+        self.ready()?;
+        self.exec(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+            &[text(BORN_KEY), text(now)],
+        )
     }
 
     pub(super) fn exec(&self, query: &str, params: &[Value]) -> Answer<()> {
@@ -269,7 +281,7 @@ impl<S: Sql> Index<S> {
     }
 
     pub fn adopt_all(&self, adopt: Adopt) -> Answer<api::True> {
-        self.ready()?;
+        self.ready_at(adopt.now)?;
         for entry in &adopt.entries {
             self.adopt(entry, adopt.now)?;
         }
@@ -277,7 +289,7 @@ impl<S: Sql> Index<S> {
     }
 
     pub fn begin(&self, begin: Begin) -> Answer<Begun> {
-        self.ready()?;
+        self.ready_at(begin.now)?;
         for entry in &begin.adopt {
             self.adopt(entry, begin.now)?;
         }
@@ -448,7 +460,7 @@ impl<S: Sql> Index<S> {
     }
 
     pub fn forget(&self, forget: Forget) -> Answer<Forgot> {
-        self.ready()?;
+        self.ready_at(forget.now)?;
         let hash = text(forget.hash);
         if self.exists(
             "SELECT 1 AS n FROM reservations WHERE hash = ? LIMIT 1",
@@ -502,7 +514,7 @@ impl<S: Sql> Index<S> {
     }
 
     pub fn query(&self, query: Query) -> Answer<PathQueryAnswer> {
-        self.ready()?;
+        self.ready_at(query.now)?;
         #[derive(Deserialize)]
         struct MissingRow {
             hash: String,
@@ -615,7 +627,7 @@ impl<S: Sql> Index<S> {
     }
 
     pub fn reconcile_page(&self, page: ReconcilePage) -> Answer<PageChecked> {
-        self.ready()?;
+        self.ready_at(page.listed_at)?;
         let through = page.through.clone().map_or(Value::Null, Value::Text);
         let after = Value::Text(page.after.clone());
         let narinfos = hash_array(&page.narinfos);
@@ -706,7 +718,7 @@ impl<S: Sql> Index<S> {
     }
 
     pub fn advance(&self, advance: Advance) -> Answer<Cursor> {
-        self.ready()?;
+        self.ready_at(advance.now)?;
         for entry in &advance.adopt {
             self.adopt(entry, advance.now)?;
         }
@@ -780,18 +792,5 @@ impl<S: Sql> Index<S> {
             )?;
         }
         Ok(owned)
-    }
-
-    /// Whether a reconcile lap should run now: one is under way, or the last one ended
-    /// longer ago than `interval` (or never did).
-    pub fn lap_wanted(&self, at: At, interval: u64) -> Answer<bool> {
-        self.ready()?;
-        if !self.meta_text(CURSOR_KEY)?.unwrap_or_default().is_empty() {
-            return Ok(true);
-        }
-        Ok(match self.meta_time(LAST_PASS_KEY)? {
-            Some(last) => at.now.saturating_sub(last) >= interval,
-            None => true,
-        })
     }
 }

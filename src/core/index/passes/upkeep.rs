@@ -1,20 +1,20 @@
 //! What the object does on its own: the cron's hourly `tick` and the alarm that goes
-//! on where one invocation's budget ended. Reconcile laps (one starts each hour at
-//! most; one under way goes on) and GC passes (the cron starts one; the alarm finishes
-//! it), with every step inside the object, where a request or an alarm gets 30 s of
-//! CPU on every plan and index calls are not subrequests.
+//! on where one invocation's budget ended. Reconcile laps (the cron starts one if none
+//! is under way; the alarm goes on with it) and GC passes (the cron starts one; the
+//! alarm finishes it), with every step inside the object, where a request or an alarm
+//! gets 30 s of CPU on every plan and index calls are not subrequests.
 
 use super::gc::{self, Laps, Mode};
 use super::{reconcile, Bucket, Budget, Local, NoPurge, PassError};
 use crate::core::api::{GcPhase, ReconcileStep};
 use crate::core::gc::Retention;
 use crate::core::index::sql::Sql;
-use crate::core::index::{At, Index, Ticked, LAP_INTERVAL_MS};
+use crate::core::index::{Index, Ticked};
 
 /// Who runs the upkeep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Caller {
-    /// The cron: may start a lap (if the last ended an hour ago) and a GC pass.
+    /// The cron: starts a lap (or goes on with the one under way) and a GC pass.
     Cron,
     /// The object's alarm: goes on with what is under way, starts nothing.
     Alarm,
@@ -62,7 +62,7 @@ pub async fn upkeep<B: Bucket, S: Sql>(
         now,
     };
     let lap = match caller {
-        Caller::Cron => index.lap_wanted(At { now }, LAP_INTERVAL_MS)?,
+        Caller::Cron => true,
         Caller::Alarm => !index.reconcile_state()?.after.is_empty(),
     };
     let mut reconcile_steps = 0;

@@ -534,6 +534,8 @@ struct Model {
     /// Last successful publish or refresh of each path, as the client saw it.
     pushed: BTreeMap<usize, u64>,
     pins: BTreeMap<u8, usize>,
+    /// Pins a killed request may or may not have set (or failed to remove).
+    maybe_pins: BTreeSet<(u8, usize)>,
     /// The current incarnation of each narinfo key.
     written: BTreeMap<String, Written>,
     /// Last deletion of each key.
@@ -560,6 +562,7 @@ impl Model {
             },
             pushed: BTreeMap::new(),
             pins: BTreeMap::new(),
+            maybe_pins: BTreeSet::new(),
             written: BTreeMap::new(),
             deleted: BTreeMap::new(),
             referrer_gone: BTreeMap::new(),
@@ -756,10 +759,15 @@ impl Case {
         match run(sim, kill, SimIndex(sim).call::<SetPinOp>(&request)) {
             Some(Ok(crate::core::index::PinSet::Pinned { .. })) => {
                 self.model.pins.insert(name, i);
+                self.model.maybe_pins.retain(|&(n, _)| n != name);
             }
-            // Moved or not: the model cannot tell, so it holds the old path no more.
+            // Moved or not: the model cannot tell. It counts on neither path, and does
+            // not expect either to go.
             None => {
-                self.model.pins.remove(&name);
+                if let Some(old) = self.model.pins.remove(&name) {
+                    self.model.maybe_pins.insert((name, old));
+                }
+                self.model.maybe_pins.insert((name, i));
             }
             _ => {}
         }
@@ -767,14 +775,19 @@ impl Case {
 
     fn unpin(&mut self, name: u8, kill: Kill) {
         let sim = &self.sim;
-        let _ = run(
+        let outcome = run(
             sim,
             kill,
             SimIndex(sim).call::<RemovePinOp>(&RemovePin {
                 name: pin_name(name),
             }),
         );
-        self.model.pins.remove(&name);
+        let old = self.model.pins.remove(&name);
+        if outcome.is_some() {
+            self.model.maybe_pins.retain(|&(n, _)| n != name);
+        } else if let Some(old) = old {
+            self.model.maybe_pins.insert((name, old));
+        }
     }
 
     fn reconcile(&mut self, kill: Kill) {
@@ -938,6 +951,7 @@ impl Case {
                 // What the index knew of pushes and pins is gone with it.
                 self.model.pushed.clear();
                 self.model.pins.clear();
+                self.model.maybe_pins.clear();
             }
         }
         self.check(op, &before, &objects_before);
@@ -1232,21 +1246,17 @@ impl Case {
         }
         let objects = self.sim.objects.borrow();
         let present = self.present_paths();
-        let expected: BTreeSet<usize> = match retention.retain_ms {
-            None => present.clone(),
-            Some(_) => {
-                // No push is recent any more: pins alone keep.
-                self.model
-                    .universe
-                    .closure(self.model.pins.values().copied(), &present)
-            }
-        };
-        assert!(
-            present == expected,
-            "after settling, paths {:?} are still there; only {:?} are kept",
-            present,
-            expected
-        );
+        if retention.retain_ms.is_some() {
+            // No push is recent any more: pins alone keep (and perhaps pins a killed
+            // request set).
+            let pins = self.model.pins.values().copied();
+            let maybe = self.model.maybe_pins.iter().map(|&(_, path)| path);
+            let kept = self.model.universe.closure(pins.chain(maybe), &present);
+            assert!(
+                present.is_subset(&kept),
+                "after settling, paths {present:?} are still there; only {kept:?} are kept"
+            );
+        }
         let used: BTreeSet<String> = objects
             .iter()
             .filter(|(key, _)| !key.starts_with("nar/"))

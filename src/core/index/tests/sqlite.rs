@@ -1,5 +1,7 @@
 //! [`Sql`] on SQLite itself (rusqlite, bundled): the statements the Durable Object runs,
-//! unchanged.
+//! unchanged, with its quirks: parameters are bound as the object binds them (numbers
+//! are JavaScript numbers, so REAL: an untyped column keeps `2.0`), and numbers read
+//! back as the object's rows hand them over (a whole REAL reads as an integer).
 
 use rusqlite::types::ValueRef;
 use serde::de::DeserializeOwned;
@@ -19,7 +21,7 @@ fn params(values: &[Value]) -> Vec<rusqlite::types::Value> {
         .iter()
         .map(|value| match value {
             Value::Null => rusqlite::types::Value::Null,
-            Value::Integer(n) => rusqlite::types::Value::Integer(*n),
+            Value::Integer(n) => rusqlite::types::Value::Real(*n as f64),
             Value::Text(t) => rusqlite::types::Value::Text(t.clone()),
         })
         .collect()
@@ -56,6 +58,9 @@ impl Sql for Sqlite {
                 let value = match row.get_ref(i).map_err(error)? {
                     ValueRef::Null => serde_json::Value::Null,
                     ValueRef::Integer(n) => serde_json::Value::from(n),
+                    ValueRef::Real(f) if f.fract() == 0.0 && f.abs() < 9.007e15 => {
+                        serde_json::Value::from(f as i64)
+                    }
                     ValueRef::Real(f) => serde_json::Value::from(f),
                     ValueRef::Text(t) => {
                         serde_json::Value::from(String::from_utf8_lossy(t).into_owned())
