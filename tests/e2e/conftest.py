@@ -407,3 +407,46 @@ def nix32_of_digest(digest: bytes) -> str:
         c = (digest[i] >> j) | ((digest[i + 1] << (8 - j)) if i + 1 < 32 else 0)
         out.append(alphabet[c & 0x1F])
     return "".join(out)
+
+
+DAY = 86400
+
+
+@dataclass
+class Cache:
+    persist: Path
+    variables: dict
+    proc: subprocess.Popen | None = None
+    worker: Worker | None = None
+
+    """A worker on storage of its own, restarted with its clock (TEST_CLOCK_OFFSET_SECONDS)
+    moved on: days pass between two starts, the bucket and the index stay."""
+
+    def start(self, offset_days: float) -> Worker:
+        self.stop()
+        variables = dict(self.variables, TEST_CLOCK_OFFSET_SECONDS=str(int(offset_days * DAY)))
+        self.proc, url = start_worker(self.persist, variables, extra_args=("--test-scheduled",))
+        self.worker = Worker(url=url, host="127.0.0.1", port=int(url.rsplit(":", 1)[1]), persist=self.persist)
+        return self.worker
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_worker(self.proc)
+            self.proc = None
+
+
+@pytest.fixture
+def make_cache(keys: Keys, tokens: Tokens, tmp_path_factory):
+    caches = []
+
+    def make(**variables) -> Cache:
+        cache = Cache(tmp_path_factory.mktemp("gc-r2"), {
+            "PUBLIC_KEYS": keys.public, "TOKEN_PUBLIC_KEYS": tokens.public, **variables})
+        caches.append(cache)
+        return cache
+
+    yield make
+    for cache in caches:
+        cache.stop()
+
+

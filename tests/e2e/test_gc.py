@@ -9,15 +9,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from conftest import (CLI, MK, Keys, Nix, Tokens, Worker, bearer, field, list_keys, nix32_sha256, request, run,
-                      start_worker, stop_worker)
-
-DAY = 86400
+from conftest import (CLI, DAY, MK, Keys, Nix, Tokens, Worker, bearer, field, list_keys, nix32_sha256, request,
+                      run)
 
 # Four closures that share one path: top-X -> own-X, top-X -> shared.
 CLOSURES_EXPR = r"""
@@ -48,41 +45,6 @@ def named(paths: list[str], part: str) -> str:
 
 def hash_of(path: str) -> str:
     return Path(path).name[:32]
-
-
-@dataclass
-class Cache:
-    persist: Path
-    variables: dict
-    proc: subprocess.Popen | None = None
-    worker: Worker | None = None
-
-    def start(self, offset_days: float) -> Worker:
-        self.stop()
-        variables = dict(self.variables, TEST_CLOCK_OFFSET_SECONDS=str(int(offset_days * DAY)))
-        self.proc, url = start_worker(self.persist, variables, extra_args=("--test-scheduled",))
-        self.worker = Worker(url=url, host="127.0.0.1", port=int(url.rsplit(":", 1)[1]), persist=self.persist)
-        return self.worker
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_worker(self.proc)
-            self.proc = None
-
-
-@pytest.fixture
-def make_cache(keys: Keys, tokens: Tokens, tmp_path_factory):
-    caches = []
-
-    def make(**variables) -> Cache:
-        cache = Cache(tmp_path_factory.mktemp("gc-r2"), {
-            "PUBLIC_KEYS": keys.public, "TOKEN_PUBLIC_KEYS": tokens.public, **variables})
-        caches.append(cache)
-        return cache
-
-    yield make
-    for cache in caches:
-        cache.stop()
 
 
 def cli(nix: Nix, worker: Worker, token: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
