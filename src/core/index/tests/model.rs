@@ -76,7 +76,7 @@ const START: u64 = 1_700_000_000_000;
 // The universe of a case: paths, their references (a DAG) and NARs (sometimes shared).
 
 #[derive(Debug, Clone)]
-struct Universe {
+pub(super) struct Universe {
     /// `refs[i]`: paths `i` references (all below `i`).
     refs: Vec<Vec<usize>>,
     /// `nar[i]`: the NAR file path `i` uses.
@@ -397,7 +397,7 @@ impl EdgePurge for Purging {
 type Kill = Option<(u32, bool)>;
 
 #[derive(Debug, Clone)]
-enum Op {
+pub(super) enum Op {
     /// `PUT` of a path's NAR, then of its narinfo, through the worker.
     Push {
         path: usize,
@@ -572,7 +572,7 @@ impl Model {
     }
 }
 
-struct Case {
+pub(super) struct Case {
     sim: Sim,
     model: Model,
 }
@@ -1276,7 +1276,7 @@ impl Case {
     }
 }
 
-fn run_case(universe: Universe, ops: &[Op]) {
+pub(super) fn run_case(universe: Universe, ops: &[Op]) {
     let mut case = Case::new(universe);
     for op in ops {
         case.apply(op);
@@ -1297,5 +1297,341 @@ proptest! {
         ops in prop::collection::vec(op(), 1..60),
     ) {
         run_case(universe, &ops);
+    }
+}
+
+/// The findings that led to this test, each replayed as a fixed sequence (each failed
+/// before its fix), with what it must leave behind checked on top of the invariants.
+mod scenarios {
+    use super::*;
+    use crate::core::index::ops::{AdoptOp, ForgetOp, GcStepOp, OrphansOp, OwnLogOp};
+    use crate::core::index::{Adopt, Forget, Forgot, GcStep, Listed, OrphanPage, OwnLog};
+
+    fn chain() -> Universe {
+        // p1 -> p0, p2 -> p1; the rest alone.
+        Universe {
+            refs: vec![vec![], vec![0], vec![1], vec![], vec![], vec![], vec![]],
+            nar: (0..PATHS).collect(),
+        }
+    }
+
+    fn index_has(case: &Case, i: usize) -> bool {
+        #[derive(serde::Deserialize)]
+        struct Row {
+            n: u64,
+        }
+        let rows: Vec<Row> = case
+            .sim
+            .index
+            .borrow()
+            .sql
+            .rows(
+                "SELECT COUNT(*) AS n FROM paths WHERE hash = ?",
+                &[crate::core::index::sql::text(hash(i))],
+            )
+            .expect("reads");
+        rows[0].n > 0
+    }
+
+    /// A sweep killed with a layer handed out (forgotten by the index, still in R2); an
+    /// hour and more later the cron's lap must not adopt it again (its delete marker
+    /// would have expired) before the GC replays the layer: the index would claim a
+    /// path R2 no longer has, and a push would build on it.
+    #[test]
+    fn a_crashed_sweep_replayed_later_leaves_the_index_true() {
+        let mut case = Case::new(chain());
+        case.apply(&Op::PushClosure { path: 2 });
+        case.apply(&Op::Settings {
+            retain_days: Some(1),
+            budget: None,
+        });
+        case.apply(&Op::Clock { hours: 49 });
+        // Kill the GC request at the delete of the first layer (before R2 acts).
+        let mut killed_with_pending = false;
+        for at in 0..40 {
+            case.apply(&Op::Gc {
+                dry: false,
+                purges: false,
+                kill: Some((at, false)),
+            });
+            let pending = case
+                .sim
+                .index
+                .borrow()
+                .sql
+                .rows::<super::super::super::store::HashRow>("SELECT hash FROM gc_pending", &[])
+                .expect("reads");
+            if !pending.is_empty() && case.sim.has(&narinfo_key(2)) {
+                killed_with_pending = true;
+                break;
+            }
+        }
+        assert!(killed_with_pending, "no kill left a layer pending");
+        assert!(!index_has(&case, 2));
+        // Over an hour later: the cron's lap, then its GC pass.
+        case.apply(&Op::Clock { hours: 2 });
+        case.apply(&Op::Cron { kill: None });
+        assert!(
+            !case.sim.has(&narinfo_key(2)),
+            "the pending layer was not replayed"
+        );
+        assert!(
+            !index_has(&case, 2),
+            "the index adopted a path it was deleting"
+        );
+        case.settle();
+    }
+
+    /// With a budget, a write token refreshes every path in one request (or uploads one
+    /// path larger than the budget): the next pass must not keep zero bytes.
+    #[test]
+    fn a_refresh_of_everything_does_not_empty_the_cache() {
+        let universe = Universe {
+            refs: vec![vec![]; PATHS],
+            nar: (0..PATHS).collect(),
+        };
+        let mut case = Case::new(universe);
+        for path in 0..PATHS {
+            case.apply(&Op::Push { path, kill: None });
+            case.apply(&Op::Clock { hours: 1 });
+        }
+        // Sizes are 1,000 .. 7,000: 28,000 in all; the budget holds 10,000.
+        case.apply(&Op::Settings {
+            retain_days: None,
+            budget: Some(10_000),
+        });
+        case.apply(&Op::Refresh {
+            path: 6,
+            kill: None,
+        });
+        let request = Refresh {
+            hashes: (0..PATHS).map(hash).collect(),
+            now: case.now(),
+        };
+        let index = case.sim.index.borrow();
+        RootsOp::apply(&index, request).expect("refreshed");
+        drop(index);
+        case.apply(&Op::Clock { hours: 30 });
+        for _ in 0..20 {
+            case.apply(&Op::Gc {
+                dry: false,
+                purges: true,
+                kill: None,
+            });
+        }
+        let kept: u64 = (0..PATHS)
+            .filter(|&i| case.sim.has(&narinfo_key(i)))
+            .map(|i| nar_size(i))
+            .sum();
+        assert!(kept > 0 && kept <= 10_000, "kept {kept} bytes");
+    }
+
+    /// A dry run under one setting, then the setting changed: the pass follows the
+    /// setting it runs under, and removes nothing the old one doomed.
+    #[test]
+    fn a_pass_follows_the_settings_it_runs_under() {
+        let mut case = Case::new(chain());
+        case.apply(&Op::PushClosure { path: 2 });
+        case.apply(&Op::Clock { hours: 49 });
+        case.apply(&Op::Settings {
+            retain_days: Some(1),
+            budget: None,
+        });
+        let plan = case
+            .gc(true, true, None)
+            .expect("a dry run")
+            .plan
+            .expect("a plan");
+        assert_eq!(plan.path_count, 3);
+        case.apply(&Op::Settings {
+            retain_days: None,
+            budget: None,
+        });
+        let plan = case
+            .gc(true, true, None)
+            .expect("a dry run")
+            .plan
+            .expect("a plan");
+        assert_eq!(
+            plan.path_count, 0,
+            "the dry run shows what the next step will do"
+        );
+        for _ in 0..10 {
+            case.apply(&Op::Cron { kill: None });
+            case.apply(&Op::Gc {
+                dry: false,
+                purges: true,
+                kill: None,
+            });
+        }
+        for i in 0..3 {
+            assert!(
+                case.sim.has(&narinfo_key(i)),
+                "p{i} went under settings that keep it"
+            );
+        }
+    }
+
+    /// Paths with many references: a sweep step touches at most MAX_ROWS_PER_STEP
+    /// reference rows, however few paths that is.
+    #[test]
+    fn a_sweep_step_is_bounded_by_the_rows_it_touches() {
+        use crate::core::gc::MAX_ROWS_PER_STEP;
+        let index = Index::open(Sqlite::memory());
+        let now = START;
+        let many = |salt: u8| -> Vec<StorePathHash> {
+            (0..15_000u32)
+                .map(|n| {
+                    let mut bytes = [salt; 20];
+                    bytes[..4].copy_from_slice(&n.to_be_bytes());
+                    StorePathHash::from_bytes(bytes)
+                })
+                .collect()
+        };
+        let entries: Vec<Entry> = (0..3)
+            .map(|i| {
+                let info = parse(&chain().narinfo(3 + i)).expect("parses");
+                let mut entry = Entry::of(&info, now, None);
+                entry.references = many(100 + i as u8);
+                entry
+            })
+            .collect();
+        AdoptOp::apply(&index, Adopt { entries, now }).expect("adopted");
+        // A lap that began with the pass, and an index old enough to sweep.
+        index
+            .set_meta(
+                super::super::super::store::COMPLETE_LAP_KEY,
+                (now + 3 * DAY_MS).to_string(),
+            )
+            .unwrap();
+        let step = GcStep {
+            dry_run: false,
+            start_up_to: 1,
+            retention: Retention {
+                retain_ms: Some(DAY_MS),
+                budget_bytes: None,
+                grace_ms: GRACE_MS,
+            },
+            now: now + 3 * DAY_MS,
+        };
+        let mut swept = Vec::new();
+        for _ in 0..10 {
+            let work = GcStepOp::apply(&index, step.clone()).expect("a step");
+            if !work.sweep.is_empty() {
+                swept = work.sweep;
+                break;
+            }
+        }
+        assert_eq!(
+            swept.len(),
+            1,
+            "one path of 15,000 references per step (bound {MAX_ROWS_PER_STEP})"
+        );
+    }
+
+    /// A log uploaded on its own stays, even when a path published later (an unsigned
+    /// content-addressed one, whose Deriver nobody vouches for) names its derivation
+    /// and is removed.
+    #[test]
+    fn a_forged_deriver_takes_no_log_with_it() {
+        let index = Index::open(Sqlite::memory());
+        let drv = format!("{}-x.drv", hash(5));
+        let owned = OwnLogOp::apply(&index, OwnLog { drv: drv.clone() }).expect("asked");
+        assert!(!owned, "no path names it: the log is its uploader's");
+        let mut entry = Entry::of(&parse(&chain().narinfo(3)).unwrap(), START, None);
+        entry.deriver = Some(drv.clone());
+        AdoptOp::apply(
+            &index,
+            Adopt {
+                entries: vec![entry],
+                now: START,
+            },
+        )
+        .unwrap();
+        let forgot = ForgetOp::apply(
+            &index,
+            Forget {
+                hash: hash(3),
+                now: START,
+                purged: true,
+            },
+        )
+        .unwrap();
+        assert!(matches!(forgot, Forgot::Forgotten { .. }));
+        index.confirm_removed(&[hash(3)], START, true).unwrap();
+        index
+            .set_meta(
+                super::super::super::store::COMPLETE_LAP_KEY,
+                (START + 10 * DAY_MS).to_string(),
+            )
+            .unwrap();
+        let step = GcStep {
+            dry_run: false,
+            start_up_to: 1,
+            retention: Retention {
+                retain_ms: None,
+                budget_bytes: None,
+                grace_ms: GRACE_MS,
+            },
+            now: START + 20 * DAY_MS,
+        };
+        let work = GcStepOp::apply(&index, step).unwrap();
+        let after = work.list_after.expect("a listing");
+        let orphans = OrphansOp::apply(
+            &index,
+            OrphanPage {
+                after,
+                through: None,
+                objects: vec![Listed {
+                    key: format!("log/{drv}"),
+                    uploaded: START,
+                    points_to: None,
+                }],
+                now: START + 20 * DAY_MS,
+            },
+        )
+        .unwrap();
+        assert!(orphans.delete.is_empty(), "{:?}", orphans.delete);
+    }
+
+    /// A pin names a path: a DELETE is refused (409 at the edge), and a pin under
+    /// another name for the same hash is refused too.
+    #[test]
+    fn pins_are_exact_and_block_deletes() {
+        let mut case = Case::new(chain());
+        case.apply(&Op::Push {
+            path: 0,
+            kill: None,
+        });
+        let index = case.sim.index.borrow();
+        let wrong = SetPin {
+            name: pin_name(0),
+            store_path: format!("{}-invented", hash(0)).parse().unwrap(),
+            expires_at: None,
+            subject: "t".into(),
+            now: START + 10,
+        };
+        assert!(matches!(
+            SetPinOp::apply(&index, wrong).unwrap(),
+            crate::core::index::PinSet::NotCached { .. }
+        ));
+        let right = SetPin {
+            name: pin_name(0),
+            store_path: format!("{}-p0", hash(0)).parse().unwrap(),
+            expires_at: None,
+            subject: "t".into(),
+            now: START + 10,
+        };
+        SetPinOp::apply(&index, right).unwrap();
+        let forgot = ForgetOp::apply(
+            &index,
+            Forget {
+                hash: hash(0),
+                now: START + 11,
+                purged: true,
+            },
+        )
+        .unwrap();
+        assert!(matches!(forgot, Forgot::Pinned { .. }), "{forgot:?}");
     }
 }
