@@ -15,12 +15,13 @@ export WRANGLER_SEND_METRICS := false
 WORKER := build/worker/shim.mjs
 WORKER_SOURCES := $(shell find src -name '*.rs') www/index.html Cargo.toml Cargo.lock
 
-.PHONY: help setup worker dev test lint unit e2e bench fuzz deploy
+.PHONY: help setup worker dev test lint unit e2e bench soak fuzz deploy
 
 help:
 	@echo "make dev     start the cache locally on http://127.0.0.1:8787 (installs what it needs)"
 	@echo "make test    run every test (installs what it needs)"
 	@echo "make bench   benchmarks against baselines; writes benches/RESULTS.md (BENCHES=\"worker index\" for some)"
+	@echo "make soak    the index's model-based test for SOAK_CASES cases (default 5000)"
 	@echo "make fuzz    every fuzz target for FUZZ_SECONDS (default 60) each (installs nightly)"
 	@echo "make deploy  build and deploy to your Cloudflare account (see README)"
 
@@ -57,6 +58,11 @@ test: setup
 
 bench: setup worker
 	.venv/bin/python benches/run.py $(BENCHES)
+
+# The model-based test of the index and the GC (src/core/index/tests/model.rs), longer.
+SOAK_CASES ?= 5000
+soak:
+	PROPTEST_CASES=$(SOAK_CASES) cargo test --release --lib index::tests::model -- --nocapture
 
 fuzz: setup
 	@scripts/fuzz.sh

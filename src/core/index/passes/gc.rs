@@ -67,9 +67,11 @@ pub async fn steps<B: Bucket, I: IndexCalls, P: EdgePurge, L: Laps>(
     };
     let mut last = None;
     for _ in 0..STEPS_PER_REQUEST {
-        // A step, and what it may ask for: a delete and a confirmation, or a listing,
-        // a delete and the decision.
-        if !budget.take(index.cost()) {
+        // A step, and what it may ask for: a layer to delete and its confirmation. The
+        // budget for those is there before the step is asked for, so a layer handed out
+        // is deleted by this request (unless it dies), under the settings that doomed it.
+        let room = if mode.dry_run { 0 } else { 1 + index.cost() };
+        if !budget.has(index.cost() + room) || !budget.take(index.cost()) {
             break;
         }
         let work = index.call::<GcStepOp>(&step).await?;

@@ -81,6 +81,9 @@ pub(super) struct Universe {
     refs: Vec<Vec<usize>>,
     /// `nar[i]`: the NAR file path `i` uses.
     nar: Vec<usize>,
+    /// Most keys one listing returns (R2 may return fewer than asked): small pages make
+    /// laps and orphan listings span many steps, and so interleave with everything.
+    page: usize,
 }
 
 fn hash(i: usize) -> StorePathHash {
@@ -179,6 +182,7 @@ struct Deletion {
 }
 
 struct Sim {
+    page: usize,
     objects: RefCell<BTreeMap<String, Stored>>,
     index: RefCell<Index<Sqlite>>,
     now: Cell<u64>,
@@ -192,8 +196,9 @@ struct Sim {
 /// Where a request meets the world: `None` goes on; `Some(effect)`: the request dies
 /// here, after this await's effect (`true`) or before it.
 impl Sim {
-    fn new() -> Self {
+    fn new(page: usize) -> Self {
         Sim {
+            page,
             objects: RefCell::new(BTreeMap::new()),
             index: RefCell::new(Index::open(Sqlite::memory())),
             now: Cell::new(START),
@@ -255,7 +260,10 @@ fn run<F: Future>(sim: &Sim, kill: Option<(u32, bool)>, future: F) -> Option<F::
     let mut cx = Context::from_waker(Waker::noop());
     let result = match future.as_mut().poll(&mut cx) {
         Poll::Ready(value) => Some(value),
-        Poll::Pending => None,
+        Poll::Pending => {
+            explored(|e| e.killed += 1);
+            None
+        }
     };
     sim.kill.set(None);
     result
@@ -286,10 +294,11 @@ impl Bucket for SimBucket<'_> {
                 size: stored.bytes.len() as u64,
                 uploaded: stored.uploaded,
             })
-            .take(limit as usize + 1)
+            .take(self.0.page.min(limit as usize) + 1)
             .collect();
-        let truncated = listed.len() > limit as usize;
-        listed.truncate(limit as usize);
+        let limit = self.0.page.min(limit as usize);
+        let truncated = listed.len() > limit;
+        listed.truncate(limit);
         Ok(Listing {
             objects: listed,
             truncated,
@@ -441,9 +450,12 @@ pub(super) enum Op {
     Reconcile {
         kill: Kill,
     },
+    /// A `nixflare gc` request, with as many subrequests as `budget` (a request that
+    /// ends part-way leaves the pass under way for whatever comes next).
     Gc {
         dry: bool,
         purges: bool,
+        budget: u32,
         kill: Kill,
     },
     Cron {
@@ -465,7 +477,8 @@ pub(super) enum Op {
 fn kill() -> impl Strategy<Value = Kill> {
     prop_oneof![
         4 => Just(None),
-        1 => (0u32..14, any::<bool>()).prop_map(Some),
+        // Most requests meet the world at their first few awaits.
+        1 => (prop_oneof![3 => 0u32..6, 1 => 0u32..14], any::<bool>()).prop_map(Some),
     ]
 }
 
@@ -479,12 +492,12 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (path.clone(), any::<bool>()).prop_map(|(path, nar)| Op::BehindDelete { path, nar }),
         2 => (path.clone(), kill()).prop_map(|(path, kill)| Op::Delete { path, kill }),
         1 => path.clone().prop_map(|path| Op::DeleteNar { path }),
-        1 => (0u8..2, path.clone(), kill()).prop_map(|(name, path, kill)| Op::Pin { name, path, kill }),
+        2 => (0u8..2, path.clone(), kill()).prop_map(|(name, path, kill)| Op::Pin { name, path, kill }),
         1 => (0u8..2, kill()).prop_map(|(name, kill)| Op::Unpin { name, kill }),
         2 => (path, kill()).prop_map(|(path, kill)| Op::Refresh { path, kill }),
         3 => kill().prop_map(|kill| Op::Reconcile { kill }),
-        4 => (any::<bool>(), any::<bool>(), kill())
-            .prop_map(|(dry, purges, kill)| Op::Gc { dry: dry && purges, purges, kill }),
+        5 => (prop::bool::weighted(0.3), any::<bool>(), prop_oneof![Just(44u32), 2u32..12], kill())
+            .prop_map(|(dry, purges, budget, kill)| Op::Gc { dry, purges, budget, kill }),
         3 => kill().prop_map(|kill| Op::Cron { kill }),
         2 => kill().prop_map(|kill| Op::Alarm { kill }),
         1 => (prop::option::weighted(0.7, 1u64..4), prop::option::weighted(0.3, 1000u64..12_000))
@@ -499,8 +512,10 @@ fn universe() -> impl Strategy<Value = Universe> {
     (
         prop::collection::vec(prop::collection::vec(any::<bool>(), PATHS), PATHS),
         prop::collection::vec(prop::option::weighted(0.2, 0..PATHS), PATHS),
+        prop_oneof![Just(1000usize), 1usize..5],
     )
-        .prop_map(|(edges, shared)| Universe {
+        .prop_map(|(edges, shared, page)| Universe {
+            page,
             refs: (0..PATHS)
                 .map(|i| {
                     (0..i)
@@ -549,6 +564,9 @@ struct Model {
     /// Narinfos deleted by a request that could not purge the edge cache: clients may
     /// still get them from there until the time given.
     edge: BTreeMap<String, (Written, u64)>,
+    /// Paths the GC has decided to remove but not yet deleted (a request died between):
+    /// the settings in force when it decided. Its deletion is judged by those.
+    decided: BTreeMap<usize, Retention>,
 }
 
 impl Model {
@@ -568,6 +586,7 @@ impl Model {
             referrer_gone: BTreeMap::new(),
             lap: None,
             edge: BTreeMap::new(),
+            decided: BTreeMap::new(),
         }
     }
 }
@@ -588,7 +607,7 @@ fn parse(bytes: &[u8]) -> Option<NarInfo> {
 impl Case {
     fn new(universe: Universe) -> Self {
         Case {
-            sim: Sim::new(),
+            sim: Sim::new(universe.page),
             model: Model::new(universe),
         }
     }
@@ -799,7 +818,7 @@ impl Case {
         );
     }
 
-    fn gc(&mut self, dry: bool, purges: bool, kill: Kill) -> Option<api::GcProgress> {
+    fn gc(&mut self, dry: bool, purges: bool, budget: u32, kill: Kill) -> Option<api::GcProgress> {
         self.sim.actor.set(Actor::Gc);
         let sim = &self.sim;
         let mode = Mode {
@@ -808,7 +827,7 @@ impl Case {
         };
         let retention = self.model.retention;
         let now = self.now();
-        let mut budget = Budget::new(R2_OPS_PER_INVOCATION - 1);
+        let mut budget = Budget::new(budget);
         let outcome = if purges {
             run(
                 sim,
@@ -902,6 +921,10 @@ impl Case {
     // -- one operation, and the checks after it -------------------------------------
 
     fn apply(&mut self, op: &Op) {
+        explored(|e| {
+            e.steps += 1;
+            e.wipes += u64::from(matches!(op, Op::Wipe));
+        });
         self.sim.now.set(self.now() + 1);
         self.sim.actor.set(Actor::Worker);
         self.sim.purges.set(match op {
@@ -925,9 +948,14 @@ impl Case {
             Op::Unpin { name, kill } => self.unpin(name, kill),
             Op::Refresh { path, kill } => self.refresh(path, kill),
             Op::Reconcile { kill } => self.reconcile(kill),
-            Op::Gc { dry, purges, kill } => {
+            Op::Gc {
+                dry,
+                purges,
+                budget,
+                kill,
+            } => {
                 let deleted = self.sim.deletions.borrow().len();
-                self.gc(dry, purges, kill);
+                self.gc(dry, purges, budget, kill);
                 if dry {
                     assert_eq!(
                         self.sim.deletions.borrow().len(),
@@ -952,6 +980,7 @@ impl Case {
                 self.model.pushed.clear();
                 self.model.pins.clear();
                 self.model.maybe_pins.clear();
+                self.model.decided.clear();
             }
         }
         self.check(op, &before, &objects_before);
@@ -979,6 +1008,11 @@ impl Case {
         let retention = self.model.retention;
         for deletion in &deletions {
             if deletion.by == Actor::Gc {
+                let narinfo = path_of_narinfo(&deletion.key).is_some();
+                explored(|e| {
+                    e.gc_narinfos += u64::from(narinfo);
+                    e.gc_objects += u64::from(!narinfo);
+                });
                 self.check_gc_deletion(op, deletion, before, objects_before, retention);
             }
             self.model
@@ -1020,6 +1054,28 @@ impl Case {
         self.check_closures(op);
         self.check_index_claims(op);
         self.check_lap_claim();
+        self.note_decided(retention);
+    }
+
+    /// Remembers under which settings the paths now pending were decided.
+    fn note_decided(&mut self, retention: Retention) {
+        let pending: BTreeSet<String> = self
+            .sim
+            .index
+            .borrow()
+            .sql
+            .rows::<super::super::store::HashRow>("SELECT hash FROM gc_pending", &[])
+            .expect("the index reads")
+            .into_iter()
+            .map(|row| row.hash)
+            .collect();
+        let pending: BTreeSet<usize> = (0..PATHS)
+            .filter(|&i| pending.contains(&hash(i).to_string()))
+            .collect();
+        self.model.decided.retain(|i, _| pending.contains(i));
+        for i in pending {
+            self.model.decided.entry(i).or_insert(retention);
+        }
     }
 
     fn check_gc_deletion(
@@ -1032,6 +1088,9 @@ impl Case {
     ) {
         let t = deletion.at;
         if let Some(p) = path_of_narinfo(&deletion.key) {
+            // A removal decided by an earlier request that died before deleting: judged
+            // by the settings it was decided under.
+            let retention = self.model.decided.get(&p).copied().unwrap_or(retention);
             if !objects_before.contains_key(&deletion.key) {
                 return;
             }
@@ -1182,6 +1241,7 @@ impl Case {
             return;
         }
         self.model.lap = lap;
+        explored(|e| e.laps += u64::from(lap.is_some()));
         let Some(lap) = lap else {
             return;
         };
@@ -1235,6 +1295,7 @@ impl Case {
                     Op::Gc {
                         dry: false,
                         purges: false,
+                        budget: 44,
                         kill: None,
                     },
                 );
@@ -1284,19 +1345,56 @@ pub(super) fn run_case(universe: Universe, ops: &[Op]) {
     case.settle();
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: 64,
-        max_shrink_iters: 4096,
-        .. ProptestConfig::default()
-    })]
+/// What the runs explored, for the notes (`make soak` prints it).
+#[derive(Default)]
+struct Explored {
+    cases: u64,
+    steps: u64,
+    killed: u64,
+    gc_narinfos: u64,
+    gc_objects: u64,
+    laps: u64,
+    wipes: u64,
+}
 
-    #[test]
-    fn deletions_follow_the_rules_under_any_interleaving(
-        universe in universe(),
-        ops in prop::collection::vec(op(), 1..60),
-    ) {
+thread_local! {
+    static EXPLORED: RefCell<Explored> = RefCell::new(Explored::default());
+}
+
+fn explored(count: impl FnOnce(&mut Explored)) {
+    EXPLORED.with(|e| count(&mut e.borrow_mut()));
+}
+
+#[test]
+fn deletions_follow_the_rules_under_any_interleaving() {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let config = ProptestConfig {
+        cases,
+        max_shrink_iters: 4096,
+        source_file: Some(file!()),
+        ..ProptestConfig::default()
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let strategy = (universe(), prop::collection::vec(op(), 1..60));
+    let result = runner.run(&strategy, |(universe, ops)| {
+        explored(|e| e.cases += 1);
         run_case(universe, &ops);
+        Ok(())
+    });
+    EXPLORED.with(|e| {
+        let e = e.borrow();
+        eprintln!(
+            "model: {} cases ({cases} asked; the rest replayed from proptest-regressions or shrinking), {} steps; {} requests killed \
+             part-way; the GC deleted {} narinfos and {} objects; {} reconcile laps completed; \
+             {} index wipes",
+            e.cases, e.steps, e.killed, e.gc_narinfos, e.gc_objects, e.laps, e.wipes
+        );
+    });
+    if let Err(err) = result {
+        panic!("{err}");
     }
 }
 
@@ -1312,6 +1410,7 @@ mod scenarios {
         Universe {
             refs: vec![vec![], vec![0], vec![1], vec![], vec![], vec![], vec![]],
             nar: (0..PATHS).collect(),
+            page: 1000,
         }
     }
 
@@ -1352,6 +1451,7 @@ mod scenarios {
             case.apply(&Op::Gc {
                 dry: false,
                 purges: false,
+                budget: 44,
                 kill: Some((at, false)),
             });
             let pending = case
@@ -1389,6 +1489,7 @@ mod scenarios {
         let universe = Universe {
             refs: vec![vec![]; PATHS],
             nar: (0..PATHS).collect(),
+            page: 1000,
         };
         let mut case = Case::new(universe);
         for path in 0..PATHS {
@@ -1416,6 +1517,7 @@ mod scenarios {
             case.apply(&Op::Gc {
                 dry: false,
                 purges: true,
+                budget: 44,
                 kill: None,
             });
         }
@@ -1438,7 +1540,7 @@ mod scenarios {
             budget: None,
         });
         let plan = case
-            .gc(true, true, None)
+            .gc(true, true, 44, None)
             .expect("a dry run")
             .plan
             .expect("a plan");
@@ -1448,7 +1550,7 @@ mod scenarios {
             budget: None,
         });
         let plan = case
-            .gc(true, true, None)
+            .gc(true, true, 44, None)
             .expect("a dry run")
             .plan
             .expect("a plan");
@@ -1461,6 +1563,7 @@ mod scenarios {
             case.apply(&Op::Gc {
                 dry: false,
                 purges: true,
+                budget: 44,
                 kill: None,
             });
         }
@@ -1633,5 +1736,115 @@ mod scenarios {
         )
         .unwrap();
         assert!(matches!(forgot, Forgot::Pinned { .. }), "{forgot:?}");
+    }
+
+    /// The index alone, a path `p0` doomed by retention, a pass marked and a lap
+    /// completed: what a sweep step hands out next.
+    fn doomed_p0() -> (Index<Sqlite>, GcStep) {
+        let index = Index::open(Sqlite::memory());
+        let info = parse(&chain().narinfo(0)).expect("parses");
+        AdoptOp::apply(
+            &index,
+            Adopt {
+                entries: vec![Entry::of(&info, START, None)],
+                now: START,
+            },
+        )
+        .unwrap();
+        let now = START + 3 * DAY_MS;
+        let step = GcStep {
+            dry_run: true,
+            start_up_to: 1,
+            retention: Retention {
+                retain_ms: Some(DAY_MS),
+                budget_bytes: None,
+                grace_ms: GRACE_MS,
+            },
+            now,
+        };
+        // Marks, and reports p0 doomed.
+        let plan = (0..10)
+            .find_map(|_| GcStepOp::apply(&index, step.clone()).unwrap().plan)
+            .expect("a plan");
+        assert_eq!(plan.path_count, 1);
+        index
+            .set_meta(
+                super::super::super::store::COMPLETE_LAP_KEY,
+                now.to_string(),
+            )
+            .unwrap();
+        (
+            index,
+            GcStep {
+                dry_run: false,
+                ..step
+            },
+        )
+    }
+
+    fn next_sweep(index: &Index<Sqlite>, step: &GcStep) -> Vec<StorePathHash> {
+        GcStepOp::apply(index, step.clone()).unwrap().sweep
+    }
+
+    #[test]
+    fn the_sweep_hands_out_a_doomed_path_nothing_keeps() {
+        let (index, step) = doomed_p0();
+        assert_eq!(next_sweep(&index, &step), vec![hash(0)]);
+    }
+
+    /// A publish that references p0 reserved it after the mark (its narinfo may be in R2
+    /// already, its commit lost): p0 stays.
+    #[test]
+    fn a_publish_under_way_keeps_what_it_references() {
+        use crate::core::index::ops::BeginOp;
+        use crate::core::index::{Begin, Begun};
+        let (index, step) = doomed_p0();
+        let info = parse(&chain().narinfo(1)).expect("parses");
+        let begun = BeginOp::apply(
+            &index,
+            Begin {
+                entry: Entry::of(&info, step.now, None),
+                upstreams: vec![],
+                adopt: vec![],
+                upstream_hits: vec![],
+                now: step.now,
+            },
+        )
+        .unwrap();
+        assert!(matches!(begun, Begun::Reserved { .. }), "{begun:?}");
+        assert_eq!(next_sweep(&index, &step), Vec::<StorePathHash>::new());
+    }
+
+    /// Pinned after the mark: p0 stays.
+    #[test]
+    fn a_pin_set_after_the_mark_keeps_its_path() {
+        let (index, step) = doomed_p0();
+        SetPinOp::apply(
+            &index,
+            SetPin {
+                name: pin_name(0),
+                store_path: format!("{}-p0", hash(0)).parse().unwrap(),
+                expires_at: None,
+                subject: "t".into(),
+                now: step.now,
+            },
+        )
+        .unwrap();
+        assert_eq!(next_sweep(&index, &step), Vec::<StorePathHash>::new());
+    }
+
+    /// Pushed again after the mark: p0 stays.
+    #[test]
+    fn a_push_after_the_mark_keeps_its_path() {
+        let (index, step) = doomed_p0();
+        RootsOp::apply(
+            &index,
+            Refresh {
+                hashes: vec![hash(0)],
+                now: step.now,
+            },
+        )
+        .unwrap();
+        assert_eq!(next_sweep(&index, &step), Vec::<StorePathHash>::new());
     }
 }
