@@ -161,6 +161,9 @@ fn describe_plan(base: &str, run: &GcRun, plan: &GcPlan, now_ms: u64) -> String 
         );
     }
     out += "  retention: no root pushed within RETAIN_DAYS and no pin reaches it; budget: only roots older than those that fit MAX_CACHE_BYTES reach it\n";
+    if run.waiting_for_lap {
+        out += "  the sweep waits for a reconcile lap begun after this pass (so no narinfo written behind the worker's back still needs what it removes); `nixflare gc` and the cron take its steps\n";
+    }
     if run.over_budget {
         out += &format!(
             "  warning: pins alone hold {}, more than MAX_CACHE_BYTES\n",

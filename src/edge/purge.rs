@@ -1,10 +1,17 @@
 //! The edge cache (Workers Cache, `[cache]` in wrangler.toml) forgets what the worker
 //! deletes or replaces: every stored file is served with its key as `Cache-Tag`, and
-//! `ctx.cache.purge({ tags })` drops those tags everywhere. Where the platform offers no
-//! purge (`wrangler dev`, which does not emulate Workers Cache; the cron, whose context
-//! workers-rs 0.8.7 does not expose), a stale copy lives at most as long as its
-//! Cache-Control says: a day for a narinfo, which the GC's grace period outlasts
-//! (docs/gc.md).
+//! `ctx.cache.purge({ tags })` drops those tags everywhere.
+//!
+//! Where no purge happens, a stale copy lives as long as its Cache-Control says (a day
+//! for a narinfo), and the GC holds what such a copy names (docs/gc.md):
+//! - `wrangler dev` does not emulate Workers Cache;
+//! - the cron's and the alarm's GC steps run inside the index's Durable Object (a Free
+//!   cron has 10 ms of CPU; the object has 30 s). The runtime's other way to purge,
+//!   `import { cache } from "cloudflare:workers"`, is scoped to the entrypoint that
+//!   calls it: called from the object it would purge the object's cache, not the
+//!   worker's responses. Purging from the cron itself (which is the worker's
+//!   entrypoint) would need the keys the object deleted handed back to it, and the
+//!   holds released after; not built: cron passes hold each lower layer a day.
 
 use js_sys::{Array, Function, Object, Promise, Reflect};
 use wasm_bindgen::{JsCast, JsValue};

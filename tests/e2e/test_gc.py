@@ -317,6 +317,20 @@ def test_bad_retention_requests_are_refused_and_change_nothing(nix: Nix, worker:
     assert status == 404 and b"no pin named" in answer
     assert pins() == before
 
+    # JSON that means two things, or nests without end: refused, naming why.
+    for body, reason in [
+        (b'{"storePath": "0000", "storePath": "1111"}', b"twice"),
+        (b"[" * 300 + b"]" * 300, b"deeper"),
+        (b"5", b"invalid type"),
+    ]:
+        got, _, answer = request(worker, "PUT", "/_nixflare/pins/release", bearer(operator), body)
+        assert got == 400 and reason in answer and b"Reflect" not in answer, answer
+    got, _, answer = request(worker, "POST", "/_nixflare/roots", bearer(operator),
+                             b'{"hashes": [], "hashes": ["' + b"0" * 32 + b'"]}')
+    assert got == 400 and b"twice" in answer, answer
+    got, _, answer = request(worker, "POST", "/_nixflare/gc", bearer(operator), b'{"startUpTo": 1.5}')
+    assert got == 400 and b"whole number" in answer, answer
+
     too_many = json.dumps({"hashes": ["0" * 32] * 1001}).encode()
     assert request(worker, "POST", "/_nixflare/roots", bearer(operator), too_many)[0] == 413
     assert request(worker, "POST", "/_nixflare/roots", bearer(operator), b"[]")[0] == 400
@@ -336,3 +350,51 @@ def test_bad_retention_requests_are_refused_and_change_nothing(nix: Nix, worker:
     assert request(worker, "GET", "/_nixflare/gc", bearer(reader))[0] == 403
     assert request(worker, "DELETE", "/_nixflare/gc", bearer(operator))[0] == 405
     assert gc_state() == state
+
+
+def test_names_pins_and_deletes_are_exact(nix: Nix, keys: Keys, tokens: Tokens, make_cache, tmp_path):
+    """A read-only token learns no names; a pin names a path exactly and keeps it from
+    DELETE; a misnamed pin is refused."""
+    salt = "-" + os.urandom(6).hex()
+    top = build(nix, salt, "a")
+    writer = tokens.mint("read,write", subject="ci-writer")
+    operator = tokens.mint("read,write,delete,pin", subject="ops")
+    reader = tokens.mint("read", subject="reader")
+    cache = make_cache()
+    worker = cache.start(0)
+    push(nix, worker, keys, writer, tmp_path / "spool", top)
+    cli(nix, worker, operator, "pin", "add", "release", top)
+
+    def stats(token: str) -> dict:
+        status, _, body = request(worker, "GET", "/_nixflare/stats", bearer(token))
+        assert status == 200, body
+        return json.loads(body)
+
+    def pins(token: str) -> list:
+        status, _, body = request(worker, "GET", "/_nixflare/pins", bearer(token))
+        assert status == 200, body
+        return json.loads(body)["pins"]
+
+    assert {p["subject"] for p in stats(writer)["recent"]} == {"ci-writer"}
+    assert [p["subject"] for p in pins(writer)] == ["ops"]
+    # The same answers to a read-only token, without who.
+    seen = stats(reader)
+    assert seen["paths"] == stats(writer)["paths"]
+    assert all(p["subject"] is None and p["tokenId"] is None for p in seen["recent"]), seen["recent"]
+    assert [(p["name"], p["subject"]) for p in pins(reader)] == [("release", None)]
+
+    # A pin under another name for the same hash: refused, nothing changes.
+    name = Path(top).name
+    misnamed = name[:33] + "invented"
+    status, _, body = request(worker, "PUT", "/_nixflare/pins/other", bearer(operator),
+                              json.dumps({"storePath": misnamed}).encode())
+    assert status == 404 and b"not in the cache" in body, body
+    assert [p["name"] for p in pins(operator)] == ["release"]
+    # A pinned path cannot be deleted until its pin goes.
+    status, _, body = request(worker, "DELETE", f"/{hash_of(top)}.narinfo", bearer(operator))
+    assert status == 409 and b"pinned by release" in body, body
+    assert narinfo_status(worker, top) == 200
+    cli(nix, worker, operator, "pin", "remove", "release")
+    status, _, body = request(worker, "DELETE", f"/{hash_of(top)}.narinfo", bearer(operator))
+    assert status == 204, body
+    assert narinfo_status(worker, top) == 404

@@ -1523,7 +1523,7 @@ mod scenarios {
         }
         let kept: u64 = (0..PATHS)
             .filter(|&i| case.sim.has(&narinfo_key(i)))
-            .map(|i| nar_size(i))
+            .map(nar_size)
             .sum();
         assert!(kept > 0 && kept <= 10_000, "kept {kept} bytes");
     }
