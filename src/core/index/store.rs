@@ -678,21 +678,27 @@ impl<S: Sql> Index<S> {
             &[after.clone(), through.clone(), narinfos.clone()],
         )?;
         // Deletes whose narinfo is gone from the bucket are done, confirmed or not: their
-        // references protect nothing. (An old marker whose narinfo is still here stays
-        // until `advance` adopts the narinfo again: until then its NAR is kept.)
-        let stale = integer(page.listed_at.saturating_sub(STALE_DELETE_MS));
+        // references protect nothing, and their NARs' grace counts from now at the latest.
+        // (An old marker whose narinfo is still here stays until `advance` adopts the
+        // narinfo again: until then its NAR is kept.) Markers already confirmed keep
+        // their time: a lap must not start their grace again.
         let gone = self.hashes(
             &format!(
-                "SELECT hash FROM deleting WHERE {} AND (done = 1 OR at < ?4)",
+                "SELECT hash FROM deleting WHERE {} AND done = 0",
                 in_page("hash")
             ),
-            &[after, through, narinfos, stale.clone()],
+            &[after.clone(), through.clone(), narinfos.clone()],
         )?;
         // Nobody purged the edge cache of these.
         self.confirm_removed(&gone, page.listed_at, false)?;
         self.exec(
-            "DELETE FROM deleting WHERE at < ?2 AND hash IN (SELECT value FROM json_each(?1))",
-            &[hash_array(&gone), stale],
+            &format!("DELETE FROM deleting WHERE {} AND at < ?4", in_page("hash")),
+            &[
+                after,
+                through,
+                narinfos,
+                integer(page.listed_at.saturating_sub(STALE_DELETE_MS)),
+            ],
         )?;
         // Missing from the index, or stored in R2 well after the index recorded it (the
         // margin covers a publish's own write, which follows its recorded time).

@@ -122,6 +122,9 @@ pub async fn steps<B: Bucket, I: IndexCalls, P: EdgePurge, L: Laps>(
                 last = Some(run);
                 break;
             }
+            // From the worker, a step is one request to the object (whose R2 operations
+            // are its own); inside the object, its R2 operations came out of `budget`.
+            index_calls += u64::from(index.cost());
         } else if work.plan.is_some() || matches!(run.phase, GcPhase::Idle | GcPhase::Done) {
             return Ok(report(run, work.plan, budget, index_calls));
         }
