@@ -1414,6 +1414,27 @@ mod scenarios {
         }
     }
 
+    /// Records a complete reconcile lap begun at `now`, and gives the step a GC
+    /// request at `now` sends.
+    fn lapped_step(index: &Index<Sqlite>, now: u64, retain_ms: Option<u64>) -> GcStep {
+        index
+            .set_meta(
+                super::super::super::store::COMPLETE_LAP_KEY,
+                now.to_string(),
+            )
+            .unwrap();
+        GcStep {
+            dry_run: false,
+            start_up_to: 1,
+            retention: Retention {
+                retain_ms,
+                budget_bytes: None,
+                grace_ms: GRACE_MS,
+            },
+            now,
+        }
+    }
+
     fn index_has(case: &Case, i: usize) -> bool {
         #[derive(serde::Deserialize)]
         struct Row {
@@ -1601,22 +1622,7 @@ mod scenarios {
             .collect();
         AdoptOp::apply(&index, Adopt { entries, now }).expect("adopted");
         // A lap that began with the pass, and an index old enough to sweep.
-        index
-            .set_meta(
-                super::super::super::store::COMPLETE_LAP_KEY,
-                (now + 3 * DAY_MS).to_string(),
-            )
-            .unwrap();
-        let step = GcStep {
-            dry_run: false,
-            start_up_to: 1,
-            retention: Retention {
-                retain_ms: Some(DAY_MS),
-                budget_bytes: None,
-                grace_ms: GRACE_MS,
-            },
-            now: now + 3 * DAY_MS,
-        };
+        let step = lapped_step(&index, now + 3 * DAY_MS, Some(DAY_MS));
         let mut swept = Vec::new();
         for _ in 0..10 {
             let work = GcStepOp::apply(&index, step.clone()).expect("a step");
@@ -1662,22 +1668,7 @@ mod scenarios {
         .unwrap();
         assert!(matches!(forgot, Forgot::Forgotten { .. }));
         index.confirm_removed(&[hash(3)], START, true).unwrap();
-        index
-            .set_meta(
-                super::super::super::store::COMPLETE_LAP_KEY,
-                (START + 10 * DAY_MS).to_string(),
-            )
-            .unwrap();
-        let step = GcStep {
-            dry_run: false,
-            start_up_to: 1,
-            retention: Retention {
-                retain_ms: None,
-                budget_bytes: None,
-                grace_ms: GRACE_MS,
-            },
-            now: START + 20 * DAY_MS,
-        };
+        let step = lapped_step(&index, START + 20 * DAY_MS, None);
         let work = GcStepOp::apply(&index, step).unwrap();
         let after = work.list_after.expect("a listing");
         let orphans = OrphansOp::apply(
@@ -1754,32 +1745,16 @@ mod scenarios {
         let now = START + 3 * DAY_MS;
         let step = GcStep {
             dry_run: true,
-            start_up_to: 1,
-            retention: Retention {
-                retain_ms: Some(DAY_MS),
-                budget_bytes: None,
-                grace_ms: GRACE_MS,
-            },
-            now,
+            ..lapped_step(&index, START, Some(DAY_MS))
         };
+        let step = GcStep { now, ..step };
         // Marks, and reports p0 doomed.
         let plan = (0..10)
             .find_map(|_| GcStepOp::apply(&index, step.clone()).unwrap().plan)
             .expect("a plan");
         assert_eq!(plan.path_count, 1);
-        index
-            .set_meta(
-                super::super::super::store::COMPLETE_LAP_KEY,
-                now.to_string(),
-            )
-            .unwrap();
-        (
-            index,
-            GcStep {
-                dry_run: false,
-                ..step
-            },
-        )
+        let step = lapped_step(&index, now, Some(DAY_MS));
+        (index, step)
     }
 
     fn next_sweep(index: &Index<Sqlite>, step: &GcStep) -> Vec<StorePathHash> {
