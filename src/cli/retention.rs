@@ -160,7 +160,13 @@ fn describe_plan(base: &str, run: &GcRun, plan: &GcPlan, now_ms: u64) -> String 
             plan.path_count - plan.paths.len() as u64
         );
     }
-    out += "  retention: no root pushed within RETAIN_DAYS and no pin reaches it; budget: only roots older than those that fit MAX_CACHE_BYTES reach it\n";
+    out += "  retention: no root pushed within RETAIN_DAYS and no pin reaches it; budget: only roots that do not fit MAX_CACHE_BYTES beside newer ones reach it\n";
+    if plan.pending_paths > 0 {
+        out += &format!(
+            "  {} paths an earlier step decided to remove (a request died before deleting them) go first\n",
+            plan.pending_paths
+        );
+    }
     if run.waiting_for_lap {
         out += "  the sweep waits for a reconcile lap begun after this pass (so no narinfo written behind the worker's back still needs what it removes); `nixflare gc` and the cron take its steps\n";
     }
@@ -319,8 +325,13 @@ mod tests {
             path_count: 2,
             path_bytes: 2048,
             in_grace: 3,
+            pending_paths: 1,
         };
         let text = describe_plan("http://c", &run(), &plan, 40 * 86_400_000);
+        assert!(
+            text.contains("1 paths an earlier step decided to remove"),
+            "{text}"
+        );
         assert!(
             text.contains("would remove 2 paths (2.00 KiB of NARs) and keep 5"),
             "{text}"

@@ -363,6 +363,11 @@ pub struct GcPlan {
     /// Paths removed less than the grace period ago: their NARs and side files go
     /// once it is over.
     pub in_grace: u64,
+    /// Paths an earlier step decided to remove whose narinfos are not yet deleted (a
+    /// request died in between): the next step deletes them first, whatever the
+    /// settings say now.
+    #[serde(default)]
+    pub pending_paths: u64,
 }
 
 /// The answer to `GET`/`POST /_nixflare/gc`.

@@ -27,8 +27,8 @@ pub mod var {
     /// Days a pushed path stays a GC root (its closure kept) after its last push.
     /// Unset: roots never expire (only `MAX_CACHE_BYTES` and orphans remove anything).
     pub const RETAIN_DAYS: &str = "RETAIN_DAYS";
-    /// Most bytes of NAR files the kept closures may take; past it the oldest unpinned
-    /// roots' closures go first. Unset: no budget.
+    /// Most bytes of NAR files the kept closures may take; past it the newest roots that
+    /// fit are kept and the others' closures go. Unset: no budget.
     pub const MAX_CACHE_BYTES: &str = "MAX_CACHE_BYTES";
     /// Hours between removing a path's narinfo and removing its NAR and side files
     /// (and before an unreferenced object counts as an orphan). At least

@@ -92,10 +92,11 @@ pub struct BudgetCut {
 
 /// The budget's decision. `marks` are (mark, NAR bytes first reached by it), newest
 /// first; each unpinned mark is one root (see [`MARK_SCALE`]). Pins are always kept,
-/// even past the budget. Then roots are kept newest first while they fit; a root whose
-/// closure alone exceeds the budget is dropped by itself (it never fits, and must not
-/// take everyone else with it); the first other root that does not fit ends the run:
-/// it and every older root are dropped (the oldest go first).
+/// even past the budget. Then roots are kept newest first, each if its closure fits in
+/// what the budget has left; one that does not fit goes, and older ones that still fit
+/// are kept. So the newest roots win, and nothing a root brings (a huge push, a path
+/// refreshed on purpose, a closure sized to fill the budget) makes the cache keep less
+/// than what fits beside it.
 pub fn budget_cut(marks: &[(u64, u64)], budget: Option<u64>) -> BudgetCut {
     let total = marks
         .iter()
@@ -107,17 +108,11 @@ pub fn budget_cut(marks: &[(u64, u64)], budget: Option<u64>) -> BudgetCut {
         };
     };
     let mut cut = BudgetCut::default();
-    let mut full = false;
     for &(mark, bytes) in marks {
-        if mark >= PINNED {
+        if mark >= PINNED || cut.kept_bytes.saturating_add(bytes) <= budget {
             cut.kept_bytes = cut.kept_bytes.saturating_add(bytes);
-        } else if full || bytes > budget {
-            cut.dropped.push(mark);
-        } else if cut.kept_bytes.saturating_add(bytes) > budget {
-            full = true;
-            cut.dropped.push(mark);
         } else {
-            cut.kept_bytes += bytes;
+            cut.dropped.push(mark);
         }
     }
     cut
@@ -206,16 +201,18 @@ mod tests {
     }
 
     #[test]
-    fn a_root_over_the_budget_by_itself_goes_alone() {
+    fn a_root_that_does_not_fit_goes_alone() {
         // The newest root (a huge push, or one path refreshed on purpose) holds more than
         // the whole budget: it goes, the older roots that fit stay.
         let marks = [(40, 500), (30, 20), (20, 20), (10, 20)];
         let cut = budget_cut(&marks, Some(50));
         assert_eq!(cut.dropped, vec![40, 10]);
         assert_eq!(cut.kept_bytes, 40);
-        // The oldest still go first among those that fit on their own.
-        let cut = budget_cut(&[(30, 30), (20, 30), (10, 10)], Some(50));
-        assert_eq!(cut.dropped, vec![20, 10]);
+        // A closure sized to just fit the budget, behind a tiny newer root: it goes,
+        // and the older roots that fit beside the tiny one stay.
+        let cut = budget_cut(&[(50, 1), (40, 100), (30, 20), (20, 20)], Some(100));
+        assert_eq!(cut.dropped, vec![40]);
+        assert_eq!(cut.kept_bytes, 41);
     }
 
     #[test]

@@ -151,6 +151,8 @@ pub struct CheckedNarinfo {
     pub nar: NarFile,
     /// ...with exactly this size.
     pub file_size: u64,
+    /// A trusted key signed it (else it is trusted for its content address alone).
+    pub signed: bool,
 }
 
 /// Whether the narinfo is trusted for its content address alone (no signature needed),
@@ -235,9 +237,10 @@ pub fn check_narinfo(
     {
         return Err(NarinfoRejection::NarHash);
     }
-    if !content_addressed(&info, &config.store_dir)?
-        && !info.signed_by_any(&config.public_keys, &config.store_dir)
-    {
+    let content_addressed = content_addressed(&info, &config.store_dir)?;
+    let signed = (!content_addressed || !info.signatures.is_empty())
+        && info.signed_by_any(&config.public_keys, &config.store_dir);
+    if !content_addressed && !signed {
         let mut keys = String::new();
         for key in &config.public_keys {
             keys += if keys.is_empty() { "" } else { ", " };
@@ -252,6 +255,7 @@ pub fn check_narinfo(
         file_size,
         nar,
         info,
+        signed,
     })
 }
 

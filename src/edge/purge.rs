@@ -55,10 +55,11 @@ impl EdgePurge for EdgeCache {
 
     /// Drops the keys' cached copies; failures are logged, never fatal (the copies
     /// expire on their own).
-    async fn purge(&self, keys: &[String]) {
+    async fn purge(&self, keys: &[String]) -> bool {
         let Some((cache, purge)) = &self.purge else {
-            return;
+            return false;
         };
+        let mut all = true;
         for chunk in keys.chunks(TAGS_PER_PURGE) {
             let tags: Array = chunk.iter().map(|key| JsValue::from_str(key)).collect();
             let options = Object::new();
@@ -72,7 +73,9 @@ impl EdgePurge for EdgeCache {
             };
             if let Err(err) = outcome {
                 console_error!("edge cache purge failed: {err:?}");
+                all = false;
             }
         }
+        all
     }
 }

@@ -91,7 +91,10 @@ async fn store_narinfo(
     // The references must be there (and stay there) before the narinfo is.
     let index = cache.index()?;
     let now = cache.now_ms();
-    let entry = Entry::of(&checked.info, now, Some(&cache.token));
+    let entry = Entry {
+        signed: checked.signed,
+        ..Entry::of(&checked.info, now, Some(&cache.token))
+    };
     let sources = Sources {
         bucket: &R2(&cache.bucket),
         upstreams: &Http,

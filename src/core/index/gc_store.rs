@@ -166,7 +166,7 @@ impl<S: super::sql::Sql> Index<S> {
              WHERE hash IN (SELECT value FROM json_each(?1)) RETURNING hash",
             &[hash_array(&refresh.hashes), integer(refresh.now)],
         )?;
-        self.touch(&refreshed, refresh.now)?;
+        self.touch(&refreshed)?;
         let missing = refresh
             .hashes
             .iter()
@@ -180,9 +180,8 @@ impl<S: super::sql::Sql> Index<S> {
     }
 
     /// Paths pushed (or pushed again) now: a pass under way keeps them, whatever the
-    /// clocks of the requests say. Marked roots if the mark is still running, never
-    /// doomed if it is done.
-    pub(super) fn touch(&self, hashes: &[StorePathHash], now: u64) -> Answer<()> {
+    /// clocks of the requests say: taken off the doomed list.
+    pub(super) fn touch(&self, hashes: &[StorePathHash]) -> Answer<()> {
         let list = hash_array(hashes);
         let spared = self.hashes(
             "DELETE FROM gc_doomed WHERE hash IN (SELECT value FROM json_each(?)) RETURNING hash",
@@ -193,14 +192,11 @@ impl<S: super::sql::Sql> Index<S> {
             state.run.spared_paths += spared.len() as u64;
             self.save_gc(&state)?;
         }
-        self.exec(
-            &format!(
-                "UPDATE gc_mark SET keep = {mark}, expanded = 0 \
-                 WHERE hash IN (SELECT value FROM json_each(?1)) AND keep < {mark}",
-                mark = root_mark("?2", "hash")
-            ),
-            &[list, integer(now.max(1))],
-        )
+        // Not marked again: a path pushed since the pass began is never swept (the
+        // sweep checks its push time), and while it is there what it references is
+        // not either. Re-marking its closure on every refresh would let refreshes keep
+        // a pass from ever finishing.
+        Ok(())
     }
 
     pub fn pins(&self, _: api::True) -> Answer<Pins> {
@@ -660,6 +656,7 @@ impl<S: super::sql::Sql> Index<S> {
             path_count: total.n,
             path_bytes: total.bytes,
             in_grace: self.in_grace(now.saturating_sub(grace_ms))?,
+            pending_paths: self.number("SELECT COUNT(*) AS n FROM gc_pending", &[])?,
         })
     }
 
@@ -813,7 +810,7 @@ impl<S: super::sql::Sql> Index<S> {
         let unused_nar = |nar: &str| -> Answer<bool> {
             Ok(!self.exists(
                 "SELECT 1 AS n FROM paths WHERE nar = ?1 \
-                 UNION ALL SELECT 1 FROM reservations WHERE json_extract(entry, '$.nar') = ?1 \
+                 UNION ALL SELECT 1 FROM reservations WHERE nar = ?1 \
                  UNION ALL SELECT 1 FROM removed WHERE nar = ?1 AND removed_at >= ?2 \
                  UNION ALL SELECT 1 FROM removed AS r WHERE r.nar = ?1 AND ( \
                    EXISTS (SELECT 1 FROM deleting AS d WHERE d.hash = r.hash AND d.done = 0) \

@@ -30,6 +30,10 @@ pub struct Entry {
     /// Who published it; none for a path written behind the worker's back.
     pub token_id: Option<TokenId>,
     pub subject: Option<String>,
+    /// Published with a signature by a trusted key (only such a path's `Deriver` makes
+    /// a build log its own: an unsigned content-addressed narinfo may name any).
+    #[serde(default)]
+    pub signed: bool,
 }
 
 impl Entry {
@@ -55,6 +59,7 @@ impl Entry {
             published_at,
             token_id: token.map(|t| t.id),
             subject: token.map(|t| t.subject.clone()),
+            signed: false,
         }
     }
 }

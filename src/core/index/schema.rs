@@ -74,6 +74,10 @@ pub const MIGRATIONS: &[&[&str]] = &[
         "CREATE TABLE owned_logs (drv TEXT PRIMARY KEY) WITHOUT ROWID",
         "CREATE TABLE orphan_candidates (key TEXT PRIMARY KEY, since INTEGER NOT NULL, \
          seen_in INTEGER NOT NULL) WITHOUT ROWID",
+        "ALTER TABLE reservations ADD COLUMN nar TEXT",
+        "UPDATE reservations SET nar = json_extract(entry, '$.nar')",
+        "CREATE INDEX reservations_by_nar ON reservations (nar)",
+        "ALTER TABLE paths ADD COLUMN signed INTEGER NOT NULL DEFAULT 0",
     ],
 ];
 

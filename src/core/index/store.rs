@@ -228,8 +228,8 @@ impl<S: Sql> Index<S> {
         )?;
         self.exec(
             "INSERT OR REPLACE INTO paths (hash, name, nar, file_size, nar_size, deriver, \
-             published_at, token_id, subject, pushed_at, ref_count) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?7, ?10)",
+             published_at, token_id, subject, pushed_at, ref_count, signed) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?7, ?10, ?11)",
             &[
                 text(entry.hash),
                 text(&entry.name),
@@ -241,11 +241,18 @@ impl<S: Sql> Index<S> {
                 entry.token_id.map(|id| id.to_string()).into(),
                 entry.subject.clone().into(),
                 integer(entry.references.len() as u64),
+                integer(u64::from(entry.signed)),
             ],
         )?;
-        self.exec("DELETE FROM refs WHERE referrer = ?", &[text(entry.hash)])?;
+        // New references first, then the old ones no longer named: a statement that
+        // fails part-way (the object's storage full) leaves more protected, never less.
         self.exec(
             "INSERT OR IGNORE INTO refs (referrer, reference) SELECT ?1, value FROM json_each(?2)",
+            &[text(entry.hash), hash_array(&entry.references)],
+        )?;
+        self.exec(
+            "DELETE FROM refs WHERE referrer = ?1 \
+               AND reference NOT IN (SELECT value FROM json_each(?2))",
             &[text(entry.hash), hash_array(&entry.references)],
         )?;
         self.exec("DELETE FROM unreadable WHERE hash = ?", &[text(entry.hash)])
@@ -253,7 +260,8 @@ impl<S: Sql> Index<S> {
 
     /// Records a path found in the bucket, unless the index already has it (a publish
     /// that recorded it meanwhile knows more: who pushed it; but a narinfo R2 stored well
-    /// after that record replaced it behind the worker's back) or its narinfo is being
+    /// after that record replaced it behind the worker's back, and one a publish that
+    /// died half-way may have replaced, count) or its narinfo is being
     /// deleted (a DELETE within the hour, or one that R2 stored before a recent delete;
     /// a GC removal until R2 confirms it).
     fn adopt(&self, entry: &Entry, now: u64) -> Answer<bool> {
@@ -261,6 +269,7 @@ impl<S: Sql> Index<S> {
         // was replaced behind the worker's back: the bucket's version counts).
         let known = self.exists(
             "SELECT 1 AS n FROM paths WHERE hash = ?1 AND published_at + ?4 >= ?3 \
+               AND NOT EXISTS (SELECT 1 FROM reservations WHERE hash = ?1 AND created_at < ?5) \
              UNION ALL SELECT 1 FROM deleting WHERE hash = ?1 AND at > ?2 \
                AND (done = 0 OR at >= ?3) \
              UNION ALL SELECT 1 FROM gc_pending WHERE hash = ?1",
@@ -269,6 +278,7 @@ impl<S: Sql> Index<S> {
                 integer(now.saturating_sub(STALE_DELETE_MS)),
                 integer(entry.published_at),
                 integer(RECONCILE_MARGIN_MS),
+                integer(now.saturating_sub(STALE_RESERVATION_MS)),
             ],
         )?;
         if known {
@@ -346,11 +356,13 @@ impl<S: Sql> Index<S> {
         }
         let id = self
             .rows::<IdRow>(
-                "INSERT INTO reservations (hash, entry, created_at) VALUES (?, ?, ?) RETURNING id",
+                "INSERT INTO reservations (hash, entry, created_at, nar) VALUES (?, ?, ?, ?) \
+                 RETURNING id",
                 &[
                     text(begin.entry.hash),
                     Value::Text(api::render(&begin.entry)),
                     integer(begin.now),
+                    text(&begin.entry.nar),
                 ],
             )?
             .first()
@@ -376,6 +388,7 @@ impl<S: Sql> Index<S> {
             deriver: Option<String>,
             token_id: Option<String>,
             subject: Option<String>,
+            signed: Option<u64>,
         }
         let Some(row) = self
             .rows::<EntryRow>(
@@ -384,7 +397,8 @@ impl<S: Sql> Index<S> {
                  json_extract(entry, '$.narSize') AS nar_size, \
                  json_extract(entry, '$.deriver') AS deriver, \
                  json_extract(entry, '$.tokenId') AS token_id, \
-                 json_extract(entry, '$.subject') AS subject \
+                 json_extract(entry, '$.subject') AS subject, \
+                 json_extract(entry, '$.signed') AS signed \
                  FROM reservations WHERE id = ?",
                 &[integer(id)],
             )?
@@ -415,6 +429,7 @@ impl<S: Sql> Index<S> {
             published_at: 0,
             token_id,
             subject: row.subject,
+            signed: row.signed.unwrap_or(0) != 0,
         }))
     }
 
@@ -438,7 +453,7 @@ impl<S: Sql> Index<S> {
                     "SELECT 1 AS n FROM paths WHERE hash = ?",
                     &[text(entry.hash)],
                 )?;
-            self.touch(&[entry.hash], finish.now)?;
+            self.touch(&[entry.hash])?;
             if keep {
                 // Pushed again: a GC root anew.
                 self.exec(
@@ -664,32 +679,40 @@ impl<S: Sql> Index<S> {
             ),
             &[after.clone(), through.clone(), narinfos.clone(), cutoff],
         )?;
-        // References of paths whose narinfo is not in the bucket (removed above, or
-        // forgotten by a delete whose confirmation was lost) protect nothing any more.
+        // Narinfos that could not be parsed, gone now: what Nix would have taken for
+        // their NARs gets the grace period too.
         self.exec(
             &format!(
-                "DELETE FROM refs WHERE {} AND referrer NOT IN (SELECT hash FROM paths)",
-                in_page("referrer")
+                "INSERT OR REPLACE INTO removed (hash, nar, deriver, removed_at) \
+                 SELECT hash, nar, NULL, ?4 FROM unreadable WHERE {} AND nar IS NOT NULL",
+                in_page("hash")
             ),
-            &[after.clone(), through.clone(), narinfos.clone()],
+            &[
+                after.clone(),
+                through.clone(),
+                narinfos.clone(),
+                integer(page.listed_at),
+            ],
         )?;
         self.exec(
             &format!("DELETE FROM unreadable WHERE {}", in_page("hash")),
             &[after.clone(), through.clone(), narinfos.clone()],
         )?;
-        // Deletes whose narinfo is gone from the bucket are done, confirmed or not: their
-        // references protect nothing, and their NARs' grace counts from now at the latest.
+        // Deletes whose narinfo is gone from the bucket are done, confirmed or not.
         // (An old marker whose narinfo is still here stays until `advance` adopts the
         // narinfo again: until then its NAR is kept.) Markers already confirmed keep
         // their time: a lap must not start their grace again.
-        let gone = self.hashes(
+        let mut gone = self.hashes(
             &format!(
                 "SELECT hash FROM deleting WHERE {} AND done = 0",
                 in_page("hash")
             ),
             &[after.clone(), through.clone(), narinfos.clone()],
         )?;
-        // Nobody purged the edge cache of these.
+        gone.extend(removed.iter().copied());
+        // Their references protect nothing any more, once held for the edge cache
+        // (nobody purged it of these), and their NARs' grace counts from now at the
+        // latest.
         self.confirm_removed(&gone, page.listed_at, false)?;
         self.exec(
             &format!("DELETE FROM deleting WHERE {} AND at < ?4", in_page("hash")),
@@ -701,12 +724,16 @@ impl<S: Sql> Index<S> {
             ],
         )?;
         // Missing from the index, or stored in R2 well after the index recorded it (the
-        // margin covers a publish's own write, which follows its recorded time).
+        // margin covers a publish's own write, which follows its recorded time), or
+        // named by a publish that died half-way (its narinfo may have replaced the
+        // recorded one within that margin): read again.
         let unindexed = self.hashes(
             &format!(
                 "SELECT q.value AS hash FROM json_each(?1) AS q \
-                 WHERE NOT EXISTS (SELECT 1 FROM paths AS p WHERE p.hash = q.value \
+                 WHERE (NOT EXISTS (SELECT 1 FROM paths AS p WHERE p.hash = q.value \
                      AND p.published_at + ?4 >= COALESCE(json_extract(?3, '$[' || q.key || ']'), 0)) \
+                   OR EXISTS (SELECT 1 FROM reservations AS v WHERE v.hash = q.value \
+                     AND v.created_at < ?5)) \
                    AND NOT {}",
                 being_deleted("q.value", 2)
             ),
@@ -715,6 +742,7 @@ impl<S: Sql> Index<S> {
                 integer(page.listed_at.saturating_sub(STALE_DELETE_MS)),
                 Value::Text(api::render(&page.uploaded)),
                 integer(RECONCILE_MARGIN_MS),
+                integer(page.listed_at.saturating_sub(STALE_RESERVATION_MS)),
             ],
         )?;
         Ok(PageChecked {
@@ -742,19 +770,28 @@ impl<S: Sql> Index<S> {
         // narinfo, if it reached the bucket, was just adopted, so what they kept from
         // deletion stays kept. (Dropped anywhere else, a narinfo in R2 that no lap has
         // seen yet would lose its references' protection.)
+        #[derive(Deserialize)]
+        struct IdRow {
+            id: u64,
+        }
+        let dropped: Vec<u64> = self
+            .rows::<IdRow>(
+                "DELETE FROM reservations WHERE created_at < ?3 \
+                   AND hash >= substr(?1, 1, 32) AND hash || '.narinfo' > ?1 \
+                   AND (?2 IS NULL OR (hash <= substr(?2, 1, 32) AND hash || '.narinfo' <= ?2)) \
+                 RETURNING id",
+                &[
+                    Value::Text(advance.after.clone()),
+                    advance.through.clone().map_or(Value::Null, Value::Text),
+                    integer(advance.listed_at.saturating_sub(STALE_RESERVATION_MS)),
+                ],
+            )?
+            .into_iter()
+            .map(|row| row.id)
+            .collect();
         self.exec(
-            "DELETE FROM reservations WHERE created_at < ?3 \
-               AND hash >= substr(?1, 1, 32) AND hash || '.narinfo' > ?1 \
-               AND (?2 IS NULL OR (hash <= substr(?2, 1, 32) AND hash || '.narinfo' <= ?2))",
-            &[
-                Value::Text(advance.after.clone()),
-                advance.through.clone().map_or(Value::Null, Value::Text),
-                integer(advance.listed_at.saturating_sub(STALE_RESERVATION_MS)),
-            ],
-        )?;
-        self.exec(
-            "DELETE FROM reserved_refs WHERE reservation NOT IN (SELECT id FROM reservations)",
-            &[],
+            "DELETE FROM reserved_refs WHERE reservation IN (SELECT value FROM json_each(?))",
+            &[Value::Text(api::render(&dropped))],
         )?;
         let current = self.meta_text(CURSOR_KEY)?.unwrap_or_default();
         if current != advance.after {
@@ -783,12 +820,13 @@ impl<S: Sql> Index<S> {
         })
     }
 
-    /// `logs/own`: a log uploaded while a path names its derivation is that path's, and
-    /// goes with it; any other log stays.
+    /// `logs/own`: a log uploaded while a signed path names its derivation is that
+    /// path's, and goes with it; any other log stays (an unsigned content-addressed
+    /// narinfo may name any derivation).
     pub fn own_log(&self, own: OwnLog) -> Answer<bool> {
         self.ready()?;
         let owned = self.exists(
-            "SELECT 1 AS n FROM paths WHERE deriver = ?1 LIMIT 1",
+            "SELECT 1 AS n FROM paths WHERE deriver = ?1 AND signed = 1 LIMIT 1",
             &[text(&own.drv)],
         )?;
         if owned {

@@ -94,12 +94,12 @@ pub async fn steps<B: Bucket, I: IndexCalls, P: EdgePurge, L: Laps>(
                 .map(|hash| Route::Narinfo(*hash).to_string())
                 .collect();
             bucket.delete(&keys).await?;
-            purge.purge(&keys).await;
+            let purged = purge.purge(&keys).await;
             index
                 .call::<SweptOp>(&Swept {
                     hashes: work.sweep.clone(),
                     now,
-                    purged: purge.purges(),
+                    purged,
                 })
                 .await?;
             index_calls += 1;

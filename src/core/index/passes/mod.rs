@@ -110,8 +110,9 @@ pub trait EdgePurge {
     /// Whether deleted keys can be purged here (else a copy lives as long as its
     /// Cache-Control says, and the GC holds what it names).
     fn purges(&self) -> bool;
-    /// Best effort: failures are the implementation's to log.
-    async fn purge(&self, keys: &[String]);
+    /// Best effort: failures are the implementation's to log. Whether every key was
+    /// purged (if not, the GC holds what the keys name, as where nothing purges).
+    async fn purge(&self, keys: &[String]) -> bool;
 }
 
 /// No edge cache to purge (the object, the cron, the tests).
@@ -121,7 +122,9 @@ impl EdgePurge for NoPurge {
     fn purges(&self) -> bool {
         false
     }
-    async fn purge(&self, _keys: &[String]) {}
+    async fn purge(&self, _keys: &[String]) -> bool {
+        false
+    }
 }
 
 /// What an upstream cache said about a path.

@@ -20,8 +20,8 @@ use super::reconcile::{read_narinfo, Read};
 use super::{Bucket, EdgePurge, Found, IndexCalls, PassError, Upstreams};
 use crate::core::index::ops::{AbortOp, BeginOp, CommitOp, ForgetDoneOp, ForgetOp};
 use crate::core::index::{
-    describe_missing, Begin, Begun, Entry, Finish, Forget, Forgot, UpstreamHit, MAX_BUCKET_LOOKUPS,
-    MAX_UPSTREAM_CHECKS,
+    describe_missing, Begin, Begun, Entry, Finish, Forget, Forgot, UpstreamHit,
+    MAX_ADOPT_REFERENCES, MAX_BUCKET_LOOKUPS, MAX_UPSTREAM_CHECKS,
 };
 use crate::core::nix::narinfo::NarInfo;
 use crate::core::nix::store_path::StorePathHash;
@@ -110,9 +110,22 @@ pub async fn reserve<B: Bucket, U: Upstreams, I: IndexCalls>(
     let (looked, rest) = missing.split_at(missing.len().min(MAX_BUCKET_LOOKUPS));
     let mut adopt = Vec::new();
     let mut not_in_bucket = Vec::new();
+    // What one request adopts is bounded by its references, like a reconcile step's: a
+    // reference found past that is left for the retry.
+    let mut references = 0;
+    let mut deferred = 0;
     for hash in looked {
         match read_narinfo(sources.bucket, hash, sources.store_dir).await? {
-            Read::Entry(entry) => adopt.push(entry),
+            Read::Entry(entry)
+                if references + entry.references.len() > MAX_ADOPT_REFERENCES
+                    && !adopt.is_empty() =>
+            {
+                deferred += 1;
+            }
+            Read::Entry(entry) => {
+                references += entry.references.len();
+                adopt.push(entry);
+            }
             Read::Unreadable(_) | Read::Gone => not_in_bucket.push(*hash),
         }
     }
@@ -125,7 +138,7 @@ pub async fn reserve<B: Bucket, U: Upstreams, I: IndexCalls>(
     if !absent.is_empty() {
         return Err(refused(&absent, narinfo));
     }
-    let left = found.unchecked.len() + unsure.len();
+    let left = found.unchecked.len() + unsure.len() + deferred;
     let known = adopt.len() + found.hits.len();
     begin.adopt = adopt;
     begin.upstream_hits = found.hits;
@@ -219,7 +232,7 @@ pub async fn delete_narinfo<B: Bucket, I: IndexCalls, P: EdgePurge>(
     let forget = Forget {
         hash,
         now,
-        purged: purge.purges(),
+        purged: false,
     };
     match index.call::<ForgetOp>(&forget).await? {
         Forgot::Forgotten { .. } => {}
@@ -245,7 +258,9 @@ pub async fn delete_narinfo<B: Bucket, I: IndexCalls, P: EdgePurge>(
     }
     let key = route.to_string();
     bucket.delete(core::slice::from_ref(&key)).await?;
-    purge.purge(core::slice::from_ref(&key)).await;
-    index.call::<ForgetDoneOp>(&forget).await?;
+    let purged = purge.purge(core::slice::from_ref(&key)).await;
+    index
+        .call::<ForgetDoneOp>(&Forget { purged, ..forget })
+        .await?;
     Ok(())
 }

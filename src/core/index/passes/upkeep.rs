@@ -8,8 +8,9 @@ use super::gc::{self, Laps, Mode};
 use super::{reconcile, Bucket, Budget, Local, NoPurge, PassError};
 use crate::core::api::{GcPhase, ReconcileStep};
 use crate::core::gc::Retention;
+use crate::core::index::ops::{GcStepOp, IndexOp};
 use crate::core::index::sql::Sql;
-use crate::core::index::{Index, Ticked};
+use crate::core::index::{GcStep, Index, Ticked};
 
 /// Who runs the upkeep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +48,12 @@ impl<B: Bucket, S: Sql> Laps for ObjectLaps<'_, B, S> {
     }
 }
 
+fn pass_under_way<S: Sql>(index: &Index<S>) -> Result<bool, PassError> {
+    Ok(index
+        .gc_run()?
+        .is_some_and(|run| !matches!(run.phase, GcPhase::Idle | GcPhase::Done)))
+}
+
 pub async fn upkeep<B: Bucket, S: Sql>(
     bucket: &B,
     index: &Index<S>,
@@ -61,6 +68,20 @@ pub async fn upkeep<B: Bucket, S: Sql>(
         store_dir,
         now,
     };
+    if caller == Caller::Cron && !pass_under_way(index)? {
+        // The hour's pass starts now, whatever this invocation's budget leaves for its
+        // steps: the alarm goes on with the pass under way. (Its first step seeds or
+        // lists nothing yet: no work is handed out here.)
+        GcStepOp::apply(
+            index,
+            GcStep {
+                dry_run: false,
+                start_up_to: ALWAYS,
+                retention,
+                now,
+            },
+        )?;
+    }
     let lap = match caller {
         Caller::Cron => true,
         Caller::Alarm => !index.reconcile_state()?.after.is_empty(),
@@ -76,12 +97,9 @@ pub async fn upkeep<B: Bucket, S: Sql>(
     }
     let mode = Mode {
         dry_run: false,
-        start_up_to: match caller {
-            Caller::Cron => ALWAYS,
-            Caller::Alarm => 0,
-        },
+        start_up_to: 0,
     };
-    let progress = gc::steps(
+    gc::steps(
         bucket,
         &Local(index),
         &NoPurge,
@@ -93,12 +111,9 @@ pub async fn upkeep<B: Bucket, S: Sql>(
     )
     .await?;
     let lap_under_way = !index.reconcile_state()?.after.is_empty();
-    let pass_under_way = progress
-        .as_ref()
-        .is_some_and(|p| !matches!(p.run.phase, GcPhase::Idle | GcPhase::Done));
     Ok(Ticked {
         reconcile_steps,
-        gc: progress.map(|p| p.run),
-        more: lap_under_way || pass_under_way,
+        gc: index.gc_run()?,
+        more: lap_under_way || pass_under_way(index)?,
     })
 }

@@ -2,5 +2,6 @@
 //! implements the same [`Sql`](super::sql::Sql) interface as the Durable Object), and
 //! the model-based test of everything that decides what is deleted (`model.rs`).
 
+mod messages;
 mod model;
 mod sqlite;

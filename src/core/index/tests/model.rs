@@ -390,14 +390,17 @@ impl Upstreams for NoUpstreams {
     }
 }
 
-/// An edge cache that purges (`nixflare gc` on Cloudflare): no edge holds.
-struct Purging;
+/// An edge cache that purges (`nixflare gc` on Cloudflare): no edge holds, unless a
+/// purge fails.
+struct Purging(bool);
 
 impl EdgePurge for Purging {
     fn purges(&self) -> bool {
         true
     }
-    async fn purge(&self, _keys: &[String]) {}
+    async fn purge(&self, _keys: &[String]) -> bool {
+        self.0
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -454,7 +457,9 @@ pub(super) enum Op {
     /// ends part-way leaves the pass under way for whatever comes next).
     Gc {
         dry: bool,
-        purges: bool,
+        /// The request can purge the edge cache (`nixflare gc` on Cloudflare); `Some`
+        /// of whether each purge works.
+        purges: Option<bool>,
         budget: u32,
         kill: Kill,
     },
@@ -496,7 +501,12 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..2, kill()).prop_map(|(name, kill)| Op::Unpin { name, kill }),
         2 => (path, kill()).prop_map(|(path, kill)| Op::Refresh { path, kill }),
         3 => kill().prop_map(|kill| Op::Reconcile { kill }),
-        5 => (prop::bool::weighted(0.3), any::<bool>(), prop_oneof![Just(44u32), 2u32..12], kill())
+        5 => (
+            prop::bool::weighted(0.3),
+            prop::option::of(prop::bool::weighted(0.8)),
+            prop_oneof![Just(44u32), 2u32..12],
+            kill()
+        )
             .prop_map(|(dry, purges, budget, kill)| Op::Gc { dry, purges, budget, kill }),
         3 => kill().prop_map(|kill| Op::Cron { kill }),
         2 => kill().prop_map(|kill| Op::Alarm { kill }),
@@ -756,7 +766,13 @@ impl Case {
         let outcome = run(
             sim,
             kill,
-            delete_narinfo(&SimBucket(sim), &SimIndex(sim), &Purging, hash(i), now),
+            delete_narinfo(
+                &SimBucket(sim),
+                &SimIndex(sim),
+                &Purging(true),
+                hash(i),
+                now,
+            ),
         );
         if outcome.is_none() {
             // Perhaps forgotten, perhaps not: what the client pushed before no longer
@@ -818,7 +834,13 @@ impl Case {
         );
     }
 
-    fn gc(&mut self, dry: bool, purges: bool, budget: u32, kill: Kill) -> Option<api::GcProgress> {
+    fn gc(
+        &mut self,
+        dry: bool,
+        purges: Option<bool>,
+        budget: u32,
+        kill: Kill,
+    ) -> Option<api::GcProgress> {
         self.sim.actor.set(Actor::Gc);
         let sim = &self.sim;
         let mode = Mode {
@@ -828,14 +850,14 @@ impl Case {
         let retention = self.model.retention;
         let now = self.now();
         let mut budget = Budget::new(budget);
-        let outcome = if purges {
+        let outcome = if let Some(works) = purges {
             run(
                 sim,
                 kill,
                 steps(
                     &SimBucket(sim),
                     &SimIndex(sim),
-                    &Purging,
+                    &Purging(works),
                     &SimObjectSteps(sim),
                     retention,
                     now,
@@ -928,7 +950,7 @@ impl Case {
         self.sim.now.set(self.now() + 1);
         self.sim.actor.set(Actor::Worker);
         self.sim.purges.set(match op {
-            Op::Gc { purges, .. } => *purges,
+            Op::Gc { purges, .. } => *purges == Some(true),
             Op::Delete { .. } | Op::DeleteNar { .. } => true,
             _ => false,
         });
@@ -1294,7 +1316,7 @@ impl Case {
                     self,
                     Op::Gc {
                         dry: false,
-                        purges: false,
+                        purges: None,
                         budget: 44,
                         kill: None,
                     },
@@ -1471,7 +1493,7 @@ mod scenarios {
         for at in 0..40 {
             case.apply(&Op::Gc {
                 dry: false,
-                purges: false,
+                purges: None,
                 budget: 44,
                 kill: Some((at, false)),
             });
@@ -1537,7 +1559,7 @@ mod scenarios {
         for _ in 0..20 {
             case.apply(&Op::Gc {
                 dry: false,
-                purges: true,
+                purges: Some(true),
                 budget: 44,
                 kill: None,
             });
@@ -1561,7 +1583,7 @@ mod scenarios {
             budget: None,
         });
         let plan = case
-            .gc(true, true, 44, None)
+            .gc(true, Some(true), 44, None)
             .expect("a dry run")
             .plan
             .expect("a plan");
@@ -1571,7 +1593,7 @@ mod scenarios {
             budget: None,
         });
         let plan = case
-            .gc(true, true, 44, None)
+            .gc(true, Some(true), 44, None)
             .expect("a dry run")
             .plan
             .expect("a plan");
@@ -1583,7 +1605,7 @@ mod scenarios {
             case.apply(&Op::Cron { kill: None });
             case.apply(&Op::Gc {
                 dry: false,
-                purges: true,
+                purges: Some(true),
                 budget: 44,
                 kill: None,
             });
