@@ -7,6 +7,7 @@ files a stock `nix copy --to file://` wrote, exactly as they would sit in a buck
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -328,6 +329,21 @@ def start_worker(persist: Path, variables: dict[str, str], *, extra_args: tuple[
         time.sleep(0.5)
 
 
+def worker_at(url: str, persist: Path) -> Worker:
+    return Worker(url=url, host="127.0.0.1", port=int(url.rsplit(":", 1)[1]), persist=persist)
+
+
+@contextlib.contextmanager
+def running_worker(persist: Path, variables: dict[str, str], **kw):
+    """A worker on `persist` for the `with` block (`start_worker`'s options), stopped
+    after it whatever happens."""
+    proc, url = start_worker(persist, variables, **kw)
+    try:
+        yield worker_at(url, persist)
+    finally:
+        stop_worker(proc)
+
+
 def stop_worker(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, signal.SIGTERM)
     try:
@@ -359,11 +375,8 @@ def worker(file_cache: Path, keys: Keys, tokens: Tokens, tmp_path_factory) -> Wo
         "TEST_CLOCK_OFFSET_SECONDS": str(2 * 86400),
     }
     # Cron by request: GET /__scheduled.
-    proc, url = start_worker(persist, variables, extra_args=("--test-scheduled",))
-    try:
-        yield Worker(url=url, host="127.0.0.1", port=int(url.rsplit(":", 1)[1]), persist=persist)
-    finally:
-        stop_worker(proc)
+    with running_worker(persist, variables, extra_args=("--test-scheduled",)) as worker:
+        yield worker
 
 
 def request(worker: Worker, method: str, path: str, headers: dict | None = None, body: bytes | None = None):
@@ -426,7 +439,7 @@ class Cache:
         self.stop()
         variables = dict(self.variables, TEST_CLOCK_OFFSET_SECONDS=str(int(offset_days * DAY)))
         self.proc, url = start_worker(self.persist, variables, extra_args=("--test-scheduled",))
-        self.worker = Worker(url=url, host="127.0.0.1", port=int(url.rsplit(":", 1)[1]), persist=self.persist)
+        self.worker = worker_at(url, self.persist)
         return self.worker
 
     def stop(self) -> None:

@@ -197,13 +197,11 @@ def test_read_path_and_landing_page_need_no_configuration(stored: dict[str, Path
     """A worker whose variables do not parse still serves stored files and its page:
     neither reads configuration (the anonymous read path is R2 only). What is made from
     configuration says the cache is misconfigured."""
-    from conftest import put_objects, start_worker, stop_worker
+    from conftest import put_objects, running_worker
 
     narinfo, body = first(stored, ".narinfo")
     put_objects(tmp_path, [(narinfo[1:], stored[narinfo])])
-    proc, url = start_worker(tmp_path, {"MAX_REQUEST_BYTES": "lots"}, ready_path="/")
-    try:
-        broken = Worker(url=url, host="127.0.0.1", port=int(url.rsplit(":", 1)[1]), persist=tmp_path)
+    with running_worker(tmp_path, {"MAX_REQUEST_BYTES": "lots"}, ready_path="/") as broken:
         status, _, got = request(broken, "GET", narinfo)
         assert (status, got) == (200, body)
         assert request(broken, "HEAD", narinfo)[0] == 200
@@ -211,5 +209,3 @@ def test_read_path_and_landing_page_need_no_configuration(stored: dict[str, Path
         assert request(broken, "GET", "/")[0] == 200
         status, _, reason = request(broken, "GET", "/nix-cache-info")
         assert (status, reason) == (500, b"500 cache misconfigured: see the worker log\n")
-    finally:
-        stop_worker(proc)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import (CLI, field, MK, Closure, Keys, Nix, Tokens, Worker, bearer, build_closure, delete_object,
-                      free_port, put_objects, request, run, start_worker, stop_worker)
+                      free_port, put_objects, request, run, running_worker)
 
 
 def file_cache(nix: Nix, keys: Keys, top: str, directory: Path) -> Path:
@@ -204,15 +204,12 @@ def upstream(nix: Nix, keys: Keys, tmp_path_factory):
 @pytest.fixture(scope="module")
 def with_upstream(keys: Keys, tokens: Tokens, upstream: Upstream, tmp_path_factory) -> Worker:
     persist = tmp_path_factory.mktemp("r2-upstream")
-    proc, url = start_worker(persist, {
+    with running_worker(persist, {
         "PUBLIC_KEYS": keys.public,
         "TOKEN_PUBLIC_KEYS": tokens.public,
         "UPSTREAM_CACHES": upstream.url + "/",
-    })
-    try:
-        yield Worker(url=url, host="127.0.0.1", port=int(url.rsplit(":", 1)[1]), persist=persist)
-    finally:
-        stop_worker(proc)
+    }) as worker:
+        yield worker
 
 
 APP_EXPR = r"""
@@ -320,11 +317,10 @@ def test_reconcile_indexes_a_bucket_seeded_behind_the_workers_back(
         # An hour ahead: what R2 stored a moment ago is old enough for the pass to judge.
         "TEST_CLOCK_OFFSET_SECONDS": "3600",
     }
-    proc, url = start_worker(persist, variables)
-    worker = Worker(url=url, host="127.0.0.1", port=int(url.rsplit(":", 1)[1]), persist=persist)
     token = tokens.mint()
     env = dict(nix.env, NIXFLARE_TOKEN=token)
-    try:
+    with running_worker(persist, variables) as worker:
+        url = worker.url
         assert stats(worker, token, nix)["paths"] == 0
         assert missing(worker, token, closure.paths) == {hash_of(p) for p in closure.paths}
 
@@ -342,15 +338,12 @@ def test_reconcile_indexes_a_bucket_seeded_behind_the_workers_back(
         # Indexed paths count as present for a publish that references them.
         again = run([str(CLI), "reconcile", "--json", "--cache", url], env=env).stdout
         assert json.loads(again)["indexed"] == 0
-    finally:
-        stop_worker(proc)
 
     # An index entry whose narinfo left the bucket behind the worker's back.
     leaf = by_name(closure, "leaf")
     delete_object(persist, f"{hash_of(leaf)}.narinfo")
-    proc, url = start_worker(persist, variables, extra_args=("--test-scheduled",))
-    worker = Worker(url=url, host="127.0.0.1", port=int(url.rsplit(":", 1)[1]), persist=persist)
-    try:
+    with running_worker(persist, variables, extra_args=("--test-scheduled",)) as worker:
+        url = worker.url
         assert missing(worker, token, closure.paths) == set(), "the index still believes it"
         # The hourly cron finds it.
         with urllib.request.urlopen(f"{url}/__scheduled?cron=17+*+*+*+*", timeout=60) as r:
@@ -362,5 +355,4 @@ def test_reconcile_indexes_a_bucket_seeded_behind_the_workers_back(
         # The human summary reads the same numbers.
         text = run([str(CLI), "info", "--cache", url], env=env).stdout
         assert "paths:        2" in text, text
-    finally:
-        stop_worker(proc)
+

@@ -216,14 +216,13 @@ def test_the_cron_ages_uploads_from_their_last_part(keys, tokens: Tokens, tmp_pa
     more than 4 seconds."""
     import time
 
-    from conftest import start_worker, stop_worker
+    from conftest import running_worker
 
-    proc, url = start_worker(tmp_path, {"PUBLIC_KEYS": keys.public, "TOKEN_PUBLIC_KEYS": tokens.public,
-                                        "MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
-                                        "TEST_CLOCK_OFFSET_SECONDS": str(86400 - 4)},
-                             extra_args=("--test-scheduled",))
-    try:
-        own = Worker(url=url, host="127.0.0.1", port=int(url.rsplit(":", 1)[1]), persist=tmp_path)
+    with running_worker(tmp_path, {"PUBLIC_KEYS": keys.public, "TOKEN_PUBLIC_KEYS": tokens.public,
+                                   "MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
+                                   "TEST_CLOCK_OFFSET_SECONDS": str(86400 - 4)},
+                        extra_args=("--test-scheduled",)) as own:
+        url = own.url
         token = tokens.mint()
         data = os.urandom(5 * MIB)
         idle_path, busy_path = upload_path(data, ".xz"), upload_path(data, ".zst")
@@ -236,8 +235,6 @@ def test_the_cron_ages_uploads_from_their_last_part(keys, tokens: Tokens, tmp_pa
         assert len(pending) == 1 and nar_path(busy_path)[5:] in pending[0], pending
         assert put_part(own, token, idle_path, idle, 1, data)[0] == 404
         assert put_part(own, token, busy_path, busy, 1, data)[0] == 200
-    finally:
-        stop_worker(proc)
 
 
 def test_info_and_whoami(worker: Worker, tokens: Tokens):

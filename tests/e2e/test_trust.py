@@ -317,14 +317,11 @@ def test_a_narinfo_may_not_carry_endless_signatures(worker: Worker, tokens: Toke
 @pytest.fixture
 def small_worker(keys: Keys, tokens: Tokens, tmp_path):
     """A worker of its own, for limits the shared one must not hit."""
-    from conftest import start_worker, stop_worker
+    from conftest import running_worker
 
-    proc, url = start_worker(tmp_path, {"PUBLIC_KEYS": keys.public, "TOKEN_PUBLIC_KEYS": tokens.public,
-                                        "MAX_REQUEST_BYTES": str(16 << 20), "MAX_OPEN_UPLOADS": "3"})
-    try:
-        yield Worker(url=url, host="127.0.0.1", port=int(url.rsplit(":", 1)[1]), persist=tmp_path)
-    finally:
-        stop_worker(proc)
+    with running_worker(tmp_path, {"PUBLIC_KEYS": keys.public, "TOKEN_PUBLIC_KEYS": tokens.public,
+                                   "MAX_REQUEST_BYTES": str(16 << 20), "MAX_OPEN_UPLOADS": "3"}) as worker:
+        yield worker
 
 
 def test_open_multipart_uploads_are_bounded(small_worker: Worker, tokens: Tokens):
@@ -349,16 +346,12 @@ def test_open_multipart_uploads_are_bounded(small_worker: Worker, tokens: Tokens
 
 def test_a_key_may_not_sign_both_narinfos_and_tokens(keys: Keys, tokens: Tokens, tmp_path):
     """Refused as a misconfiguration: nothing is answered but the page and stored files."""
-    from conftest import start_worker, stop_worker
+    from conftest import running_worker
 
-    proc, url = start_worker(tmp_path, {"PUBLIC_KEYS": f"{keys.public} {tokens.public}",
-                                        "TOKEN_PUBLIC_KEYS": tokens.public}, ready_path="/")
-    try:
-        broken = Worker(url=url, host="127.0.0.1", port=int(url.rsplit(":", 1)[1]), persist=tmp_path)
+    with running_worker(tmp_path, {"PUBLIC_KEYS": f"{keys.public} {tokens.public}",
+                                   "TOKEN_PUBLIC_KEYS": tokens.public}, ready_path="/") as broken:
         assert request(broken, "GET", "/nix-cache-info")[0] == 500
         assert request(broken, "PUT", "/" + "4" * 32 + ".ls", bearer(tokens.mint()), b"{}")[0] == 500
-    finally:
-        stop_worker(proc)
 
 
 CORPUS = Path(__file__).resolve().parents[2] / "src" / "core" / "nix" / "testdata" / "corpus"
