@@ -214,7 +214,8 @@ impl<S: Sql> Index<S> {
         )
     }
 
-    /// Records a published path, replacing what was recorded before.
+    /// Records a published path, replacing what was recorded before (its push time
+    /// never goes back: a narinfo read again keeps the renewals it had).
     fn record(&self, entry: &Entry) -> Answer<()> {
         // A replacement with another NAR: the old one keeps the GC's grace period.
         self.exec(
@@ -229,7 +230,8 @@ impl<S: Sql> Index<S> {
         self.exec(
             "INSERT OR REPLACE INTO paths (hash, name, nar, file_size, nar_size, deriver, \
              published_at, token_id, subject, pushed_at, ref_count, signed) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?7, ?10, ?11)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
+                     MAX(?7, COALESCE((SELECT pushed_at FROM paths WHERE hash = ?1), 0)), ?10, ?11)",
             &[
                 text(entry.hash),
                 text(&entry.name),
