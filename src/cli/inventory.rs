@@ -66,9 +66,14 @@ fn describe(base: &str, stats: &Stats, now_ms: u64) -> String {
             (crate::core::api::GcPhase::Done, Some(at)) => format!("done {}", age(at, now_ms)),
             (phase, _) => format!("under way ({phase:?})"),
         };
+        let kept = if gc.roots_since.is_none() && gc.budget_bytes.is_none() {
+            "every path kept (no RETAIN_DAYS or MAX_CACHE_BYTES)".to_owned()
+        } else {
+            format!("{} paths kept", gc.kept_paths)
+        };
         out += &format!(
-            "  gc:           pass {} {state}: {} paths and {} objects removed, {} paths kept\n",
-            gc.run, gc.removed_paths, gc.removed_objects, gc.kept_paths
+            "  gc:           pass {} {state}: {} paths and {} objects removed, {kept}\n",
+            gc.run, gc.removed_paths, gc.removed_objects
         );
     }
     if !stats.recent.is_empty() {
