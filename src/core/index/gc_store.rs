@@ -704,7 +704,8 @@ impl<S: super::sql::Sql> Index<S> {
             let since = self.unused_since(object, page.now)?;
             self.exec(
                 "INSERT INTO orphan_candidates (key, since, seen_in) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (key) DO UPDATE SET seen_in = excluded.seen_in",
+                 ON CONFLICT (key) DO UPDATE SET seen_in = excluded.seen_in, \
+                   since = MAX(since, excluded.since)",
                 &[text(&object.key), integer(since), integer(state.run.run)],
             )?;
             let since = self.number(

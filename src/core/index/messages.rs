@@ -141,6 +141,11 @@ pub struct Forget {
     /// are held while a copy may still be served there.
     #[serde(default)]
     pub purged: bool,
+    /// (`forget`) The NAR the stored narinfo names (as Nix reads it), read by the
+    /// worker: it gets its grace period even if the index never knew the path (a
+    /// narinfo written behind the worker's back, deleted before a lap saw it).
+    #[serde(default)]
+    pub nar: Option<String>,
 }
 
 /// The answer to [`Forget`]. `Forgotten` leaves a delete marker: until the R2 delete is

@@ -518,6 +518,12 @@ impl<S: Sql> Index<S> {
             return Ok(Forgot::Pinned { pins });
         }
         self.remove_paths(&[forget.hash], forget.now)?;
+        if let Some(nar) = &forget.nar {
+            self.exec(
+                "INSERT OR IGNORE INTO removed (hash, nar, deriver, removed_at) VALUES (?, ?, NULL, ?)",
+                &[text(forget.hash), text(nar), integer(forget.now)],
+            )?;
+        }
         Ok(Forgot::Forgotten {
             forgotten: api::True,
         })

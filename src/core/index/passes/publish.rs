@@ -229,10 +229,18 @@ pub async fn delete_narinfo<B: Bucket, I: IndexCalls, P: EdgePurge>(
     now: u64,
 ) -> Result<(), PassError> {
     let route = Route::Narinfo(hash);
+    // The NAR the stored narinfo names, so it gets its grace period whatever the index
+    // knew of the path (one R2 GET).
+    let nar = bucket
+        .get(&route.to_string(), crate::core::publish::MAX_NARINFO_BYTES)
+        .await?
+        .and_then(|stored| stored.bytes)
+        .and_then(|bytes| crate::core::index::lenient_nar_key(&bytes));
     let forget = Forget {
         hash,
         now,
         purged: false,
+        nar,
     };
     match index.call::<ForgetOp>(&forget).await? {
         Forgot::Forgotten { .. } => {}
@@ -260,7 +268,11 @@ pub async fn delete_narinfo<B: Bucket, I: IndexCalls, P: EdgePurge>(
     bucket.delete(core::slice::from_ref(&key)).await?;
     let purged = purge.purge(core::slice::from_ref(&key)).await;
     index
-        .call::<ForgetDoneOp>(&Forget { purged, ..forget })
+        .call::<ForgetDoneOp>(&Forget {
+            purged,
+            nar: None,
+            ..forget
+        })
         .await?;
     Ok(())
 }

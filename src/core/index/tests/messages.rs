@@ -77,6 +77,7 @@ fn messages_round_trip_through_both_writers() {
         hash,
         now: 1,
         purged: true,
+        nar: None,
     });
     check(&Forgot::Forgotten {
         forgotten: api::True,

@@ -1685,6 +1685,7 @@ mod scenarios {
                 hash: hash(3),
                 now: START,
                 purged: true,
+                nar: None,
             },
         )
         .unwrap();
@@ -1745,6 +1746,7 @@ mod scenarios {
                 hash: hash(0),
                 now: START + 11,
                 purged: true,
+                nar: None,
             },
         )
         .unwrap();
