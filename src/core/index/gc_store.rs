@@ -697,16 +697,22 @@ impl<S: super::sql::Sql> Index<S> {
                 continue;
             }
             // Unused since when, as far as the index knows: since the removal it recorded
-            // of the last path that used it; else (a stray upload, or an index that lost
-            // its memory) from now on. It goes a grace period after that, so a narinfo
-            // that named it and was removed before the index could see it still had its
+            // of the last path that used it (a later one moves it on); else (a stray
+            // upload, or an index that lost its memory) since the first listing that
+            // found it unused. It goes a grace period after that, so a narinfo that
+            // named it and was removed before the index could see it still had its
             // grace period.
-            let since = self.unused_since(object, page.now)?;
+            let removed = self.last_removal(object)?;
             self.exec(
                 "INSERT INTO orphan_candidates (key, since, seen_in) VALUES (?1, ?2, ?3) \
                  ON CONFLICT (key) DO UPDATE SET seen_in = excluded.seen_in, \
-                   since = MAX(since, excluded.since)",
-                &[text(&object.key), integer(since), integer(state.run.run)],
+                   since = MAX(since, COALESCE(?4, since))",
+                &[
+                    text(&object.key),
+                    integer(removed.unwrap_or(page.now).min(page.now)),
+                    integer(state.run.run),
+                    optional(removed),
+                ],
             )?;
             let since = self.number(
                 "SELECT since AS n FROM orphan_candidates WHERE key = ?",
@@ -771,36 +777,34 @@ impl<S: super::sql::Sql> Index<S> {
         })
     }
 
-    /// When the index last knew a user of `object`: the latest recorded removal of a
-    /// path that used it, else `now`.
-    fn unused_since(&self, object: &Listed, now: u64) -> Answer<u64> {
+    /// The latest recorded removal of a path that used `object`, if the index has one.
+    fn last_removal(&self, object: &Listed) -> Answer<Option<u64>> {
         let (column, value) = match orphan_kind(&object.key) {
             OrphanKind::Nar => ("nar", object.key.clone()),
             OrphanKind::DebugInfo => match &object.points_to {
                 Some(nar) => ("nar", nar.clone()),
-                None => return Ok(now),
+                None => return Ok(None),
             },
             OrphanKind::Listing(hash) => ("hash", hash.to_string()),
             OrphanKind::Realisation => match &object.points_to {
                 Some(out) => ("hash", out.clone()),
-                None => return Ok(now),
+                None => return Ok(None),
             },
             OrphanKind::Log(drv) => ("deriver", drv),
-            OrphanKind::Keep => return Ok(now),
+            OrphanKind::Keep => return Ok(None),
         };
         #[derive(Deserialize)]
         struct SinceRow {
             since: Option<u64>,
         }
-        let since = self
+        Ok(self
             .rows::<SinceRow>(
                 &format!("SELECT MAX(removed_at) AS since FROM removed WHERE {column} = ?"),
                 &[text(value)],
             )?
             .into_iter()
             .next()
-            .and_then(|row| row.since);
-        Ok(since.map_or(now, |since| since.min(now)))
+            .and_then(|row| row.since))
     }
 
     fn is_orphan(&self, object: &Listed, cutoff: u64) -> Answer<bool> {
