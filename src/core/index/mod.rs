@@ -11,8 +11,10 @@
 //! - [`messages`]: what the worker and the object say to each other;
 //! - [`ops`]: each operation's name, request and answer, defined once;
 //! - [`schema`]: numbered migrations;
-//! - [`store`]: [`Index`], the object's state and one atomic handler per operation;
-//! - `gc_store`: the GC's handlers (roots, pins, the steps of a pass);
+//! - [`store`]: [`Index`], the object's state and one atomic handler per operation
+//!   (publishing, deleting, queries, stats); `laps.rs`: the reconcile lap's handlers;
+//! - `gc_store`: the GC's handlers (roots, pins, the steps of a pass); `orphans.rs`:
+//!   its orphan step;
 //! - [`passes`]: the multi-step procedures that read and delete in the bucket
 //!   (publishing, deleting, a reconcile step, GC steps), written against traits for the
 //!   bucket and the index so the same code runs in the worker, in the object, and in
@@ -27,8 +29,10 @@
 use thiserror::Error;
 
 mod gc_store;
+mod laps;
 pub mod messages;
 pub mod ops;
+mod orphans;
 pub mod passes;
 pub mod schema;
 pub mod sql;
