@@ -179,6 +179,9 @@ struct Deletion {
     uploaded: u64,
     /// The request purged the edge cache of what it deleted.
     purged: bool,
+    /// When the GC pass under way then began (a narinfo the sweep deletes relies on a
+    /// lap begun after it).
+    pass_started: Option<u64>,
 }
 
 struct Sim {
@@ -232,6 +235,12 @@ impl Sim {
                 lap: self.lap(),
                 uploaded: old.uploaded,
                 purged: self.purges.get(),
+                pass_started: self
+                    .index
+                    .borrow()
+                    .load_gc()
+                    .ok()
+                    .map(|state| state.run.started_at),
             });
         }
     }
@@ -1206,8 +1215,17 @@ impl Case {
                     Actor::Operator | Actor::Behind => {}
                     Actor::Worker => panic!("{op:?}: a publish deleted {need}"),
                     Actor::Gc => {
+                        // Written behind the worker's back after what the deleting step
+                        // relied on: for a narinfo the sweep removed, the start of its
+                        // pass (a lap begun after it has seen everything before); for
+                        // an object, the last complete lap.
+                        let relied_on = if path_of_narinfo(&need).is_some() {
+                            deletion.pass_started
+                        } else {
+                            deletion.lap
+                        };
                         let unseen = written.by == Actor::Behind
-                            && deletion.lap.is_none_or(|lap| written.at >= lap);
+                            && relied_on.is_none_or(|since| written.at >= since);
                         assert!(
                             unseen,
                             "{op:?}: p{i}'s narinfo is served ({from}) without {need}, which the \
