@@ -288,6 +288,9 @@ impl<S: Sql> Index<S> {
         self.record(entry)?;
         // A delete that never reached R2: the path is back, its marker done with.
         self.exec("DELETE FROM deleting WHERE hash = ?", &[text(entry.hash)])?;
+        // A version the pass under way did not mark (read by its lap, or replaced
+        // behind the worker's back since): judged by the next pass, not this one.
+        self.touch(&[entry.hash])?;
         Ok(true)
     }
 

@@ -1548,6 +1548,45 @@ mod scenarios {
         case.settle();
     }
 
+    /// A narinfo replaced behind the worker's back before a pass began: the pass marks
+    /// it by what the index knew (pushed long ago), then the pass's lap reads the new
+    /// version. The sweep must judge it by that version, not by the mark.
+    #[test]
+    fn a_narinfo_replaced_before_the_lap_is_judged_by_what_the_lap_read() {
+        let universe = Universe {
+            refs: vec![vec![]; PATHS],
+            nar: (0..PATHS).collect(),
+            page: 1000,
+        };
+        let mut case = Case::new(universe);
+        case.apply(&Op::Push {
+            path: 1,
+            kill: None,
+        });
+        case.apply(&Op::Settings {
+            retain_days: Some(1),
+            budget: None,
+        });
+        case.apply(&Op::Clock { hours: 27 });
+        case.apply(&Op::BehindDelete {
+            path: 1,
+            nar: false,
+        });
+        case.apply(&Op::Behind {
+            path: 1,
+            nar: false,
+            garbage: false,
+        });
+        case.apply(&Op::Gc {
+            dry: false,
+            purges: None,
+            budget: 44,
+            kill: None,
+        });
+        assert!(case.sim.has(&narinfo_key(1)), "the new narinfo was swept");
+        case.settle();
+    }
+
     /// With a budget, a write token refreshes every path in one request (or uploads one
     /// path larger than the budget): the next pass must not keep zero bytes.
     #[test]
