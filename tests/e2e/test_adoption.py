@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLI, DAY, Cache, Keys, Nix, Tokens, Worker, list_keys, put_objects, request, run
+from conftest import CLI, Cache, Keys, Nix, Tokens, cron, list_keys, put_objects, request, run
 
 LEAVES = 1000  # plus 100 middles and 10 tops: 1,110 paths, three levels deep
 
@@ -35,32 +35,6 @@ def seeded_tops(nix: Nix, salt: str) -> list[str]:
     out = run(["nix-instantiate", "--read-write-mode", "--eval", "--strict", "--json", "-E", PATHS_EXPR,
                "--argstr", "salt", salt], env=nix.env).stdout
     return json.loads(out)
-
-
-def wait_for_upkeep(worker: Worker, token: str, since_ms: int, timeout: float = 300) -> dict:
-    """Polls the index until a reconcile lap begun at or after `since_ms` (the index's
-    clock) is complete and the GC pass it ran is done: the object's alarm does the work
-    after the cron's request returns."""
-    deadline = time.monotonic() + timeout
-    while True:
-        status, _, body = request(worker, "GET", "/_nixflare/stats", {"Authorization": f"Bearer {token}"})
-        assert status == 200, body
-        stats = json.loads(body)
-        lap = stats["reconcile"]
-        gc = stats.get("gc") or {}
-        lap_done = (lap["completeLapStartedAt"] or 0) >= since_ms and lap["after"] == ""
-        gc_done = gc.get("phase") == "done" and (gc.get("startedAt") or 0) >= since_ms
-        if lap_done and gc_done:
-            return stats
-        assert time.monotonic() < deadline, f"upkeep not done: {stats['reconcile']}, gc {gc}"
-        time.sleep(1)
-
-
-def cron(worker, clock_days: float, token: str) -> dict:
-    since = int((time.time() + clock_days * DAY) * 1000) - 1000
-    status, _, body = request(worker, "GET", "/__scheduled?cron=17+*+*+*+*")
-    assert status == 200, body
-    return wait_for_upkeep(worker, token, since)
 
 
 def substitute_all(nix: Nix, worker, keys: Keys, tops: list[str], store: Path) -> None:

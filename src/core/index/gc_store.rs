@@ -311,6 +311,16 @@ impl<S: super::sql::Sql> Index<S> {
             state = self.start_gc(state.run.run + 1, &step)?;
         }
         let mut answer = work(&state);
+        if !step.dry_run {
+            // Removals handed out to a request that died before R2 confirmed them: carried
+            // out first, in whatever phase (a pass under no rule has no sweep), as decided.
+            answer.sweep = self.pending_removals()?;
+            if !answer.sweep.is_empty() {
+                self.save_gc(&state)?;
+                answer.run = state.run;
+                return Ok(answer);
+            }
+        }
         match state.run.phase {
             GcPhase::Idle | GcPhase::Done => {}
             GcPhase::Seed => self.seed(&mut state, step.now)?,
@@ -333,6 +343,16 @@ impl<S: super::sql::Sql> Index<S> {
         self.save_gc(&state)?;
         answer.run = state.run;
         Ok(answer)
+    }
+
+    fn pending_removals(&self) -> Answer<Vec<StorePathHash>> {
+        // A pending path back in the index (it cannot be: adoption and publishing wait
+        // for the removal) is not deleted under it.
+        self.exec(
+            "DELETE FROM gc_pending WHERE hash IN (SELECT hash FROM paths)",
+            &[],
+        )?;
+        self.hashes("SELECT hash FROM gc_pending ORDER BY hash", &[])
     }
 
     fn start_gc(&self, number: u64, step: &GcStep) -> Answer<GcState> {
@@ -494,22 +514,12 @@ impl<S: super::sql::Sql> Index<S> {
         Ok(())
     }
 
-    /// One layer of doomed paths that are still doomed now: removals R2 has not yet
-    /// confirmed first (handed out again, and nothing else until they are); else, once
-    /// a lap has completed since the pass began, paths nothing refers to (no path, no
-    /// publish under way, no removal R2 has not confirmed), that no pin holds, no push
-    /// named since the pass began and no edge hold keeps.
+    /// One layer of doomed paths that are still doomed now (removals R2 has not yet
+    /// confirmed go first: `gc_step`): once a lap has completed since the pass began,
+    /// paths nothing refers to (no path, no publish under way, no removal R2 has not
+    /// confirmed), that no pin holds, no push named since the pass began and no edge
+    /// hold keeps.
     fn sweep(&self, state: &mut GcState, now: u64) -> Answer<Vec<StorePathHash>> {
-        // A pending path back in the index (it cannot be: adoption and publishing wait
-        // for the removal) is not deleted under it.
-        self.exec(
-            "DELETE FROM gc_pending WHERE hash IN (SELECT hash FROM paths)",
-            &[],
-        )?;
-        let pending = self.hashes("SELECT hash FROM gc_pending ORDER BY hash", &[])?;
-        if !pending.is_empty() {
-            return Ok(pending);
-        }
         if state.run.waiting_for_lap {
             return Ok(Vec::new());
         }
