@@ -288,8 +288,11 @@ impl<S: Sql> Index<S> {
         self.record(entry)?;
         // A delete that never reached R2: the path is back, its marker done with.
         self.exec("DELETE FROM deleting WHERE hash = ?", &[text(entry.hash)])?;
-        // A version the pass under way did not mark (read by its lap, or replaced
-        // behind the worker's back since): judged by the next pass, not this one.
+        // A version the pass under way did not see (read by its lap, or replaced behind
+        // the worker's back since): judged by the next pass, not by what this one's
+        // seed or doomed list made of the old version (only paths the seed saw can be
+        // doomed).
+        self.exec("DELETE FROM gc_mark WHERE hash = ?", &[text(entry.hash)])?;
         self.touch(&[entry.hash])?;
         Ok(true)
     }

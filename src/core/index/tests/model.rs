@@ -1904,6 +1904,43 @@ mod scenarios {
         (index, step)
     }
 
+    /// A new version of p0's narinfo, stored behind the worker's back before the pass
+    /// began (so not "pushed since"), adopted by a lap after the seed saw the old one
+    /// and before the pass computed its doomed list: judged by the new version.
+    #[test]
+    fn a_version_adopted_between_seed_and_sweep_is_not_doomed_by_the_old_one() {
+        let index = Index::open(Sqlite::memory());
+        let info = parse(&chain().narinfo(0)).expect("parses");
+        AdoptOp::apply(
+            &index,
+            Adopt {
+                entries: vec![Entry::of(&info, START, None)],
+                now: START,
+            },
+        )
+        .unwrap();
+        let now = START + 3 * DAY_MS;
+        let step = lapped_step(&index, now, Some(DAY_MS));
+        let first = GcStepOp::apply(&index, step.clone()).unwrap();
+        assert!(first.sweep.is_empty());
+        assert_ne!(
+            first.run.phase,
+            crate::core::api::GcPhase::Sweep,
+            "seeded only"
+        );
+        AdoptOp::apply(
+            &index,
+            Adopt {
+                entries: vec![Entry::of(&info, now - HOUR_MS, None)],
+                now,
+            },
+        )
+        .unwrap();
+        for _ in 0..10 {
+            assert_eq!(next_sweep(&index, &step), Vec::<StorePathHash>::new());
+        }
+    }
+
     fn next_sweep(index: &Index<Sqlite>, step: &GcStep) -> Vec<StorePathHash> {
         GcStepOp::apply(index, step.clone()).unwrap().sweep
     }
