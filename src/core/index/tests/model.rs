@@ -1941,6 +1941,103 @@ mod scenarios {
         }
     }
 
+    /// A reconcile page of the keys after `after` through `through`, as the bucket
+    /// lists them at `at` (every narinfo stored at START), then the cursor moved on.
+    fn lap_page(
+        index: &Index<Sqlite>,
+        after: &str,
+        through: Option<String>,
+        narinfos: Vec<StorePathHash>,
+        at: u64,
+    ) {
+        use crate::core::index::ops::{AdvanceOp, PageOp};
+        use crate::core::index::{Advance, ReconcilePage};
+        let uploaded = vec![START; narinfos.len()];
+        let checked = PageOp::apply(
+            index,
+            ReconcilePage {
+                after: after.to_string(),
+                through: through.clone(),
+                listed_at: at,
+                narinfos,
+                uploaded,
+            },
+        )
+        .unwrap();
+        assert!(checked.unindexed.is_empty());
+        let moved = AdvanceOp::apply(
+            index,
+            Advance {
+                after: after.to_string(),
+                through,
+                adopt: vec![],
+                unreadable: vec![],
+                listed_at: at,
+                now: at,
+            },
+        )
+        .unwrap();
+        assert!(moved.moved);
+    }
+
+    /// A publish of p1 (-> p0) reserves p0 while a lap passes p1's key, then stores its
+    /// narinfo and dies before its commit. Over ten minutes later the next lap's first
+    /// page (p0's key only) must not drop the reservation: until a page adopts p1's
+    /// narinfo, nothing else keeps p0 from the sweep.
+    #[test]
+    fn a_stale_reservation_is_dropped_only_by_the_page_of_its_narinfo() {
+        use crate::core::index::ops::BeginOp;
+        use crate::core::index::{Begin, Begun};
+        let index = Index::open(Sqlite::memory());
+        let p0 = parse(&chain().narinfo(0)).expect("parses");
+        AdoptOp::apply(
+            &index,
+            Adopt {
+                entries: vec![Entry::of(&p0, START, None)],
+                now: START,
+            },
+        )
+        .unwrap();
+        let now = START + 3 * DAY_MS;
+        let step = GcStep {
+            dry_run: false,
+            start_up_to: 1,
+            retention: Retention {
+                retain_ms: Some(DAY_MS),
+                budget_bytes: None,
+                grace_ms: GRACE_MS,
+            },
+            now,
+        };
+        // The pass begins (p0 has expired), then the publish reserves p0.
+        GcStepOp::apply(&index, step.clone()).unwrap();
+        let p1 = parse(&chain().narinfo(1)).expect("parses");
+        let begun = BeginOp::apply(
+            &index,
+            Begin {
+                entry: Entry::of(&p1, now, None),
+                upstreams: vec![],
+                adopt: vec![],
+                upstream_hits: vec![],
+                now,
+            },
+        )
+        .unwrap();
+        assert!(matches!(begun, Begun::Reserved { .. }), "{begun:?}");
+        // A whole lap in one page, before p1's narinfo is in the bucket.
+        lap_page(&index, "", None, vec![hash(0)], now + 1_000);
+        // Eleven minutes on: the next lap's first page.
+        let later = now + 11 * 60_000;
+        lap_page(&index, "", Some(narinfo_key(0)), vec![hash(0)], later);
+        let step = GcStep { now: later, ..step };
+        for _ in 0..10 {
+            assert!(
+                !next_sweep(&index, &step).contains(&hash(0)),
+                "p0 swept while p1's narinfo needs it"
+            );
+        }
+    }
+
     fn next_sweep(index: &Index<Sqlite>, step: &GcStep) -> Vec<StorePathHash> {
         GcStepOp::apply(index, step.clone()).unwrap().sweep
     }
