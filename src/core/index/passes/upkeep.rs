@@ -71,7 +71,8 @@ pub async fn upkeep<B: Bucket, S: Sql>(
     if caller == Caller::Cron && !pass_under_way(index)? {
         // The hour's pass starts now, whatever this invocation's budget leaves for its
         // steps: the alarm goes on with the pass under way. (Its first step seeds or
-        // lists nothing yet: no work is handed out here.)
+        // lists nothing yet. Removals still pending may come back with it: ignored here,
+        // they stay pending and are handed out again by the steps below.)
         GcStepOp::apply(
             index,
             GcStep {

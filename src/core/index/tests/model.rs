@@ -1876,9 +1876,8 @@ mod scenarios {
         assert!(matches!(forgot, Forgot::Pinned { .. }), "{forgot:?}");
     }
 
-    /// The index alone, a path `p0` doomed by retention, a pass marked and a lap
-    /// completed: what a sweep step hands out next.
-    fn doomed_p0() -> (Index<Sqlite>, GcStep) {
+    /// The index alone, with p0 adopted at START (as a lap finds it in the bucket).
+    fn p0_adopted() -> Index<Sqlite> {
         let index = Index::open(Sqlite::memory());
         let info = parse(&chain().narinfo(0)).expect("parses");
         AdoptOp::apply(
@@ -1889,6 +1888,13 @@ mod scenarios {
             },
         )
         .unwrap();
+        index
+    }
+
+    /// The index alone, a path `p0` doomed by retention, a pass marked and a lap
+    /// completed: what a sweep step hands out next.
+    fn doomed_p0() -> (Index<Sqlite>, GcStep) {
+        let index = p0_adopted();
         let now = START + 3 * DAY_MS;
         let step = GcStep {
             dry_run: true,
@@ -1909,16 +1915,8 @@ mod scenarios {
     /// and before the pass computed its doomed list: judged by the new version.
     #[test]
     fn a_version_adopted_between_seed_and_sweep_is_not_doomed_by_the_old_one() {
-        let index = Index::open(Sqlite::memory());
+        let index = p0_adopted();
         let info = parse(&chain().narinfo(0)).expect("parses");
-        AdoptOp::apply(
-            &index,
-            Adopt {
-                entries: vec![Entry::of(&info, START, None)],
-                now: START,
-            },
-        )
-        .unwrap();
         let now = START + 3 * DAY_MS;
         let step = lapped_step(&index, now, Some(DAY_MS));
         let first = GcStepOp::apply(&index, step.clone()).unwrap();
@@ -1988,16 +1986,7 @@ mod scenarios {
     fn a_stale_reservation_is_dropped_only_by_the_page_of_its_narinfo() {
         use crate::core::index::ops::BeginOp;
         use crate::core::index::{Begin, Begun};
-        let index = Index::open(Sqlite::memory());
-        let p0 = parse(&chain().narinfo(0)).expect("parses");
-        AdoptOp::apply(
-            &index,
-            Adopt {
-                entries: vec![Entry::of(&p0, START, None)],
-                now: START,
-            },
-        )
-        .unwrap();
+        let index = p0_adopted();
         let now = START + 3 * DAY_MS;
         let step = GcStep {
             dry_run: false,
