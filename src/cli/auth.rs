@@ -1,27 +1,33 @@
-//! Where the client finds its upload token: `--token`, `--token-file`, `NIXFLARE_TOKEN`,
-//! or the netrc file Nix would use for the cache's host (`make dev` writes one), so a
-//! user who set up `nix copy` needs nothing more.
+//! Where the client finds its upload token: `--token` or `NIXFLARE_TOKEN`, `--token-file`,
+//! the token `nixflare login` saved for the cache, or the netrc file Nix would use for
+//! the cache's host (`make dev` writes one), so a user who set up `nix copy` needs
+//! nothing more.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 
+/// Where a token may come from, most specific first.
+pub struct TokenSources<'a> {
+    pub explicit: Option<&'a str>,
+    pub file: Option<&'a Path>,
+    pub saved: Option<&'a str>,
+    pub netrc: Option<&'a Path>,
+}
+
 /// The first token found, in the order above.
-pub fn find_token(
-    explicit: Option<&str>,
-    file: Option<&Path>,
-    netrc: Option<&Path>,
-    cache_url: &str,
-) -> Result<String> {
-    if let Some(token) = explicit {
+pub fn find_token(sources: TokenSources<'_>, cache_url: &str) -> Result<String> {
+    if let Some(token) = sources.explicit {
         return Ok(token.trim().to_owned());
     }
-    if let Some(file) = file {
-        let text =
-            fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        return Ok(text.trim().to_owned());
+    if let Some(file) = sources.file {
+        return read_token_file(file);
     }
+    if let Some(token) = sources.saved {
+        return Ok(token.to_owned());
+    }
+    let netrc = sources.netrc;
     let host = host_of(cache_url)?;
     let candidates: Vec<PathBuf> = match netrc {
         Some(path) => vec![path.to_owned()],
@@ -35,14 +41,26 @@ pub fn find_token(
         }
     }
     bail!(
-        "no upload token for {host}: pass --token-file FILE, set NIXFLARE_TOKEN, or add \
-         `machine {host} password TOKEN` to a netrc file (looked in: {})",
+        "no upload token for {host}: pass --token-file FILE, set NIXFLARE_TOKEN, save one \
+         with `nixflare login NAME URL`, or add `machine {host} password TOKEN` to a netrc \
+         file (looked in: {})",
         candidates
             .iter()
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
             .join(", ")
     )
+}
+
+/// A token kept in a file (trailing whitespace, as editors leave it, dropped). Errors
+/// name the file, never its text.
+pub fn read_token_file(file: &Path) -> Result<String> {
+    let text = fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let token = text.trim();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        bail!("{} does not hold one token", file.display());
+    }
+    Ok(token.to_owned())
 }
 
 fn default_netrc_files() -> Vec<PathBuf> {

@@ -9,8 +9,7 @@ use indicatif::HumanBytes;
 use super::client::Client;
 use crate::core::api::{ReconcileStep, Stats};
 
-pub fn info(cache: &str, token: String, attempts: u32, json: bool) -> Result<()> {
-    let client = Client::new(cache, Some(token), attempts);
+pub fn info(client: &Client, json: bool) -> Result<()> {
     let stats = client.stats()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&stats)?);
@@ -93,8 +92,7 @@ fn describe(base: &str, stats: &Stats, now_ms: u64) -> String {
     out
 }
 
-pub fn reconcile(cache: &str, token: String, attempts: u32, json: bool) -> Result<()> {
-    let client = Client::new(cache, Some(token), attempts);
+pub fn reconcile(client: &Client, json: bool) -> Result<()> {
     let started = Instant::now();
     let mut total = ReconcileStep {
         listed: 0,
@@ -121,7 +119,7 @@ pub fn reconcile(cache: &str, token: String, attempts: u32, json: bool) -> Resul
         if step.pass_complete {
             passes_needed -= 1;
         }
-        if !json && steps % 20 == 0 {
+        if !json && steps.is_multiple_of(20) {
             eprintln!(
                 "  {} keys listed, {} indexed, {} removed so far",
                 total.listed, total.indexed, total.removed

@@ -4,19 +4,27 @@
 
 mod auth;
 mod client;
+mod dirs;
 mod endpoints;
+mod hook;
 mod inventory;
 mod keygen;
+mod login;
 mod nar;
+mod nix_tool;
 mod parallel;
 mod pathinfo;
 mod progress;
 mod push;
+mod queue;
 mod retention;
+mod settings;
 mod spool;
 mod token;
 mod upload;
 mod use_cache;
+mod watch;
+mod watch_store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -89,10 +97,24 @@ enum Command {
     },
     /// Print the nix.conf, flake and netrc lines for using a cache.
     Use {
-        /// The cache's URL.
-        #[arg(env = "NIXFLARE_CACHE")]
-        cache: String,
+        /// A cache saved by `nixflare login`, or a URL (default: the saved default).
+        #[arg(env = "NIXFLARE_CACHE", value_name = "NAME|URL")]
+        cache: Option<String>,
     },
+    /// Save a cache's URL, upload token and signing key's path under a name, so
+    /// commands need only `--cache NAME` (or nothing, for the default).
+    Login(login::LoginArgs),
+    /// Forget a saved cache (its token is not revoked: see `token revoke`).
+    Logout { name: String },
+    /// For Nix's post-build-hook: queue $OUT_PATHS for `nixflare watch` and return at
+    /// once. Never fails the build: a problem is a warning in the build log.
+    Hook(hook::HookArgs),
+    /// Push what the queue holds (from `nixflare hook`), now and as it arrives;
+    /// survives the cache being down and being killed.
+    Watch(watch::WatchArgs),
+    /// Queue and push every path that becomes valid in the local Nix store (no hook,
+    /// no trusted user needed); paths an upstream cache signed are skipped.
+    WatchStore(watch_store::WatchStoreArgs),
 }
 
 #[derive(Subcommand)]
@@ -160,9 +182,10 @@ enum PinCommand {
 /// Which cache, and the token to talk to it with.
 #[derive(Args)]
 struct Remote {
-    /// The cache's URL, e.g. https://cache.example.org.
-    #[arg(long, env = "NIXFLARE_CACHE")]
-    cache: String,
+    /// The cache: a name saved by `nixflare login`, or its URL (e.g.
+    /// https://cache.example.org). Default: the saved default cache.
+    #[arg(long, env = "NIXFLARE_CACHE", value_name = "NAME|URL")]
+    cache: Option<String>,
     /// The token (prefer NIXFLARE_TOKEN or --token-file: arguments show up in `ps`).
     #[arg(long, env = "NIXFLARE_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -178,21 +201,54 @@ struct Remote {
     attempts: u32,
 }
 
+/// A cache resolved from flags, environment and saved settings.
+pub struct Target {
+    pub url: String,
+    /// What `login` saved for it, if anything.
+    pub saved: Option<settings::SavedCache>,
+}
+
+impl Target {
+    /// `name_or_url` (or the default) resolved through the saved settings.
+    pub fn resolve(name_or_url: Option<&str>) -> Result<Target> {
+        let saved = settings::Settings::load(&settings::path()?)?;
+        match saved.find(name_or_url)? {
+            Some((_, cache)) => Ok(Target {
+                url: cache.url.clone(),
+                saved: Some(cache.clone()),
+            }),
+            None => Ok(Target {
+                // find() answers None only for a URL.
+                url: name_or_url.unwrap_or_default().to_owned(),
+                saved: None,
+            }),
+        }
+    }
+}
+
 impl Remote {
+    fn target(&self) -> Result<Target> {
+        Target::resolve(self.cache.as_deref())
+    }
+
     fn client(&self) -> Result<client::Client> {
+        let target = self.target()?;
         Ok(client::Client::new(
-            &self.cache,
-            Some(self.token()?),
+            &target.url,
+            Some(self.token(&target)?),
             self.attempts,
         ))
     }
 
-    fn token(&self) -> Result<String> {
+    fn token(&self, target: &Target) -> Result<String> {
         auth::find_token(
-            self.token.as_deref(),
-            self.token_file.as_deref(),
-            self.netrc_file.as_deref(),
-            &self.cache,
+            auth::TokenSources {
+                explicit: self.token.as_deref(),
+                file: self.token_file.as_deref(),
+                saved: target.saved.as_ref().and_then(|s| s.token.as_deref()),
+                netrc: self.netrc_file.as_deref(),
+            },
+            &target.url,
         )
     }
 }
@@ -210,9 +266,17 @@ struct PushArgs {
     paths: Vec<String>,
     #[command(flatten)]
     remote: Remote,
-    /// The narinfo signing key (Nix secret key file); the cache must list its public key.
+    #[command(flatten)]
+    flags: PushFlags,
+}
+
+/// How closures are pushed: shared by `push`, `watch` and `watch-store`.
+#[derive(Args)]
+struct PushFlags {
+    /// The narinfo signing key (Nix secret key file); the cache must list its public
+    /// key. Default: the one saved by `nixflare login`.
     #[arg(long, env = "NIXFLARE_SIGNING_KEY", value_name = "FILE")]
-    key: PathBuf,
+    key: Option<PathBuf>,
     /// Parallel uploads.
     #[arg(long, short = 'j', default_value_t = 8)]
     jobs: usize,
@@ -250,6 +314,59 @@ struct PushArgs {
     per_path_queries: bool,
 }
 
+impl PushFlags {
+    /// The options of a push of `paths` to `remote`'s cache.
+    fn options(&self, remote: &Remote, paths: Vec<String>) -> Result<push::PushOptions> {
+        let target = remote.target()?;
+        let key_file = match (
+            &self.key,
+            target.saved.as_ref().and_then(|s| s.signing_key.as_ref()),
+        ) {
+            (Some(file), _) | (None, Some(file)) => file.clone(),
+            (None, None) => anyhow::bail!(
+                "no signing key: pass --key FILE, set NIXFLARE_SIGNING_KEY, or save one with \
+                 `nixflare login NAME URL --signing-key FILE`"
+            ),
+        };
+        let threads = self
+            .compression_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+        Ok(push::PushOptions {
+            token: remote.token(&target)?,
+            cache: target.url,
+            key: keygen::read_secret_key(&key_file)?,
+            paths,
+            jobs: self.jobs.max(1),
+            codec: nar::Codec {
+                compression: match self.compression {
+                    CompressionArg::Zstd => Compression::Zstd,
+                    CompressionArg::None => Compression::None,
+                },
+                level: self.compression_level,
+                threads,
+            },
+            spool: match &self.spool_dir {
+                Some(dir) => dir.clone(),
+                None => spool::default_dir()?,
+            },
+            limit_rate: self.limit_rate.clone(),
+            attempts: remote.attempts,
+            quiet: self.quiet,
+            upstreams: match (self.no_upstream, self.upstream.is_empty()) {
+                (true, _) => Some(Vec::new()),
+                (false, true) => None,
+                (false, false) => Some(
+                    self.upstream
+                        .iter()
+                        .map(|u| u.trim_end_matches('/').to_owned())
+                        .collect(),
+                ),
+            },
+            per_path_queries: self.per_path_queries,
+        })
+    }
+}
+
 pub fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -279,53 +396,17 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Token(TokenCommand::Inspect { token }) => token::inspect(&token),
         Command::Token(TokenCommand::Revoke { target, remote }) => {
-            token::revoke(&remote.cache, remote.token()?, &target, remote.attempts)
+            token::revoke(&remote.client()?, &target)
         }
-        Command::Use { cache } => use_cache::run(&cache, 3),
-        Command::Push(args) => {
-            let threads = args.compression_threads.unwrap_or_else(|| {
-                std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
-            });
-            push::run(push::PushOptions {
-                token: args.remote.token()?,
-                cache: args.remote.cache,
-                key: keygen::read_secret_key(&args.key)?,
-                paths: args.paths,
-                jobs: args.jobs.max(1),
-                codec: nar::Codec {
-                    compression: match args.compression {
-                        CompressionArg::Zstd => Compression::Zstd,
-                        CompressionArg::None => Compression::None,
-                    },
-                    level: args.compression_level,
-                    threads,
-                },
-                spool: match args.spool_dir {
-                    Some(dir) => dir,
-                    None => spool::default_dir()?,
-                },
-                limit_rate: args.limit_rate,
-                attempts: args.remote.attempts,
-                quiet: args.quiet,
-                upstreams: match (args.no_upstream, args.upstream.is_empty()) {
-                    (true, _) => Some(Vec::new()),
-                    (false, true) => None,
-                    (false, false) => Some(
-                        args.upstream
-                            .iter()
-                            .map(|u| u.trim_end_matches('/').to_owned())
-                            .collect(),
-                    ),
-                },
-                per_path_queries: args.per_path_queries,
-            })
-        }
-        Command::Info { remote, json } => {
-            inventory::info(&remote.cache, remote.token()?, remote.attempts, json)
-        }
-        Command::Reconcile { remote, json } => {
-            inventory::reconcile(&remote.cache, remote.token()?, remote.attempts, json)
-        }
+        Command::Use { cache } => use_cache::run(&Target::resolve(cache.as_deref())?.url, 3),
+        Command::Login(args) => login::run(args),
+        Command::Logout { name } => login::logout(&name),
+        Command::Hook(args) => hook::run(args),
+        Command::Watch(args) => watch::run(args),
+        Command::WatchStore(args) => watch_store::run(args),
+        Command::Push(args) => push::run(args.flags.options(&args.remote, args.paths)?).map(drop),
+        Command::Info { remote, json } => inventory::info(&remote.client()?, json),
+        Command::Reconcile { remote, json } => inventory::reconcile(&remote.client()?, json),
         Command::Gc {
             remote,
             dry_run: true,

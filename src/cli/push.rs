@@ -15,7 +15,6 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
@@ -27,6 +26,7 @@ use indicatif::HumanBytes;
 use super::client::{parse_rate, Client};
 use super::endpoints::NarinfoOutcome;
 use super::nar::{self, Codec, Prepared};
+use super::nix_tool;
 use super::parallel;
 use super::pathinfo::{self, PathInfo};
 use super::progress::Reporter;
@@ -40,6 +40,7 @@ use crate::core::nix::narinfo::NarInfo;
 use crate::core::nix::store_path::StorePathHash;
 use crate::core::token::Permissions;
 
+#[derive(Clone)]
 pub struct PushOptions {
     pub cache: String,
     pub key: SecretKey,
@@ -58,7 +59,30 @@ pub struct PushOptions {
     pub per_path_queries: bool,
 }
 
-pub fn run(options: PushOptions) -> Result<()> {
+/// What a push did, in paths of the closure.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PushReport {
+    pub closure: usize,
+    /// Sent and published now.
+    pub pushed: usize,
+    /// On the cache already.
+    pub present: usize,
+    /// Left to the upstream caches.
+    pub upstream: usize,
+}
+
+/// Marks an error of the checks before any work (cache unreachable, token refused, key
+/// not trusted): it says nothing about the paths, so a watcher waits and retries.
+#[derive(Debug)]
+pub struct Preflight;
+
+impl std::fmt::Display for Preflight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the cache cannot take pushes")
+    }
+}
+
+pub fn run(options: PushOptions) -> Result<PushReport> {
     let started = Instant::now();
     let reporter = Arc::new(Reporter::new(options.quiet));
     let mut client = Client::new(
@@ -72,7 +96,7 @@ pub fn run(options: PushOptions) -> Result<()> {
     let sent = Arc::clone(&reporter);
     client.on_sent(Arc::new(move |n| sent.sent(n)));
 
-    let info = preflight(&client, &options.key)?;
+    let info = preflight(&client, &options.key).context(Preflight)?;
     let closure = closure_of(&options.paths, &info.store_dir)?;
     let upstreams = options
         .upstreams
@@ -81,6 +105,12 @@ pub fn run(options: PushOptions) -> Result<()> {
     let lacking = find_missing(&client, &closure, options.jobs, options.per_path_queries)?;
     let (missing, upstream) = skip_upstream(&lacking, &closure, &upstreams, &options)?;
     let present = closure.len() - missing.len() - upstream;
+    let report = PushReport {
+        closure: closure.len(),
+        pushed: missing.len(),
+        present,
+        upstream,
+    };
     if missing.is_empty() {
         reporter.finish();
         if !reporter.quiet() {
@@ -90,7 +120,7 @@ pub fn run(options: PushOptions) -> Result<()> {
                 client.base()
             );
         }
-        return Ok(());
+        return Ok(report);
     }
     let spool = Spool::open(&options.spool)?;
 
@@ -106,7 +136,7 @@ pub fn run(options: PushOptions) -> Result<()> {
     reporter.finish();
     let seconds = started.elapsed().as_secs_f64();
     if reporter.quiet() {
-        return Ok(());
+        return Ok(report);
     }
     eprintln!(
         "pushed {} paths to {} ({} already there, {upstream} in its upstream caches): {} of NARs as {} compressed, {} sent in {:.1}s ({:.1} MB/s)",
@@ -119,7 +149,7 @@ pub fn run(options: PushOptions) -> Result<()> {
         seconds,
         totals.sent_bytes as f64 / 1e6 / seconds.max(0.001)
     );
-    Ok(())
+    Ok(report)
 }
 
 /// Checks reachability, the token and the signing key before any work.
@@ -145,18 +175,8 @@ fn preflight(client: &Client, key: &SecretKey) -> Result<CacheInfo> {
 
 /// The closure of `paths`, from Nix.
 fn closure_of(paths: &[String], store_dir: &str) -> Result<Vec<PathInfo>> {
-    let output = Command::new("nix")
-        .args(["--extra-experimental-features", "nix-command"])
-        .args(["path-info", "--json", "--recursive"])
-        .args(paths)
-        .output()
-        .context("running nix path-info (is Nix installed?)")?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let line = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
-        bail!("nix path-info failed: {}", line.trim());
-    }
-    let json = String::from_utf8(output.stdout).context("nix path-info printed non-UTF-8")?;
+    let args = ["path-info", "--json", "--recursive"].map(String::from);
+    let json = nix_tool::stdout("nix", args.iter().chain(paths))?;
     pathinfo::parse(&json, store_dir)
 }
 

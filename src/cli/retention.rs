@@ -219,7 +219,7 @@ pub fn run(client: &Client, json: bool) -> Result<()> {
             passes.push(run);
             break;
         }
-        if !json && requests % 20 == 0 {
+        if !json && requests.is_multiple_of(20) {
             eprintln!(
                 "  pass {} {:?}: {} paths, {} objects removed so far",
                 run.run, run.phase, run.removed_paths, run.removed_objects

@@ -6,9 +6,9 @@
 //! record left by an earlier run is trusted only after its file hashes to what the
 //! record says. There is no fallback to a shared temporary directory.
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write as _};
-use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
@@ -20,11 +20,7 @@ use crate::core::nix::nar_file::Compression;
 
 /// `$XDG_CACHE_HOME/nixflare/spool`, else `~/.cache/nixflare/spool`.
 pub fn default_dir() -> Result<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
-        .context("neither XDG_CACHE_HOME nor HOME is set: pass --spool-dir DIR")?;
-    Ok(base.join("nixflare").join("spool"))
+    super::dirs::xdg("XDG_CACHE_HOME", ".cache", "spool", "pass --spool-dir DIR")
 }
 
 /// A spool directory that passed the privacy checks.
@@ -37,19 +33,7 @@ impl Spool {
     /// user running this.
     pub fn open(dir: &Path) -> Result<Spool> {
         let context = || format!("the spool {}", dir.display());
-        if let Some(parent) = dir.parent() {
-            fs::create_dir_all(parent).with_context(context)?;
-        }
-        match DirBuilder::new().mode(0o700).create(dir) {
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-                return Err(e).with_context(context)
-            }
-            _ => {}
-        }
-        let meta = fs::symlink_metadata(dir).with_context(context)?;
-        if !meta.is_dir() {
-            bail!("{} is not a directory (a symbolic link?)", context());
-        }
+        let meta = super::dirs::create_private(dir, "the spool")?;
         if meta.mode() & 0o077 != 0 {
             bail!(
                 "{} is open to other users (mode {:o}): run chmod 700 on it, or choose --spool-dir",

@@ -74,8 +74,9 @@ pub fn inspect(token: &str) -> Result<()> {
     Ok(())
 }
 
-/// Revokes `target` (a token, or its 32-hex id) on the cache, with `admin_token`.
-pub fn revoke(cache: &str, admin_token: String, target: &str, attempts: u32) -> Result<()> {
+/// Revokes `target` (a token, or its 32-hex id) on the cache `client` talks to with a
+/// token that may revoke.
+pub fn revoke(client: &Client, target: &str) -> Result<()> {
     let target = read_token_arg(target)?;
     let target = target.trim();
     let id: TokenId = match target.parse() {
@@ -86,7 +87,6 @@ pub fn revoke(cache: &str, admin_token: String, target: &str, attempts: u32) -> 
                 .id
         }
     };
-    let client = Client::new(cache, Some(admin_token), attempts);
     client
         .revoke(&id)
         .with_context(|| format!("revoking token {id} on {}", client.base()))?;

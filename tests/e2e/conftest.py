@@ -487,3 +487,73 @@ def cron(worker, clock_days: float, token: str) -> dict:
     status, _, body = request(worker, "GET", "/__scheduled?cron=17+*+*+*+*")
     assert status == 200, body
     return wait_for_upkeep(worker, token, since)
+
+
+class RecordingProxy:
+    """A proxy in front of a worker that records every request it forwards (method,
+    path with query, status), can play a cache that is down (`down = True`: every
+    connection is dropped unanswered) and slow publishing (`narinfo_delay`)."""
+
+    def __init__(self, worker: Worker, misbehave=None):
+        """`misbehave(handler)`, if given, sees each request first and returns True
+        when it answered (or dropped) it itself."""
+        import http.server
+        import threading
+
+        self.down = False
+        # Seconds to hold each narinfo PUT before forwarding it.
+        self.narinfo_delay = 0.0
+        self.log: list[tuple[str, str, int]] = []
+        self.refused = 0
+        proxy = self
+        lock = threading.Lock()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def handle_any(self):
+                if proxy.down:
+                    with lock:
+                        proxy.refused += 1
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                if misbehave and misbehave(self):
+                    return
+                if self.command == "PUT" and self.path.endswith(".narinfo"):
+                    time.sleep(proxy.narinfo_delay)
+                conn = http.client.HTTPConnection(worker.host, worker.port, timeout=120)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                with lock:
+                    proxy.log.append((self.command, self.path, resp.status))
+                self.send_response(resp.status)
+                for name, value in resp.getheaders():
+                    if name.lower() not in ("connection", "transfer-encoding", "content-length"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = handle_any
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def puts(self) -> list[tuple[str, int]]:
+        return [(path, status) for method, path, status in self.log if method == "PUT"]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()

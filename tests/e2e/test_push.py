@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLI, MK, Keys, Nix, Tokens, Worker, bearer, free_port, list_keys, request, run
+from conftest import (CLI, MK, Keys, Nix, RecordingProxy, Tokens, Worker, bearer, free_port, list_keys,
+                      request, run)
 
 BIG_MIB = 40
 
@@ -234,66 +235,31 @@ def test_use_prints_the_configuration(worker: Worker, keys: Keys):
     assert f"machine {worker.host} password <TOKEN>" in out
 
 
-class FlakyProxy:
+class FlakyProxy(RecordingProxy):
     """Forwards to the worker, but answers the first request of every method+path with
     503 (and drops the connection on the first request of every third path), as an edge
     under load might: a push must retry its way through."""
 
     def __init__(self, worker: Worker):
-        import http.client
-        import http.server
-        import threading
-
         seen: set[tuple[str, str]] = set()
         self.failures = 0
-        proxy = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        def misbehave(handler) -> bool:
+            key = (handler.command, handler.path.split("?")[0])
+            if key in seen:
+                return False
+            seen.add(key)
+            self.failures += 1
+            if len(seen) % 3 == 0:
+                handler.close_connection = True
+                handler.connection.shutdown(2)
+                return True
+            handler.send_response(503)
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return True
 
-            def log_message(self, *args):  # quiet
-                pass
-
-            def handle_any(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
-                key = (self.command, self.path.split("?")[0])
-                if key not in seen:
-                    seen.add(key)
-                    proxy.failures += 1
-                    if len(seen) % 3 == 0:
-                        self.close_connection = True
-                        self.connection.shutdown(2)
-                        return
-                    self.send_response(503)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                conn = http.client.HTTPConnection(worker.host, worker.port, timeout=60)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
-                conn.request(self.command, self.path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-                self.send_response(resp.status)
-                for name, value in resp.getheaders():
-                    if name.lower() not in ("connection", "transfer-encoding", "content-length"):
-                        self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-                conn.close()
-
-            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = handle_any
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(worker, misbehave)
 
 
 def test_push_retries_through_transient_failures(nix: Nix, worker: Worker, keys: Keys, tokens: Tokens, tmp_path):

@@ -188,18 +188,12 @@ impl NarInfo {
 
     /// What a `Sig:` signs.
     pub fn fingerprint(&self, store_dir: &str) -> String {
-        let mut refs: Vec<String> = self
-            .references
-            .iter()
-            .map(|r| format!("{store_dir}/{r}"))
-            .collect();
-        refs.sort();
-        format!(
-            "1;{store_dir}/{};{};{};{}",
-            self.store_path,
-            self.nar_hash,
+        fingerprint(
+            store_dir,
+            &self.store_path,
+            &self.nar_hash,
             self.nar_size,
-            refs.join(",")
+            &self.references,
         )
     }
 
@@ -249,6 +243,26 @@ impl NarInfo {
         let fingerprint = self.fingerprint(store_dir);
         any_verifies(keys, &self.signatures, fingerprint.as_bytes())
     }
+}
+
+/// What a signature of a store path signs (`ValidPathInfo::fingerprint` in Nix's
+/// libstore/path-info.cc): `1;<path>;<NarHash>;<NarSize>;<sorted full references>`.
+pub fn fingerprint(
+    store_dir: &str,
+    store_path: &StorePathBaseName,
+    nar_hash: &Sha256,
+    nar_size: u64,
+    references: &[StorePathBaseName],
+) -> String {
+    let mut refs: Vec<String> = references
+        .iter()
+        .map(|r| format!("{store_dir}/{r}"))
+        .collect();
+    refs.sort();
+    format!(
+        "1;{store_dir}/{store_path};{nar_hash};{nar_size};{}",
+        refs.join(",")
+    )
 }
 
 fn parse_store_path(value: &str, store_dir: &str) -> Result<StorePathBaseName, NarInfoError> {

@@ -1,0 +1,38 @@
+//! Where the client keeps its files (the XDG base directories), and private
+//! directories made safely.
+
+use std::fs::{self, DirBuilder, Metadata};
+use std::io;
+use std::os::unix::fs::DirBuilderExt as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+
+/// `$<variable>/nixflare/<leaf>`, else `~/<home_default>/nixflare/<leaf>` (the XDG
+/// base directory rules); `hint` says what to pass when neither is set.
+pub fn xdg(variable: &str, home_default: &str, leaf: &str, hint: &str) -> Result<PathBuf> {
+    let base = std::env::var_os(variable)
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(home_default)))
+        .with_context(|| format!("neither {variable} nor HOME is set: {hint}"))?;
+    Ok(base.join("nixflare").join(leaf))
+}
+
+/// Creates `dir` 0700 (and its parents) unless it exists, and returns its metadata
+/// once sure it is a directory and not a symbolic link; `what` names it in errors.
+pub fn create_private(dir: &Path, what: &str) -> Result<Metadata> {
+    let context = || format!("{what} {}", dir.display());
+    if let Some(parent) = dir.parent() {
+        fs::create_dir_all(parent).with_context(context)?;
+    }
+    match DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e).with_context(context),
+        _ => {}
+    }
+    let meta = fs::symlink_metadata(dir).with_context(context)?;
+    if !meta.is_dir() {
+        bail!("{} is not a directory (a symbolic link?)", context());
+    }
+    Ok(meta)
+}

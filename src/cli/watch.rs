@@ -1,0 +1,358 @@
+//! `nixflare watch`: drains the push queue (`queue.rs`) into the cache.
+//!
+//! Each round takes the oldest entries (up to `--batch-paths` store paths), pushes
+//! their closures with `push::run` (batch queries, upstream skip, multipart, spool
+//! resume), and deletes the entries only then. So:
+//! - a kill at any moment loses nothing: the entries are still there, and the next
+//!   run asks the cache what it lacks before sending anything, while the spool
+//!   remembers the parts of a big NAR already sent;
+//! - while the cache is down or refusing us (transport errors, 401/403/408/429/5xx,
+//!   a failed preflight), every entry waits: backoff from 1 s doubling to 60 s;
+//! - an entry that fails for a reason of its own (a path the cache refuses) waits
+//!   alone, with its own backoff, and no longer holds up the others;
+//! - paths no longer valid in the local store (collected since) are dropped with a
+//!   warning: nothing could push them.
+//!
+//! One drainer per queue (an flock); `--exit-when-empty` makes the end-of-job drain of
+//! CI, bounded by `--timeout`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+use notify::Watcher as _;
+
+use super::client::HttpError;
+use super::nix_tool;
+use super::push::{self, PushOptions, PushReport};
+use super::queue::{self, DrainLock, Entry, Queue};
+use super::{PushFlags, Remote};
+use crate::core::nix::store_path::StorePathBaseName;
+
+#[derive(Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub remote: Remote,
+    #[command(flatten)]
+    pub flags: PushFlags,
+    /// The queue to drain (default: $XDG_STATE_HOME/nixflare/queue).
+    #[arg(long, env = "NIXFLARE_QUEUE", value_name = "DIR")]
+    pub queue: Option<PathBuf>,
+    /// Stop once the queue is empty instead of waiting for more (the end of a CI job).
+    #[arg(long)]
+    pub exit_when_empty: bool,
+    /// With --exit-when-empty: give up after this many seconds, failing if entries
+    /// remain.
+    #[arg(long, value_name = "SECONDS", requires = "exit_when_empty")]
+    pub timeout: Option<u64>,
+    /// Most store paths (roots) per push.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub batch_paths: usize,
+}
+
+pub fn run(args: WatchArgs) -> Result<()> {
+    let (queue, _lock) = open_to_drain(args.queue.as_deref())?;
+    // Settings, token and key are checked once, before waiting for anything.
+    let options = args.flags.options(&args.remote, Vec::new())?;
+    let wake = subscribe(&queue)?;
+    let mut pusher = |options: PushOptions| push::run(options);
+    let mut drainer = Drainer::new(&queue, options, args.batch_paths.max(1), &mut pusher);
+    let deadline = args
+        .timeout
+        .map(|seconds| Instant::now() + Duration::from_secs(seconds));
+    eprintln!("watching {} for paths to push", queue.dir().display());
+    drainer.drain(&wake.events, args.exit_when_empty, deadline)
+}
+
+/// The queue at `dir` (or the default), and the right to drain it.
+pub fn open_to_drain(dir: Option<&std::path::Path>) -> Result<(Queue, DrainLock)> {
+    let dir = match dir {
+        Some(dir) => dir.to_owned(),
+        None => queue::default_dir()?,
+    };
+    let queue = Queue::open(&dir)?;
+    let Some(lock) = queue.try_lock()? else {
+        bail!(
+            "another `nixflare watch` is draining {} (one drainer per queue)",
+            dir.display()
+        );
+    };
+    Ok((queue, lock))
+}
+
+/// Wakes the drainer when the queue changes; held for as long as it watches.
+pub struct Subscription {
+    _watcher: notify::RecommendedWatcher,
+    pub events: mpsc::Receiver<()>,
+}
+
+pub fn subscribe(queue: &Queue) -> Result<Subscription> {
+    let (tx, events) = mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+        let _ = tx.send(());
+    })
+    .context("watching the queue")?;
+    watcher
+        .watch(queue.dir(), notify::RecursiveMode::NonRecursive)
+        .with_context(|| format!("watching {}", queue.dir().display()))?;
+    Ok(Subscription {
+        _watcher: watcher,
+        events,
+    })
+}
+
+/// When an entry may be tried again, and whether it must go alone.
+struct Wait {
+    until: Instant,
+    failures: u32,
+}
+
+pub struct Drainer<'a> {
+    queue: &'a Queue,
+    /// The push settings; `paths` is filled in for each round.
+    options: PushOptions,
+    batch_paths: usize,
+    push: &'a mut dyn FnMut(PushOptions) -> Result<PushReport>,
+    /// Entries that failed on their own, by name.
+    waits: HashMap<String, Wait>,
+    /// Store paths pushed (sent now) since the start.
+    pushed: usize,
+}
+
+/// Backoff after `failures` failures in a row: 1 s, doubling, at most 60 s.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(Duration::from_secs(60))
+}
+
+impl<'a> Drainer<'a> {
+    pub fn new(
+        queue: &'a Queue,
+        options: PushOptions,
+        batch_paths: usize,
+        push: &'a mut dyn FnMut(PushOptions) -> Result<PushReport>,
+    ) -> Self {
+        Drainer {
+            queue,
+            options,
+            batch_paths,
+            push,
+            waits: HashMap::new(),
+            pushed: 0,
+        }
+    }
+
+    pub fn drain(
+        &mut self,
+        wake: &mpsc::Receiver<()>,
+        exit_when_empty: bool,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        let mut cache_failures = 0u32;
+        loop {
+            let entries = self.queue.entries()?;
+            let names: HashSet<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+            self.waits.retain(|name, _| names.contains(name.as_str()));
+            if entries.is_empty() && exit_when_empty {
+                eprintln!("the queue is empty: {} paths pushed", self.pushed);
+                return Ok(());
+            }
+            let now = Instant::now();
+            if let Some(deadline) = deadline {
+                if now >= deadline {
+                    bail!(
+                        "{} queue entries are still waiting after the timeout (in {})",
+                        entries.len(),
+                        self.queue.dir().display()
+                    );
+                }
+            }
+            let batch = self.next_batch(&entries, now);
+            if batch.is_empty() {
+                // Nothing ready: sleep until an entry's wait ends, something is queued,
+                // or (a missed event) half a minute.
+                let until = self
+                    .waits
+                    .values()
+                    .map(|w| w.until)
+                    .chain(deadline)
+                    .min()
+                    .unwrap_or(now + Duration::from_secs(30));
+                let _ = wake.recv_timeout(until.saturating_duration_since(now));
+                continue;
+            }
+            match self.push_batch(&batch) {
+                Ok(()) => cache_failures = 0,
+                Err(err) if cache_level(&err) => {
+                    cache_failures += 1;
+                    let wait = backoff(cache_failures);
+                    eprintln!(
+                        "nixflare watch: {err:#}; {} entries wait, retrying in {}s",
+                        entries.len(),
+                        wait.as_secs()
+                    );
+                    let wait_until = deadline.map_or(now + wait, |d| d.min(now + wait));
+                    std::thread::sleep(wait_until.saturating_duration_since(Instant::now()));
+                }
+                Err(err) => {
+                    cache_failures = 0;
+                    for entry in &batch {
+                        let failures = self.waits.get(&entry.name).map_or(0, |w| w.failures) + 1;
+                        let wait = backoff(failures);
+                        self.waits.insert(
+                            entry.name.clone(),
+                            Wait {
+                                until: Instant::now() + wait,
+                                failures,
+                            },
+                        );
+                    }
+                    eprintln!(
+                        "nixflare watch: pushing {} failed: {err:#}; {} retried alone",
+                        describe(&batch),
+                        if batch.len() == 1 {
+                            "it is"
+                        } else {
+                            "each entry is"
+                        }
+                    );
+                }
+            }
+        }
+    }
+
+    /// The oldest ready entries: one that failed on its own goes alone; others go
+    /// together up to `batch_paths` paths.
+    fn next_batch(&self, entries: &[Entry], now: Instant) -> Vec<Entry> {
+        let mut batch: Vec<Entry> = Vec::new();
+        let mut paths = 0;
+        for entry in entries {
+            match self.waits.get(&entry.name) {
+                Some(wait) if wait.until > now => continue,
+                Some(_) => {
+                    if batch.is_empty() {
+                        return vec![entry.clone()];
+                    }
+                    continue;
+                }
+                None => {}
+            }
+            if !batch.is_empty() && paths + entry.paths.len() > self.batch_paths {
+                break;
+            }
+            paths += entry.paths.len();
+            batch.push(entry.clone());
+        }
+        batch
+    }
+
+    fn push_batch(&mut self, batch: &[Entry]) -> Result<()> {
+        let mut roots: Vec<String> = batch.iter().flat_map(|e| e.paths.clone()).collect();
+        roots.sort();
+        roots.dedup();
+        let mut invalid = invalid_paths(&roots)?;
+        // A derivation stands for its outputs (what `hook` queues under Nix 2.8.0).
+        let derivations: Vec<String> = roots
+            .iter()
+            .filter(|p| p.ends_with(".drv") && !invalid.contains(*p))
+            .cloned()
+            .collect();
+        if !derivations.is_empty() {
+            let outputs = outputs_of(&derivations)?;
+            invalid.extend(invalid_paths(&outputs)?);
+            roots.retain(|p| !p.ends_with(".drv"));
+            roots.extend(outputs);
+            roots.sort();
+            roots.dedup();
+        }
+        if !invalid.is_empty() {
+            eprintln!(
+                "nixflare watch: dropping {} paths no longer in the local store: {}",
+                invalid.len(),
+                invalid.iter().cloned().collect::<Vec<_>>().join(" ")
+            );
+            roots.retain(|p| !invalid.contains(p));
+        }
+        if !roots.is_empty() {
+            let mut options = self.options.clone();
+            options.paths = roots.clone();
+            let report = (self.push)(options)?;
+            self.pushed += report.pushed;
+            eprintln!(
+                "nixflare watch: {}: closure of {} paths, {} sent, {} were on the cache, {} left to upstream caches",
+                describe(batch),
+                report.closure,
+                report.pushed,
+                report.present,
+                report.upstream
+            );
+        }
+        for entry in batch {
+            self.queue.remove(entry)?;
+        }
+        Ok(())
+    }
+}
+
+fn describe(batch: &[Entry]) -> String {
+    let roots: Vec<&str> = batch
+        .iter()
+        .flat_map(|e| &e.paths)
+        .map(String::as_str)
+        .collect();
+    match roots.as_slice() {
+        [one] => one.to_string(),
+        [first, rest @ ..] => format!("{first} and {} more", rest.len()),
+        [] => "an empty entry".to_owned(),
+    }
+}
+
+/// True if `err` says the cache is down or refusing us, not that a path is bad.
+fn cache_level(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        if let Some(http) = cause.downcast_ref::<HttpError>() {
+            return matches!(http.status, 401 | 403 | 408 | 429 | 500..=599);
+        }
+        cause.is::<ureq::Error>()
+    }) || err.downcast_ref::<push::Preflight>().is_some()
+}
+
+/// The paths of `paths` that can never be pushed: not store paths at all, or no
+/// longer valid in the local store (any user may ask Nix). A failure to ask is an
+/// error, never "invalid": dropping an entry loses it.
+fn invalid_paths(paths: &[String]) -> Result<HashSet<String>> {
+    let mut invalid: HashSet<String> = paths.iter().filter(|p| !well_formed(p)).cloned().collect();
+    let candidates: Vec<&String> = paths.iter().filter(|p| well_formed(p)).collect();
+    for chunk in candidates.chunks(500) {
+        let args = ["--check-validity", "--print-invalid"].map(String::from);
+        let out = nix_tool::stdout("nix-store", args.iter().chain(chunk.iter().copied()))?;
+        invalid.extend(out.lines().map(str::to_owned));
+    }
+    Ok(invalid)
+}
+
+/// The output paths of valid derivations.
+fn outputs_of(derivations: &[String]) -> Result<Vec<String>> {
+    let args = ["--query", "--outputs"].map(String::from);
+    let out = nix_tool::stdout("nix-store", args.iter().chain(derivations))?;
+    Ok(out
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// `/<store dir>/<hash>-<name>`, as far as can be told without knowing the store dir.
+fn well_formed(path: &str) -> bool {
+    let path = std::path::Path::new(path);
+    path.is_absolute()
+        && path
+            .parent()
+            .is_some_and(|dir| dir != std::path::Path::new("/"))
+        && path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.parse::<StorePathBaseName>().is_ok())
+}
