@@ -120,11 +120,16 @@ pub struct Drainer<'a> {
     waits: HashMap<String, Wait>,
     /// Store paths pushed (sent now) since the start.
     pushed: usize,
+    /// What Nix is asked (replaced in tests).
+    invalid_paths: fn(&[String]) -> Result<HashSet<String>>,
+    outputs_of: fn(&[String]) -> Result<Vec<String>>,
+    /// The first backoff step (1 s; shorter in tests).
+    backoff_unit: Duration,
 }
 
-/// Backoff after `failures` failures in a row: 1 s, doubling, at most 60 s.
-fn backoff(failures: u32) -> Duration {
-    Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(Duration::from_secs(60))
+/// Backoff after `failures` failures in a row: one `unit`, doubling, at most 60 units.
+fn backoff(unit: Duration, failures: u32) -> Duration {
+    (unit * (1u32 << failures.saturating_sub(1).min(6))).min(unit * 60)
 }
 
 impl<'a> Drainer<'a> {
@@ -141,6 +146,9 @@ impl<'a> Drainer<'a> {
             push,
             waits: HashMap::new(),
             pushed: 0,
+            invalid_paths,
+            outputs_of,
+            backoff_unit: Duration::from_secs(1),
         }
     }
 
@@ -187,11 +195,11 @@ impl<'a> Drainer<'a> {
                 Ok(()) => cache_failures = 0,
                 Err(err) if cache_level(&err) => {
                     cache_failures += 1;
-                    let wait = backoff(cache_failures);
+                    let wait = backoff(self.backoff_unit, cache_failures);
                     eprintln!(
-                        "nixflare watch: {err:#}; {} entries wait, retrying in {}s",
+                        "nixflare watch: {err:#}; {} entries wait, retrying in {:.0?}",
                         entries.len(),
-                        wait.as_secs()
+                        wait
                     );
                     let wait_until = deadline.map_or(now + wait, |d| d.min(now + wait));
                     std::thread::sleep(wait_until.saturating_duration_since(Instant::now()));
@@ -200,7 +208,7 @@ impl<'a> Drainer<'a> {
                     cache_failures = 0;
                     for entry in &batch {
                         let failures = self.waits.get(&entry.name).map_or(0, |w| w.failures) + 1;
-                        let wait = backoff(failures);
+                        let wait = backoff(self.backoff_unit, failures);
                         self.waits.insert(
                             entry.name.clone(),
                             Wait {
@@ -252,7 +260,7 @@ impl<'a> Drainer<'a> {
         let mut roots: Vec<String> = batch.iter().flat_map(|e| e.paths.clone()).collect();
         roots.sort();
         roots.dedup();
-        let mut invalid = invalid_paths(&roots)?;
+        let mut invalid = (self.invalid_paths)(&roots)?;
         // A derivation stands for its outputs (what `hook` queues under Nix 2.8.0).
         let derivations: Vec<String> = roots
             .iter()
@@ -260,8 +268,8 @@ impl<'a> Drainer<'a> {
             .cloned()
             .collect();
         if !derivations.is_empty() {
-            let outputs = outputs_of(&derivations)?;
-            invalid.extend(invalid_paths(&outputs)?);
+            let outputs = (self.outputs_of)(&derivations)?;
+            invalid.extend((self.invalid_paths)(&outputs)?);
             roots.retain(|p| !p.ends_with(".drv"));
             roots.extend(outputs);
             roots.sort();
@@ -355,4 +363,138 @@ fn well_formed(path: &str) -> bool {
             .file_name()
             .and_then(|name| name.to_str())
             .is_some_and(|name| name.parse::<StorePathBaseName>().is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::http::Method;
+
+    const KEY: &str = "test-1:tXPUeHfVCPFDNdxXYtkOyQAJi0Cx6Irm0YuTzpGNciuVkrxO90WjrIQ6nUPvJCR4vDGuyEM8XWLAMnqk1fXEcQ==";
+
+    fn options() -> PushOptions {
+        PushOptions {
+            cache: "http://cache.invalid".into(),
+            key: KEY.parse().unwrap(),
+            token: "t".into(),
+            paths: Vec::new(),
+            jobs: 1,
+            codec: super::super::nar::Codec {
+                compression: crate::core::nix::nar_file::Compression::Zstd,
+                level: 3,
+                threads: 1,
+            },
+            spool: "/nonexistent".into(),
+            limit_rate: None,
+            attempts: 1,
+            quiet: true,
+            upstreams: None,
+            per_path_queries: false,
+        }
+    }
+
+    fn queue(name: &str) -> Queue {
+        let dir =
+            std::env::temp_dir().join(format!("nixflare-drain-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Queue::open(&dir).unwrap()
+    }
+
+    /// Paths named "...-gone" are no longer in the store; "x.drv" built "x-out".
+    fn fake_invalid(paths: &[String]) -> Result<HashSet<String>> {
+        Ok(paths
+            .iter()
+            .filter(|p| p.ends_with("-gone"))
+            .cloned()
+            .collect())
+    }
+
+    fn fake_outputs(derivations: &[String]) -> Result<Vec<String>> {
+        Ok(derivations
+            .iter()
+            .map(|d| d.replace(".drv", "-out"))
+            .collect())
+    }
+
+    fn drainer<'a>(
+        queue: &'a Queue,
+        push: &'a mut dyn FnMut(PushOptions) -> Result<PushReport>,
+    ) -> Drainer<'a> {
+        let mut drainer = Drainer::new(queue, options(), 2, push);
+        drainer.invalid_paths = fake_invalid;
+        drainer.outputs_of = fake_outputs;
+        drainer.backoff_unit = Duration::from_millis(1);
+        drainer
+    }
+
+    fn down() -> anyhow::Error {
+        let reply = crate::cli::client::Reply {
+            status: 503,
+            body: String::new(),
+        };
+        anyhow::Error::new(HttpError::new(Method::Get, "_nixflare/info", &reply))
+    }
+
+    #[test]
+    fn a_cache_that_is_down_delays_everything_and_loses_nothing() {
+        let queue = queue("down");
+        for path in ["/s/a", "/s/b", "/s/c-gone", "/s/d.drv"] {
+            queue.append(&[path]).unwrap();
+        }
+        let mut calls: Vec<Vec<String>> = Vec::new();
+        let mut push = |options: PushOptions| {
+            calls.push(options.paths.clone());
+            if calls.len() <= 3 {
+                return Err(down().context("sending"));
+            }
+            Ok(PushReport {
+                pushed: options.paths.len(),
+                ..PushReport::default()
+            })
+        };
+        let (_tx, wake) = mpsc::channel();
+        drainer(&queue, &mut push).drain(&wake, true, None).unwrap();
+        assert!(queue.entries().unwrap().is_empty());
+        // Batches of at most two roots, retried whole while the cache was down; the
+        // collected path dropped; the derivation pushed as its output.
+        let all: Vec<&Vec<String>> = calls.iter().collect();
+        assert_eq!(all[0], &vec!["/s/a".to_owned(), "/s/b".to_owned()]);
+        assert!(all[..3].iter().all(|c| *c == all[0]));
+        assert_eq!(all.last().unwrap(), &&vec!["/s/d-out".to_owned()]);
+        assert!(!calls.iter().flatten().any(|p| p.contains("gone")));
+    }
+
+    #[test]
+    fn a_path_the_cache_refuses_waits_alone_and_holds_up_nothing() {
+        let queue = queue("refused");
+        for path in ["/s/bad", "/s/a", "/s/b", "/s/c"] {
+            queue.append(&[path]).unwrap();
+        }
+        let mut calls: Vec<Vec<String>> = Vec::new();
+        let mut push = |options: PushOptions| {
+            calls.push(options.paths.clone());
+            if options.paths.iter().any(|p| p.ends_with("bad")) {
+                anyhow::bail!("the cache refused the narinfo");
+            }
+            Ok(PushReport::default())
+        };
+        let (_tx, wake) = mpsc::channel();
+        let deadline = Instant::now() + Duration::from_millis(300);
+        let outcome = drainer(&queue, &mut push).drain(&wake, true, Some(deadline));
+        assert!(outcome.unwrap_err().to_string().contains("1 queue entries"));
+        let left = queue.entries().unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].paths, ["/s/bad"]);
+        // After failing with "/s/a", "bad" was retried alone, again and again.
+        let alone = calls
+            .iter()
+            .filter(|c| *c == &vec!["/s/bad".to_owned()])
+            .count();
+        assert!(alone >= 2, "{calls:?}");
+        assert!(
+            calls.contains(&vec!["/s/a".to_owned()])
+                || calls.contains(&vec!["/s/a".to_owned(), "/s/b".to_owned()])
+        );
+        let _ = std::fs::remove_dir_all(queue.dir());
+    }
 }
