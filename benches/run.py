@@ -15,6 +15,7 @@ from pathlib import Path
 import retention
 import index
 import push
+import watch
 import worker_vs_baseline
 from common import REPO
 
@@ -33,7 +34,8 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB, Linux {platform.release()}, {nix}"
 
 
-BENCHES = {"worker": worker_vs_baseline.bench, "push": push.bench, "index": index.bench, "gc": retention.bench}
+BENCHES = {"worker": worker_vs_baseline.bench, "push": push.bench, "index": index.bench, "gc": retention.bench,
+           "watch": watch.bench}
 
 
 def main() -> int:

@@ -10,7 +10,7 @@ timeout=${NIXFLARE_INPUT_WAIT_TIMEOUT:-600}
 trap 'rm -f "$state/signing-key.sec"' EXIT
 
 if [[ -n "${STATE_pid:-}" ]] && kill -0 "$STATE_pid" 2>/dev/null; then
-  # watch-store queues a path a quarter second after Nix registers it: let the last
+  # watch-store queues a path a tenth of a second after Nix registers it: let the last
   # ones in, then stop it; whatever it was sending resumes below.
   sleep 1
   kill "$STATE_pid"

@@ -121,7 +121,7 @@ pub fn run(args: WatchStoreArgs) -> Result<()> {
     })
 }
 
-/// Gathers candidates (a quarter second after the first of a burst), keeps the new
+/// Gathers candidates (a tenth of a second after the first of a burst), keeps the new
 /// valid paths no upstream signed, and queues them as one entry.
 fn collect(
     found: mpsc::Receiver<PathBuf>,
@@ -131,7 +131,7 @@ fn collect(
 ) {
     while let Ok(first) = found.recv() {
         let mut candidates = vec![first];
-        let until = Instant::now() + Duration::from_millis(250);
+        let until = Instant::now() + Duration::from_millis(100);
         while let Ok(more) = found.recv_timeout(until.saturating_duration_since(Instant::now())) {
             candidates.push(more);
         }
