@@ -22,6 +22,7 @@ TOKEN=$(target/debug/nixflare token mint --key "$TOKEN_KEY" --subject local-dev 
 OPERATOR_TOKEN=$(target/debug/nixflare token mint --key "$TOKEN_KEY" --subject local-operator \
   --permissions read,write,delete,pin --expires-in 30d 2>/dev/null)
 printf 'machine %s login nixflare password %s\n' "$HOST" "$TOKEN" > .dev/netrc
+(umask 077; printf '%s\n' "$TOKEN" > .dev/token)
 chmod 600 .dev/netrc
 
 cat <<TXT
@@ -41,6 +42,12 @@ cat <<TXT
   Push a closure with the nixflare client (parallel, zstd, NARs of any size):
     $PWD/target/debug/nixflare push --cache $URL \\
       --key $PWD/$KEY --netrc-file $PWD/.dev/netrc /nix/store/...
+
+  Or save this cache once, then push with no flags, or push whatever Nix builds:
+    $PWD/target/debug/nixflare login local $URL --signing-key $PWD/$KEY \\
+      --token-file $PWD/.dev/token
+    $PWD/target/debug/nixflare push /nix/store/...
+    $PWD/target/debug/nixflare watch-store
 
   ...or with stock Nix:
     nix copy --option netrc-file $PWD/.dev/netrc \\

@@ -262,3 +262,18 @@ def test_login_saves_a_cache_that_commands_then_use_without_flags(
     run([str(CLI), "logout", "e2e"], env=env)
     none = run([str(CLI), "info"], env=env, check=False)
     assert none.returncode != 0 and "which cache?" in none.stderr
+
+
+def test_a_queue_others_may_write_is_refused(nix: Nix, worker: Worker, keys: Keys, tokens: Tokens, tmp_path):
+    """What is queued gets signed: only the queue's owner (and root) may add to it."""
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    queue.chmod(0o777)
+    env = dict(nix.env, NIXFLARE_TOKEN=tokens.mint(), OUT_PATHS="/nix/store/00000000000000000000000000000000-x")
+    watch = run([str(CLI), "watch", "--cache", worker.url, "--key", str(keys.secret_file), "--queue", str(queue),
+                 "--exit-when-empty"], env=env, check=False)
+    assert watch.returncode != 0 and "may be written by other users" in watch.stderr, watch.stderr
+    # The hook never fails a build: it warns, queues nothing, exits 0.
+    hook = run([str(CLI), "hook", "--queue", str(queue)], env=env)
+    assert "warning: the outputs were not queued" in hook.stderr
+    assert list(queue.iterdir()) == []
