@@ -83,9 +83,11 @@ def bench() -> Section:
         # 1. The hook itself, and a build with and without it.
         hook_env = dict(env, OUT_PATHS="/nix/store/00000000000000000000000000000000-a "
                                        "/nix/store/11111111111111111111111111111111-b")
+        queue.mkdir(mode=0o700)
         true_s = time_exec(["/bin/true"], hook_env, INVOCATIONS)
         hook_s = time_exec([str(hook)], hook_env, INVOCATIONS)
         shutil.rmtree(queue)
+        queue.mkdir(mode=0o700)
         plain_builds, hooked_builds = [], []
         for _ in range(BUILDS):
             for samples, with_hook in ((plain_builds, None), (hooked_builds, hook)):

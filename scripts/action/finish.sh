@@ -1,27 +1,38 @@
 #!/usr/bin/env bash
-# The action's post step: stop the background pusher, push what is still queued
-# (bounded by wait-timeout), print what was pushed, and remove the signing key.
+# The action's post step: stop the background pusher, put nix.conf back (hook mode),
+# push what is still queued (bounded by wait-timeout), print what was pushed, and
+# remove the signing key and the saved token.
 set -uo pipefail
+source "$(dirname "$0")/lib.sh"
 
 state="${RUNNER_TEMP:?}/nixflare"
 export NIXFLARE_CONFIG="$state/config.toml" NIXFLARE_QUEUE="$state/queue"
 timeout=${NIXFLARE_INPUT_WAIT_TIMEOUT:-600}
 [[ -d $state/install/bin ]] && export PATH="$state/install/bin:$PATH"
-trap 'rm -f "$state/signing-key.sec"' EXIT
+trap 'rm -f "$state/signing-key.sec" "$NIXFLARE_CONFIG"' EXIT
 
-if [[ -n "${STATE_pid:-}" ]] && kill -0 "$STATE_pid" 2>/dev/null; then
+if [[ -n "${STATE_nix_conf:-}" && -f "$state/nix.conf.orig" ]]; then
+  conf=$STATE_nix_conf
+  as_conf_writer cp "$state/nix.conf.orig" "$conf" && restart_nix_daemon
+fi
+
+pid=${STATE_pid:-}
+if [[ -z $pid ]]; then
+  echo "nixflare: the start step did not get as far as pushing; nothing to do"
+  exit 0
+fi
+if kill -0 "$pid" 2>/dev/null && [[ $(ps -p "$pid" -o comm= 2>/dev/null) == nixflare* ]]; then
   # watch-store queues a path a tenth of a second after Nix registers it: let the last
   # ones in, then stop it; whatever it was sending resumes below.
   sleep 1
-  kill "$STATE_pid"
-  for _ in $(seq 50); do kill -0 "$STATE_pid" 2>/dev/null || break; sleep 0.1; done
+  kill "$pid"
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 fi
 
-upstream=()
-for u in ${NIXFLARE_INPUT_UPSTREAM:-}; do upstream+=(--upstream "$u"); done
+upstream_args
 echo "::group::pushing what is still queued (at most ${timeout}s)"
-nixflare watch --queue "$NIXFLARE_QUEUE" --exit-when-empty --timeout "$timeout" "${upstream[@]}" 2>&1 \
-  | tee "$state/finish.log"
+nixflare watch --queue "$NIXFLARE_QUEUE" --exit-when-empty --timeout "$timeout" \
+  ${upstream[@]+"${upstream[@]}"} 2>&1 | tee "$state/finish.log"
 status=${PIPESTATUS[0]}
 echo "::endgroup::"
 

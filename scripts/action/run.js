@@ -12,7 +12,10 @@ function input(name) {
 }
 
 exports.run = function run(script) {
-  const env = { ...process.env, NIXFLARE_ACTION_ROOT: path.resolve(__dirname, "..", "..") };
+  // The raw INPUT_* variables (the token and the signing key among them) are not
+  // passed on: the script hands secrets only to the commands that need them.
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("INPUT_")));
+  env.NIXFLARE_ACTION_ROOT = path.resolve(__dirname, "..", "..");
   for (const name of INPUTS) {
     env[`NIXFLARE_INPUT_${name.replace(/-/g, "_").toUpperCase()}`] = input(name);
   }

@@ -9,10 +9,16 @@ set -euo pipefail
 
 : "${RUNNER_TEMP:?not on a GitHub runner: RUNNER_TEMP is unset}"
 : "${GITHUB_ENV:?GITHUB_ENV is unset}" "${GITHUB_STATE:?GITHUB_STATE is unset}"
+source "$(dirname "$0")/lib.sh"
 url=${NIXFLARE_INPUT_CACHE_URL:?the cache-url input is required}
 mode=${NIXFLARE_INPUT_MODE:-watch-store}
-[[ -n "${NIXFLARE_INPUT_TOKEN:-}" ]] || { echo "::error::the token input is empty (a write token, from a secret)"; exit 1; }
-[[ -n "${NIXFLARE_INPUT_SIGNING_KEY:-}" ]] || { echo "::error::the signing-key input is empty (the narinfo signing key, from a secret)"; exit 1; }
+# The secrets move into unexported variables: no child process (cargo's build
+# scripts, the background watcher) inherits them.
+token=${NIXFLARE_INPUT_TOKEN:-}
+signing_key=${NIXFLARE_INPUT_SIGNING_KEY:-}
+unset NIXFLARE_INPUT_TOKEN NIXFLARE_INPUT_SIGNING_KEY
+[[ -n "$token" ]] || { echo "::error::the token input is empty (a write token, from a secret)"; exit 1; }
+[[ -n "$signing_key" ]] || { echo "::error::the signing-key input is empty (the narinfo signing key, from a secret)"; exit 1; }
 case "$mode" in watch-store|hook) ;; *) echo "::error::mode must be watch-store or hook, not '$mode'"; exit 1 ;; esac
 
 state="$RUNNER_TEMP/nixflare"
@@ -30,36 +36,42 @@ fi
 nixflare_bin=$(command -v nixflare)
 
 key="$state/signing-key.sec"
-printf '%s' "$NIXFLARE_INPUT_SIGNING_KEY" >"$key"
+printf '%s' "$signing_key" >"$key"
 export NIXFLARE_CONFIG="$state/config.toml" NIXFLARE_QUEUE="$state/queue"
 # Later steps of the job may run nixflare with the same settings (`nixflare push`, `pin`).
 { echo "NIXFLARE_CONFIG=$NIXFLARE_CONFIG"; echo "NIXFLARE_QUEUE=$NIXFLARE_QUEUE"; } >>"$GITHUB_ENV"
-printf '%s' "$NIXFLARE_INPUT_TOKEN" | nixflare login ci "$url" --signing-key "$key" --default
-
-upstream=()
-for u in ${NIXFLARE_INPUT_UPSTREAM:-}; do upstream+=(--upstream "$u"); done
+printf '%s' "$token" | nixflare login ci "$url" --signing-key "$key" --default
+unset token signing_key
+upstream_args
 
 if [[ $mode == hook ]]; then
   conf=${NIXFLARE_ACTION_NIX_CONF:-/etc/nix/nix.conf}
+  if grep -Eq '^[[:space:]]*(extra-)?post-build-hook[[:space:]]*=' "$conf" 2>/dev/null; then
+    echo "::error::$conf already sets a post-build-hook: use mode watch-store, or remove it"
+    exit 1
+  fi
   hook="$state/post-build-hook"
-  # The daemon (root) runs the hook; it may write into our queue, we read and delete.
+  # The daemon (root) runs the hook; it adds entries to our queue, which `watch`
+  # (started below) creates; we read and delete them.
   printf '#!/bin/sh\nexec %q hook --queue %q\n' "$nixflare_bin" "$NIXFLARE_QUEUE" >"$hook"
   chmod 755 "$hook"
-  sudo_if_needed() { if [[ -w "$conf" ]]; then "$@"; else sudo "$@"; fi; }
-  echo "post-build-hook = $hook" | sudo_if_needed tee -a "$conf" >/dev/null
-  if [[ $conf == /etc/nix/nix.conf ]] && command -v systemctl >/dev/null \
-      && systemctl list-unit-files nix-daemon.service >/dev/null 2>&1; then
-    sudo systemctl restart nix-daemon
-  fi
+  # finish.sh puts the original back: a hook left behind would outlive RUNNER_TEMP
+  # and stop every later build on a reused (self-hosted) runner.
+  cp "$conf" "$state/nix.conf.orig"
+  echo "nix_conf=$conf" >>"$GITHUB_STATE"
+  printf '\npost-build-hook = %s\n' "$hook" | as_conf_writer tee -a "$conf" >/dev/null
+  restart_nix_daemon
   command=(watch)
 else
   command=(watch-store)
 fi
 
-# Its own session: the step's end does not take it down; the runner's orphan
-# cleanup at the end of the job does, after finish.sh.
-setsid nohup nixflare "${command[@]}" --queue "$NIXFLARE_QUEUE" "${upstream[@]}" \
-  >"$state/watch.log" 2>&1 </dev/null &
+# Its own session: the step's end does not take it down; finish.sh (or the runner's
+# orphan cleanup at the end of the job) does.
+detach=()
+command -v setsid >/dev/null && detach=(setsid)   # not on macOS; nohup still holds
+${detach[@]+"${detach[@]}"} nohup nixflare "${command[@]}" --queue "$NIXFLARE_QUEUE" \
+  ${upstream[@]+"${upstream[@]}"} >"$state/watch.log" 2>&1 </dev/null &
 pid=$!
 echo "pid=$pid" >>"$GITHUB_STATE"
 # Ready when it says so (or fail now, with its reason, rather than at the end).

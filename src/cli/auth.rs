@@ -16,7 +16,8 @@ pub struct TokenSources<'a> {
     pub netrc: Option<&'a Path>,
 }
 
-/// The first token found, in the order above.
+/// The first token found, in the order above (a `--netrc-file` given on the command
+/// line comes before the saved token).
 pub fn find_token(sources: TokenSources<'_>, cache_url: &str) -> Result<String> {
     if let Some(token) = sources.explicit {
         return Ok(token.trim().to_owned());
@@ -24,11 +25,13 @@ pub fn find_token(sources: TokenSources<'_>, cache_url: &str) -> Result<String> 
     if let Some(file) = sources.file {
         return read_token_file(file);
     }
-    if let Some(token) = sources.saved {
-        return Ok(token.to_owned());
-    }
+    // A netrc file named on the command line is more specific than the saved token;
+    // the default netrc files are less.
     let netrc = sources.netrc;
     let host = host_of(cache_url)?;
+    if let (Some(token), None) = (sources.saved, netrc) {
+        return Ok(token.to_owned());
+    }
     let candidates: Vec<PathBuf> = match netrc {
         Some(path) => vec![path.to_owned()],
         None => default_netrc_files(),
@@ -39,6 +42,9 @@ pub fn find_token(sources: TokenSources<'_>, cache_url: &str) -> Result<String> 
                 return Ok(password);
             }
         }
+    }
+    if let Some(token) = sources.saved {
+        return Ok(token.to_owned());
     }
     bail!(
         "no upload token for {host}: pass --token-file FILE, set NIXFLARE_TOKEN, save one \

@@ -39,7 +39,7 @@ pub fn run(args: HookArgs) -> anyhow::Result<()> {
         if paths.is_empty() {
             return Ok(0);
         }
-        Queue::open(&dir)?.append(&paths)?;
+        Queue::open_existing(&dir)?.append(&paths)?;
         Ok(paths.len())
     })();
     if let Err(err) = outcome {

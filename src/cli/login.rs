@@ -143,12 +143,24 @@ pub fn logout(name: &str) -> Result<()> {
 
 fn read_token_stdin() -> Result<String> {
     let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        eprint!("upload token (from `nixflare token mint`): ");
-    }
     let mut text = String::new();
     if stdin.is_terminal() {
-        stdin.read_line(&mut text).context("reading the token")?;
+        eprint!("upload token (from `nixflare token mint`; not shown): ");
+        // The terminal's echo off while the token is typed (stty: no crate for one call).
+        let echo = |setting: &str| {
+            std::process::Command::new("stty")
+                .arg(setting)
+                .stdin(std::process::Stdio::inherit())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let hidden = echo("-echo");
+        let read = stdin.read_line(&mut text);
+        if hidden {
+            echo("echo");
+        }
+        eprintln!();
+        read.context("reading the token")?;
     } else {
         stdin
             .lock()

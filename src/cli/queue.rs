@@ -41,7 +41,18 @@ pub fn default_dir() -> Result<PathBuf> {
 }
 
 pub struct Queue {
+    /// As given, for messages.
     dir: PathBuf,
+    /// The directory opened once (its last component not a link); kept open so that
+    /// `anchor` stays valid.
+    _handle: File,
+    /// Where files are made: `/proc/self/fd/N` on Linux, so every later operation
+    /// happens in the directory that was checked, even if a path component is swapped
+    /// for a link meanwhile (the hook may run as root in a user's directory); the
+    /// path elsewhere.
+    anchor: PathBuf,
+    /// The directory's owner, who gets the entries root's hook makes.
+    owner: (u32, u32),
 }
 
 /// One queued entry.
@@ -63,10 +74,29 @@ pub struct DrainLock {
 static SEQUENCE: AtomicU32 = AtomicU32::new(0);
 
 impl Queue {
-    /// The queue at `dir`, created (0700, with its parents) if missing.
+    /// The watcher's side: the queue at `dir`, created (0700, with its parents) if
+    /// missing; it must be ours and closed to others.
     pub fn open(dir: &Path) -> Result<Queue> {
-        let context = || format!("the queue {}", dir.display());
         let meta = super::dirs::create_private(dir, "the queue")?;
+        super::dirs::check_owned(dir, &meta, "the queue", "choose --queue")?;
+        Queue::open_existing(dir)
+    }
+
+    /// The hook's side: an existing queue only (made by its watcher, so owned by it),
+    /// opened without following a link and checked through the open handle.
+    pub fn open_existing(dir: &Path) -> Result<Queue> {
+        let context = || format!("the queue {}", dir.display());
+        let handle = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(dir)
+            .with_context(|| {
+                format!(
+                    "opening {} (a directory, not a link; `nixflare watch` makes it)",
+                    context()
+                )
+            })?;
+        let meta = handle.metadata().with_context(context)?;
         if meta.mode() & 0o022 != 0 {
             bail!(
                 "{} may be written by other users (mode {:o}), and what is queued gets signed: run chmod 700 on it",
@@ -74,8 +104,20 @@ impl Queue {
                 meta.mode() & 0o777
             );
         }
+        let anchor = {
+            use std::os::fd::AsRawFd as _;
+            let fd = PathBuf::from(format!("/proc/self/fd/{}", handle.as_raw_fd()));
+            if fd.is_dir() {
+                fd
+            } else {
+                dir.to_owned()
+            }
+        };
         Ok(Queue {
             dir: dir.to_owned(),
+            _handle: handle,
+            anchor,
+            owner: (meta.uid(), meta.gid()),
         })
     }
 
@@ -101,7 +143,7 @@ impl Queue {
         let pid = std::process::id();
         let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
         let name = format!("{now:020}-{pid}-{n}.paths");
-        let temporary = self.dir.join(format!(".new-{name}"));
+        let temporary = self.anchor.join(format!(".new-{name}"));
         let mut text = paths.join("\n");
         text.push('\n');
         let write = || -> io::Result<()> {
@@ -111,10 +153,14 @@ impl Queue {
                 .mode(0o644)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&temporary)?;
+            // Root's hook gives the entry to the queue's owner, who deletes it later.
+            if file.metadata()?.uid() != self.owner.0 {
+                std::os::unix::fs::fchown(&file, Some(self.owner.0), Some(self.owner.1))?;
+            }
             file.write_all(text.as_bytes())?;
             file.sync_all()?;
-            fs::rename(&temporary, self.dir.join(&name))?;
-            File::open(&self.dir)?.sync_all()
+            fs::rename(&temporary, self.anchor.join(&name))?;
+            File::open(&self.anchor)?.sync_all()
         };
         write().with_context(|| format!("adding an entry to {}", self.dir.display()))
     }
@@ -123,8 +169,8 @@ impl Queue {
     /// a killed writer left behind for more than an hour is removed.
     pub fn entries(&self) -> Result<Vec<Entry>> {
         let mut entries = Vec::new();
-        let listing =
-            fs::read_dir(&self.dir).with_context(|| format!("listing {}", self.dir.display()))?;
+        let listing = fs::read_dir(&self.anchor)
+            .with_context(|| format!("listing {}", self.dir.display()))?;
         for item in listing {
             let item = item.with_context(|| format!("listing {}", self.dir.display()))?;
             let name = item.file_name().to_string_lossy().into_owned();
@@ -147,8 +193,14 @@ impl Queue {
                 Ok(text) => text,
                 // Drained by another process meanwhile.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                // One bad file must not stop the watcher: it stays for a human to see.
                 Err(e) => {
-                    return Err(e).with_context(|| format!("reading {}", item.path().display()))
+                    eprintln!(
+                        "nixflare: skipping queue entry {} in {}: {e}",
+                        name,
+                        self.dir.display()
+                    );
+                    continue;
                 }
             };
             let paths = text
@@ -165,20 +217,20 @@ impl Queue {
 
     /// Deletes a pushed entry, durably.
     pub fn remove(&self, entry: &Entry) -> Result<()> {
-        match fs::remove_file(self.dir.join(&entry.name)) {
+        match fs::remove_file(self.anchor.join(&entry.name)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 return Err(e).with_context(|| format!("removing queue entry {}", entry.name))
             }
             _ => {}
         }
-        File::open(&self.dir)
+        File::open(&self.anchor)
             .and_then(|d| d.sync_all())
             .with_context(|| format!("syncing {}", self.dir.display()))
     }
 
     /// The right to drain: `None` if another process holds it.
     pub fn try_lock(&self) -> Result<Option<DrainLock>> {
-        let path = self.dir.join(".drain.lock");
+        let path = self.anchor.join(".drain.lock");
         let file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -238,6 +290,27 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
         assert!(Queue::open(&dir).is_err());
+        assert!(Queue::open_existing(&dir).is_err());
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_hooks_side_neither_creates_nor_follows_a_link() {
+        let base = std::env::temp_dir().join(format!("nixflare-queue-link-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        fs::create_dir_all(&base).unwrap();
+        let missing = base.join("queue");
+        assert!(Queue::open_existing(&missing).is_err());
+        assert!(!missing.exists());
+        let elsewhere = base.join("elsewhere");
+        Queue::open(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &missing).unwrap();
+        let refused = Queue::open_existing(&missing).err().unwrap();
+        assert!(format!("{refused:#}").contains("not a link"), "{refused:#}");
+        // Entries written through the checked handle land in the checked directory.
+        let queue = Queue::open_existing(&elsewhere).unwrap();
+        queue.append(&["/nix/store/a-x"]).unwrap();
+        assert_eq!(queue.entries().unwrap().len(), 1);
+        fs::remove_dir_all(&base).unwrap();
     }
 }

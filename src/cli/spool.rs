@@ -41,18 +41,7 @@ impl Spool {
                 meta.mode() & 0o777
             );
         }
-        // A file takes its creator's uid: the directory must have the same owner.
-        let probe = dir.join(format!(".owner-{}", std::process::id()));
-        let _ = fs::remove_file(&probe);
-        let owner = create_new(&probe).and_then(|file| file.metadata());
-        let _ = fs::remove_file(&probe);
-        if owner.with_context(context)?.uid() != meta.uid() {
-            bail!(
-                "{} belongs to another user (uid {}): choose --spool-dir",
-                context(),
-                meta.uid()
-            );
-        }
+        super::dirs::check_owned(dir, &meta, "the spool", "choose --spool-dir")?;
         Ok(Spool {
             dir: dir.to_owned(),
         })

@@ -6,10 +6,11 @@
 //! - a kill at any moment loses nothing: the entries are still there, and the next
 //!   run asks the cache what it lacks before sending anything, while the spool
 //!   remembers the parts of a big NAR already sent;
-//! - while the cache is down or refusing us (transport errors, 401/403/408/429/5xx,
-//!   a failed preflight), every entry waits: backoff from 1 s doubling to 60 s;
-//! - an entry that fails for a reason of its own (a path the cache refuses) waits
-//!   alone, with its own backoff, and no longer holds up the others;
+//! - while the cache is down or refusing us (push's preflight fails: unreachable,
+//!   token refused, key not trusted), every entry waits: backoff from 1 s doubling to
+//!   60 s;
+//! - after any other failure the batch's entries each wait alone, with their own
+//!   backoff, so a path the cache refuses holds up nothing else;
 //! - paths no longer valid in the local store (collected since) are dropped with a
 //!   warning: nothing could push them.
 //!
@@ -25,12 +26,11 @@ use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use notify::Watcher as _;
 
-use super::client::HttpError;
 use super::nix_tool;
 use super::push::{self, PushOptions, PushReport};
 use super::queue::{self, DrainLock, Entry, Queue};
 use super::{PushFlags, Remote};
-use crate::core::nix::store_path::StorePathBaseName;
+use crate::core::nix::store_path::StorePathHash;
 
 #[derive(Args)]
 pub struct WatchArgs {
@@ -60,9 +60,10 @@ pub fn run(args: WatchArgs) -> Result<()> {
     let wake = subscribe(&queue)?;
     let mut pusher = |options: PushOptions| push::run(options);
     let mut drainer = Drainer::new(&queue, options, args.batch_paths.max(1), &mut pusher);
+    // A timeout too large to represent is no timeout.
     let deadline = args
         .timeout
-        .map(|seconds| Instant::now() + Duration::from_secs(seconds));
+        .and_then(|seconds| Instant::now().checked_add(Duration::from_secs(seconds)));
     eprintln!("watching {} for paths to push", queue.dir().display());
     drainer.drain(&wake.events, args.exit_when_empty, deadline)
 }
@@ -91,8 +92,26 @@ pub struct Subscription {
 
 pub fn subscribe(queue: &Queue) -> Result<Subscription> {
     let (tx, events) = mpsc::channel();
-    let mut watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
-        let _ = tx.send(());
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Only a new entry wakes the drainer: its own listing opens the directory, and
+        // waking on that (inotify's IN_OPEN) would spin. An error may mean lost events:
+        // wake then too, to list again.
+        let new_entry = match &event {
+            Ok(event) => {
+                matches!(
+                    event.kind,
+                    notify::EventKind::Create(_)
+                        | notify::EventKind::Modify(notify::event::ModifyKind::Name(_))
+                ) && event
+                    .paths
+                    .iter()
+                    .any(|p| p.extension().is_some_and(|e| e == "paths"))
+            }
+            Err(_) => true,
+        };
+        if new_entry {
+            let _ = tx.send(());
+        }
     })
     .context("watching the queue")?;
     watcher
@@ -189,6 +208,8 @@ impl<'a> Drainer<'a> {
                     .min()
                     .unwrap_or(now + Duration::from_secs(30));
                 let _ = wake.recv_timeout(until.saturating_duration_since(now));
+                // One listing answers every wake-up so far.
+                while wake.try_recv().is_ok() {}
                 continue;
             }
             match self.push_batch(&batch) {
@@ -317,14 +338,12 @@ fn describe(batch: &[Entry]) -> String {
     }
 }
 
-/// True if `err` says the cache is down or refusing us, not that a path is bad.
+/// True if `err` says the cache is down or refusing us, not that a path is bad: the
+/// checks before any work failed (unreachable, token refused, key not trusted). A
+/// failure later, even a 5xx, may be one path's doing, so it isolates the batch's
+/// entries instead: were the cache down, their next preflight says so.
 fn cache_level(err: &anyhow::Error) -> bool {
-    err.chain().any(|cause| {
-        if let Some(http) = cause.downcast_ref::<HttpError>() {
-            return matches!(http.status, 401 | 403 | 408 | 429 | 500..=599);
-        }
-        cause.is::<ureq::Error>()
-    }) || err.downcast_ref::<push::Preflight>().is_some()
+    err.downcast_ref::<push::Preflight>().is_some()
 }
 
 /// The paths of `paths` that can never be pushed: not store paths at all, or no
@@ -352,22 +371,27 @@ fn outputs_of(derivations: &[String]) -> Result<Vec<String>> {
         .collect())
 }
 
-/// `/<store dir>/<hash>-<name>`, as far as can be told without knowing the store dir.
+/// `/<store dir>/<32 nix32 characters>-<name>`, as far as can be told without knowing
+/// the store dir. The name is Nix's business (its rules have changed): a path that
+/// looks like a store path is asked about, never dropped on our own judgement.
 fn well_formed(path: &str) -> bool {
     let path = std::path::Path::new(path);
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
     path.is_absolute()
         && path
             .parent()
             .is_some_and(|dir| dir != std::path::Path::new("/"))
-        && path
-            .file_name()
-            .and_then(|name| name.to_str())
-            .is_some_and(|name| name.parse::<StorePathBaseName>().is_ok())
+        && name.len() > 33
+        && name.as_bytes()[32] == b'-'
+        && name[..32].parse::<StorePathHash>().is_ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::client::HttpError;
     use crate::core::http::Method;
 
     const KEY: &str = "test-1:tXPUeHfVCPFDNdxXYtkOyQAJi0Cx6Irm0YuTzpGNciuVkrxO90WjrIQ6nUPvJCR4vDGuyEM8XWLAMnqk1fXEcQ==";
@@ -445,7 +469,7 @@ mod tests {
         let mut push = |options: PushOptions| {
             calls.push(options.paths.clone());
             if calls.len() <= 3 {
-                return Err(down().context("sending"));
+                return Err(down().context(push::Preflight));
             }
             Ok(PushReport {
                 pushed: options.paths.len(),
@@ -462,6 +486,24 @@ mod tests {
         assert!(all[..3].iter().all(|c| *c == all[0]));
         assert_eq!(all.last().unwrap(), &&vec!["/s/d-out".to_owned()]);
         assert!(!calls.iter().flatten().any(|p| p.contains("gone")));
+    }
+
+    #[test]
+    fn store_paths_are_told_by_their_hash_part() {
+        assert!(well_formed("/nix/store/00000000000000000000000000000000-x"));
+        // A name Nix may accept and our parser does not is still Nix's to judge.
+        assert!(well_formed(
+            "/nix/store/00000000000000000000000000000000-.hidden"
+        ));
+        for bad in [
+            "relative",
+            "/nix/store/short-x",
+            "/00000000000000000000000000000000-x",
+            "/nix/store/0000000000000000000000000000000e-x",
+            "/nix/store/00000000000000000000000000000000x",
+        ] {
+            assert!(!well_formed(bad), "{bad}");
+        }
     }
 
     #[test]

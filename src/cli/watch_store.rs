@@ -80,7 +80,22 @@ pub fn run(args: WatchStoreArgs) -> Result<()> {
 
     let (found_tx, found_rx) = mpsc::channel::<PathBuf>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
+        let event = match event {
+            Ok(event) => event,
+            // E.g. the kernel's event queue overflowed: paths registered meanwhile
+            // were not seen. Say so loudly; they can be pushed by hand.
+            Err(err) => {
+                eprintln!(
+                    "nixflare watch-store: warning: store events may have been lost ({err}): push what was built just now with `nixflare push`"
+                );
+                return;
+            }
+        };
+        if event.need_rescan() {
+            eprintln!(
+                "nixflare watch-store: warning: the kernel dropped store events: push what was built just now with `nixflare push`"
+            );
+        }
         if !matches!(event.kind, notify::EventKind::Remove(_)) {
             return;
         }
@@ -158,7 +173,17 @@ fn collect(
                     eprintln!("nixflare watch-store: {err:#}");
                 }
             }
-            Err(err) => eprintln!("nixflare watch-store: checking new paths: {err:#}"),
+            // Queued unchecked rather than lost: the drainer asks Nix again, and the
+            // push skips what the cache's upstreams serve.
+            Err(err) => {
+                eprintln!(
+                    "nixflare watch-store: checking new paths: {err:#}; queueing them unchecked"
+                );
+                let paths: Vec<&str> = candidates.iter().map(String::as_str).collect();
+                if let Err(err) = queue.append(&paths) {
+                    eprintln!("nixflare watch-store: {err:#}");
+                }
+            }
         }
     }
 }

@@ -75,13 +75,18 @@ def test_the_action_pushes_what_the_job_builds(
         # The job's build steps.
         built = build_closure(Nix(dict(job_nix.env, **exported)), salt=f"-action-{mode}-{os.urandom(4).hex()}")
 
-        post = run(["node", "scripts/action/post.js"], env=dict(env, STATE_pid=str(pid)), cwd=REPO)
+        # The runner hands the post step every GITHUB_STATE line as STATE_<name>.
+        saved = {f"STATE_{k}": v for k, v in lines_of(tmp_path / "github_state").items()}
+        post = run(["node", "scripts/action/post.js"], env=dict(env, **saved), cwd=REPO)
         assert "the queue is empty" in post.stdout, post.stdout
         assert "what this job pushed:" in post.stdout and "closure of" in post.stdout, post.stdout
         for path in built.paths:
             assert narinfo_of(worker, path) is not None, f"{path} not pushed:\n{post.stdout}"
         assert not alive(pid)
-        assert not key_file.exists()
+        assert not key_file.exists() and not Path(exported["NIXFLARE_CONFIG"]).exists()
+        if mode == "hook":
+            # Put back: a hook left in nix.conf would outlive RUNNER_TEMP.
+            assert (conf_dir / "nix.conf").read_text() == (NIX_CONF_DIR / "nix.conf").read_text()
         assert "### nixflare" in (tmp_path / "github_step_summary").read_text()
         secret = keys.secret_file.read_text().split(":", 1)[1]
         for output in (main.stdout, main.stderr, post.stdout, post.stderr):
@@ -98,3 +103,16 @@ def test_the_action_fails_at_once_without_a_token(nix: Nix, worker: Worker, keys
     assert main.returncode != 0
     assert "::error::the token input is empty" in main.stdout
     assert (tmp_path / "github_state").read_text() == ""
+
+
+def test_the_action_will_not_replace_a_post_build_hook(nix: Nix, worker: Worker, keys: Keys, tokens: Tokens,
+                                                       tmp_path):
+    conf = tmp_path / "nix.conf"
+    conf.write_text("post-build-hook = /usr/local/bin/upload-to-cachix\n")
+    env = runner_env(nix, tmp_path, {"cache-url": worker.url, "token": tokens.mint(),
+                                     "signing-key": keys.secret_file.read_text(), "mode": "hook"})
+    env["NIXFLARE_ACTION_NIX_CONF"] = str(conf)
+    main = run(["node", "scripts/action/main.js"], env=env, cwd=REPO, check=False)
+    assert main.returncode != 0 and "already sets a post-build-hook" in main.stdout, main.stdout
+    assert conf.read_text() == "post-build-hook = /usr/local/bin/upload-to-cachix\n"
+    assert "pid=" not in (tmp_path / "github_state").read_text()

@@ -85,6 +85,8 @@ def test_hook_queues_while_the_cache_is_down_then_watch_pushes_it_all(
     proxy = RecordingProxy(worker)
     proxy.down = True
     queue = tmp_path / "queue"
+    # Made by its watcher's user, as the README says (the hook never creates it).
+    queue.mkdir(mode=0o700)
     hook = hook_script(tmp_path, queue)
     watcher = None
     try:
@@ -138,6 +140,9 @@ def test_watch_killed_at_any_point_loses_nothing_and_resends_nothing(
     hashes = nar_hashes(nix, None, top)
     queue = tmp_path / "queue"
     env = dict(nix.env, NIXFLARE_TOKEN=tokens.mint(), OUT_PATHS=top)
+    hook = run([str(CLI), "hook", "--queue", str(queue)], env=env)
+    assert "not queued" in hook.stderr and not queue.exists(), "the hook made the queue"
+    queue.mkdir(mode=0o700)
     run([str(CLI), "hook", "--queue", str(queue)], env=env)
     assert len(entries(queue)) == 1
     proxy = RecordingProxy(worker)
