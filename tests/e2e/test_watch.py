@@ -282,3 +282,21 @@ def test_a_queue_others_may_write_is_refused(nix: Nix, worker: Worker, keys: Key
     hook = run([str(CLI), "hook", "--queue", str(queue)], env=env)
     assert "warning: the outputs were not queued" in hook.stderr
     assert list(queue.iterdir()) == []
+
+
+def test_roots_hook_writes_only_into_a_real_queue_and_gives_entries_to_its_owner(nix: Nix, tmp_path):
+    """On a multi-user install the hook runs as root, the watcher as a user."""
+    assert os.geteuid() == 0, "the e2e tests run as root (scripts/setup.sh installs with apt-get)"
+    nobody = 65534
+    queue = tmp_path / "queue"
+    queue.mkdir(mode=0o700)
+    os.chown(queue, nobody, nobody)
+    env = dict(nix.env, OUT_PATHS="/nix/store/00000000000000000000000000000000-x")
+    run([str(CLI), "hook", "--queue", str(queue)], env=env)
+    [entry] = entries(queue)
+    assert (entry.stat().st_uid, entry.stat().st_gid, entry.stat().st_mode & 0o777) == (nobody, nobody, 0o644)
+    # A link where the queue should be is not followed (its owner could point it anywhere).
+    link = tmp_path / "link"
+    link.symlink_to(queue)
+    refused = run([str(CLI), "hook", "--queue", str(link)], env=env)
+    assert "not a link" in refused.stderr and len(entries(queue)) == 1
