@@ -15,6 +15,7 @@ from pathlib import Path
 import retention
 import index
 import push
+import wan
 import watch
 import worker_vs_baseline
 from common import REPO
@@ -35,7 +36,7 @@ def machine() -> str:
 
 
 BENCHES = {"worker": worker_vs_baseline.bench, "push": push.bench, "index": index.bench, "gc": retention.bench,
-           "watch": watch.bench}
+           "watch": watch.bench, "wan": wan.bench}
 
 
 def main() -> int:
