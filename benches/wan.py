@@ -268,7 +268,7 @@ def bench() -> Section:
         shutil.rmtree(work, ignore_errors=True)
     body = "\n".join([
         "Closures of random (incompressible) bytes: 300 paths of 40–200 KiB plus 4 of 4 MiB, and 2,000 "
-        "paths of 40–200 KiB, each path referring to two others; pushed into an empty cache (local "
+        "paths of 40–200 KiB, path i referring to paths i-1 and i/2 (a chain as deep as the closure: publishing one narinfo at a time, each only after its references, is then serial, the case batch publishing is for); pushed into an empty cache (local "
         "`wrangler dev`) through a userspace proxy adding the round-trip time and a shared rate each "
         "way, and answering `Expect: 100-continue` one round trip away as Cloudflare's edge does.",
         "",
