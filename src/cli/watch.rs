@@ -15,7 +15,7 @@
 //!   warning: nothing could push them.
 //!
 //! One drainer per queue (an flock); `--exit-when-empty` makes the end-of-job drain of
-//! CI, bounded by `--timeout`.
+//! CI, bounded by `--timeout`, and waits for a watcher that is still stopping.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -54,34 +54,48 @@ pub struct WatchArgs {
 }
 
 pub fn run(args: WatchArgs) -> Result<()> {
-    let (queue, _lock) = open_to_drain(args.queue.as_deref())?;
+    // A timeout too large to represent is no timeout.
+    let deadline = args
+        .timeout
+        .and_then(|seconds| Instant::now().checked_add(Duration::from_secs(seconds)));
+    // The end-of-job drain waits for a watcher that is still stopping.
+    let wait = args.exit_when_empty.then_some(deadline);
+    let (queue, _lock) = open_to_drain(args.queue.as_deref(), wait)?;
     // Settings, token and key are checked once, before waiting for anything.
     let options = args.flags.options(&args.remote, Vec::new())?;
     let wake = subscribe(&queue)?;
     let mut pusher = |options: PushOptions| push::run(options);
     let mut drainer = Drainer::new(&queue, options, args.batch_paths.max(1), &mut pusher);
-    // A timeout too large to represent is no timeout.
-    let deadline = args
-        .timeout
-        .and_then(|seconds| Instant::now().checked_add(Duration::from_secs(seconds)));
     eprintln!("watching {} for paths to push", queue.dir().display());
     drainer.drain(&wake.events, args.exit_when_empty, deadline)
 }
 
-/// The queue at `dir` (or the default), and the right to drain it.
-pub fn open_to_drain(dir: Option<&std::path::Path>) -> Result<(Queue, DrainLock)> {
+/// The queue at `dir` (or the default), and the right to drain it. With `wait`, a
+/// drainer still stopping (a watcher just killed) is waited for, until the deadline if
+/// any.
+pub fn open_to_drain(
+    dir: Option<&std::path::Path>,
+    wait: Option<Option<Instant>>,
+) -> Result<(Queue, DrainLock)> {
     let dir = match dir {
         Some(dir) => dir.to_owned(),
         None => queue::default_dir()?,
     };
     let queue = Queue::open(&dir)?;
-    let Some(lock) = queue.try_lock()? else {
-        bail!(
-            "another `nixflare watch` is draining {} (one drainer per queue)",
-            dir.display()
-        );
-    };
-    Ok((queue, lock))
+    loop {
+        if let Some(lock) = queue.try_lock()? {
+            return Ok((queue, lock));
+        }
+        match wait {
+            Some(deadline) if deadline.is_none_or(|d| Instant::now() < d) => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            _ => bail!(
+                "another `nixflare watch` is draining {} (one drainer per queue)",
+                dir.display()
+            ),
+        }
+    }
 }
 
 /// Wakes the drainer when the queue changes; held for as long as it watches.

@@ -58,7 +58,7 @@ pub struct WatchStoreArgs {
 }
 
 pub fn run(args: WatchStoreArgs) -> Result<()> {
-    let (queue, _lock) = open_to_drain(args.queue.as_deref())?;
+    let (queue, _lock) = open_to_drain(args.queue.as_deref(), None)?;
     let options = args.flags.options(&args.remote, Vec::new())?;
     let store_dir = args
         .store_dir

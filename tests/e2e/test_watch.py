@@ -5,6 +5,7 @@ down and SIGKILLs, and `watch-store` for users who cannot set a hook."""
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import threading
@@ -300,3 +301,27 @@ def test_roots_hook_writes_only_into_a_real_queue_and_gives_entries_to_its_owner
     link.symlink_to(queue)
     refused = run([str(CLI), "hook", "--queue", str(link)], env=env)
     assert "not a link" in refused.stderr and len(entries(queue)) == 1
+
+
+def test_the_readmes_shell_snippet_pushes_what_the_job_builds(
+        nix: Nix, worker: Worker, keys: Keys, tokens: Tokens, tmp_path):
+    """The README's "any other shell" steps, run as written: only the URL, the key's path
+    and the build command are this test's."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    snippet = readme.split("Any other shell, the same steps", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    salt = "-snippet-" + os.urandom(6).hex()
+    build = f"nix-build --no-out-link -E {shlex.quote(CLOSURE_EXPR)} --argstr salt {salt}"
+    script = (snippet.replace("https://cache.example.org", worker.url)
+              .replace("./signing-key.sec", str(keys.secret_file))
+              .replace("nix build .#default", build))
+    assert script != snippet and build in script
+    env = dict(nix.env, TOKEN=tokens.mint(), NIXFLARE_CONFIG=str(tmp_path / "config.toml"),
+               NIXFLARE_QUEUE=str(tmp_path / "queue"), XDG_CACHE_HOME=str(tmp_path / "cache"),
+               PATH=f"{CLI.parent}:{os.environ['PATH']}")
+    done = run(["bash", "-euo", "pipefail", "-c", script], env=env, cwd=tmp_path)
+    assert "the queue is empty" in done.stderr, done.stderr
+    top = next(line for line in done.stdout.splitlines() if line.startswith("/nix/store/"))
+    hashes = nar_hashes(nix, None, top)
+    assert len(hashes) == 3
+    for path in hashes:
+        assert narinfo_of(worker, path) is not None, f"{path} not pushed:\n{done.stderr}"
