@@ -137,7 +137,7 @@ pub fn subscribe(queue: &Queue) -> Result<Subscription> {
     })
 }
 
-/// When an entry may be tried again, and whether it must go alone.
+/// When an entry that failed on its own may be tried again (it then goes alone).
 struct Wait {
     until: Instant,
     failures: u32,
