@@ -135,6 +135,35 @@ mod tests {
     }
 
     #[test]
+    fn a_netrc_file_named_on_the_command_line_comes_before_the_saved_token() {
+        let dir = std::env::temp_dir().join(format!("nixflare-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let netrc = dir.join("netrc");
+        std::fs::write(&netrc, "machine cache.example.org password from-netrc\n").unwrap();
+        let url = "https://cache.example.org";
+        let sources = |netrc| TokenSources {
+            explicit: None,
+            file: None,
+            saved: Some("saved"),
+            netrc,
+        };
+        assert_eq!(
+            find_token(sources(Some(&netrc)), url).unwrap(),
+            "from-netrc"
+        );
+        assert_eq!(find_token(sources(None), url).unwrap(), "saved");
+        // A named netrc without the host falls back to the saved token.
+        let other = find_token(sources(Some(&netrc)), "https://elsewhere.example.org");
+        assert_eq!(other.unwrap(), "saved");
+        let explicit = TokenSources {
+            explicit: Some("flag"),
+            ..sources(Some(&netrc))
+        };
+        assert_eq!(find_token(explicit, url).unwrap(), "flag");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn netrc_lookup() {
         let text = "machine other password nope\nmachine 127.0.0.1 login nix password tok1\ndefault login x password fallback\n";
         assert_eq!(netrc_password(text, "127.0.0.1").as_deref(), Some("tok1"));

@@ -40,17 +40,11 @@ pub fn create_private(dir: &Path, what: &str) -> Result<Metadata> {
 /// Checks that `dir` (whose metadata is `meta`) belongs to the user running this: a
 /// file made in it takes our uid, which must be the directory's.
 pub fn check_owned(dir: &Path, meta: &Metadata, what: &str, hint: &str) -> Result<()> {
-    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    use std::os::unix::fs::MetadataExt as _;
     let context = || format!("{what} {}", dir.display());
     let probe = dir.join(format!(".owner-{}", std::process::id()));
     let _ = fs::remove_file(&probe);
-    let owner = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&probe)
-        .and_then(|file| file.metadata());
+    let owner = super::spool::create_new(&probe).and_then(|file| file.metadata());
     let _ = fs::remove_file(&probe);
     if owner.with_context(context)?.uid() != meta.uid() {
         bail!(

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 
 use super::client::{Body, Client, HttpError};
@@ -44,13 +44,11 @@ impl Client {
             .send(Method::Get, &path, None, Body::Empty)
             .with_context(|| format!("cannot reach the cache at {}", self.base()))?;
         if reply.status != 200 {
-            // Typed, so a watcher can tell "down or refusing" from a bad path.
-            let answer = HttpError::new(Method::Get, &path, &reply);
-            return Err(anyhow::Error::new(answer).context(format!(
-                "{} does not answer like a nixflare cache (HTTP {})",
+            bail!(
+                "{} does not answer like a nixflare cache (GET /{path}: HTTP {})",
                 self.base(),
                 reply.status
-            )));
+            );
         }
         parse(&reply.body)
             .with_context(|| format!("the cache's /{path} is not what nixflare sends"))
@@ -62,8 +60,7 @@ impl Client {
         let reply = self.send(Method::Get, &path, None, Body::Empty)?;
         if reply.status != 200 {
             let refusal = HttpError::new(Method::Get, &path, &reply);
-            let reason = format!("the cache refused the upload token: {}", refusal.reason);
-            return Err(anyhow::Error::new(refusal).context(reason));
+            bail!("the cache refused the upload token: {}", refusal.reason);
         }
         parse(&reply.body)
             .with_context(|| format!("the cache's /{path} is not what nixflare sends"))

@@ -280,6 +280,11 @@ mod tests {
         reopened.remove(&entries[0]).unwrap();
         reopened.remove(&entries[0]).unwrap();
         assert_eq!(reopened.entries().unwrap().len(), 1);
+        // An entry that cannot be read (not UTF-8) is skipped, not fatal, and kept.
+        fs::write(dir.join("0-bad.paths"), [0xff, 0xfe]).unwrap();
+        assert_eq!(reopened.entries().unwrap().len(), 1);
+        assert!(dir.join("0-bad.paths").exists());
+        fs::remove_file(dir.join("0-bad.paths")).unwrap();
 
         let lock = reopened.try_lock().unwrap();
         assert!(lock.is_some());
