@@ -234,7 +234,7 @@ impl Client {
     }
 }
 
-fn retryable_status(status: u16) -> bool {
+pub fn retryable_status(status: u16) -> bool {
     matches!(status, 408 | 429) || (500..600).contains(&status) && !matches!(status, 501 | 505)
 }
 

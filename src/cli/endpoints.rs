@@ -9,8 +9,9 @@ use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 
 use super::client::{Body, Client, HttpError};
 use crate::core::api::{
-    CacheInfo, GcProgress, GcRequest, PartUploaded, PathQuery, PathQueryAnswer, Pin, PinRequest,
-    Pins, ReconcileStep, RootsRefreshed, Stats, UploadCompleted, UploadCreated, Whoami,
+    CacheInfo, GcProgress, GcRequest, NarinfoBatch, NarinfoResult, NarinfosPublished, PartUploaded,
+    PathQuery, PathQueryAnswer, Pin, PinRequest, Pins, ReconcileStep, RootsRefreshed, Stats,
+    UploadCompleted, UploadCreated, Whoami,
 };
 use crate::core::http::Method;
 use crate::core::multipart::{render_part_list, Action, PartReceipt, UploadId};
@@ -107,6 +108,24 @@ impl Client {
         }
     }
 
+    /// POST `/_nixflare/narinfos`: a batch of narinfos, one result each, in order.
+    pub fn publish_narinfos(&self, narinfos: &[String]) -> Result<Vec<NarinfoResult>> {
+        let batch = NarinfoBatch {
+            narinfos: narinfos.to_vec(),
+        };
+        let answer: NarinfosPublished = self
+            .post_json(Route::Narinfos, &batch, "a batch of narinfos")?
+            .context("the cache takes no batches of narinfos (an older worker?)")?;
+        if answer.results.len() != narinfos.len() {
+            bail!(
+                "the cache answered {} results for {} narinfos",
+                answer.results.len(),
+                narinfos.len()
+            );
+        }
+        Ok(answer.results)
+    }
+
     pub fn create_upload(&self, nar: &NarFile) -> Result<UploadCreated> {
         let reply = self.upload_step(nar, &Action::Create, None, Body::Empty)?;
         parse(&reply.body)
@@ -172,10 +191,21 @@ impl Client {
         hashes: &[StorePathHash],
         what: &str,
     ) -> Result<Option<T>> {
-        let path = route.to_string();
-        let body = serde_json::to_vec(&PathQuery {
+        let query = PathQuery {
             hashes: hashes.to_vec(),
-        })?;
+        };
+        self.post_json(route, &query, what)
+    }
+
+    /// POSTs a JSON message; `None` where the cache has no such endpoint (404/405).
+    fn post_json<T: serde::de::DeserializeOwned>(
+        &self,
+        route: Route,
+        message: &impl serde::Serialize,
+        what: &str,
+    ) -> Result<Option<T>> {
+        let path = route.to_string();
+        let body = serde_json::to_vec(message)?;
         let reply = self.send(
             Method::Post,
             &path,

@@ -23,7 +23,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context as _, Result};
 use indicatif::HumanBytes;
 
-use super::client::{parse_rate, Client};
+use super::client::{parse_rate, retryable_status, Client};
 use super::endpoints::NarinfoOutcome;
 use super::nar::{self, Codec, Prepared};
 use super::nix_tool;
@@ -32,7 +32,8 @@ use super::pathinfo::{self, PathInfo};
 use super::progress::Reporter;
 use super::spool::Spool;
 use super::upload::{NarOutcome, NarUpload};
-use crate::core::api::CacheInfo;
+use crate::core::api::{CacheInfo, NarinfoOutcome as BatchOutcome, NarinfoResult};
+use crate::core::index::passes::publish::references_first;
 use crate::core::index::MAX_QUERY_HASHES;
 use crate::core::nix::keys::SecretKey;
 use crate::core::nix::nar_file::NarFile;
@@ -361,10 +362,7 @@ impl Context<'_> {
     /// references become available. Three stages joined by channels: preparers
     /// (dump, check, compress), uploaders, and this thread publishing narinfos.
     fn transfer(&self, closure: &[PathInfo], missing: &[usize]) -> Result<Totals> {
-        // Biggest first: the long compressions start early and overlap the rest.
-        let mut order = missing.to_vec();
-        order.sort_by_key(|&i| std::cmp::Reverse(closure[i].nar_size));
-        let queue = Mutex::new(VecDeque::from(order));
+        let queue = Mutex::new(VecDeque::from(upload_order(closure, missing)));
         let (prepared_tx, prepared_rx) = mpsc::channel::<(usize, Prepared)>();
         let prepared_rx = Mutex::new(prepared_rx);
         let (done_tx, done_rx) = mpsc::channel::<Result<Uploaded>>();
@@ -467,6 +465,8 @@ impl Context<'_> {
             entry: &entry,
             max_request_bytes: self.info.max_request_bytes,
             jobs: self.options.jobs,
+            // A HEAD costs a round trip; sending a small NAR the cache has costs less.
+            ask_first: prepared.file_size > SMALL_NAR_BYTES,
             cancelled: &self.cancelled,
             log: &log,
         }
@@ -488,7 +488,8 @@ impl Context<'_> {
     }
 
     /// Publishes each uploaded path's narinfo once all its references are published
-    /// (or were on the cache before).
+    /// (or were on the cache before, or go in the same batch): in batches where the
+    /// cache takes them, else one PUT each.
     fn publish_as_ready(
         &self,
         closure: &[PathInfo],
@@ -496,15 +497,169 @@ impl Context<'_> {
         done: &mpsc::Receiver<Result<Uploaded>>,
         totals: &mut Totals,
     ) -> Result<()> {
-        let missing_set: HashSet<usize> = missing.iter().copied().collect();
-        let index_of: HashMap<&crate::core::nix::store_path::StorePathBaseName, usize> = closure
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (&p.path, i))
-            .collect();
-        let mut published: HashSet<usize> = HashSet::new();
+        if self.info.max_batch_narinfos == 0 {
+            return self.publish_each_as_ready(closure, missing, done, totals);
+        }
+        let mut publisher = Batches::new(closure, missing);
         let mut waiting: Vec<Uploaded> = Vec::new();
-        while published.len() < missing.len() {
+        let mut uploads_left = missing.len();
+        while !publisher.all_published() {
+            // Wait for an upload only when nothing can be published now.
+            let mut take = |uploaded: Uploaded, waiting: &mut Vec<Uploaded>| {
+                totals.nar_bytes += closure[uploaded.index].nar_size;
+                totals.file_bytes += uploaded.prepared.file_size;
+                waiting.push(uploaded);
+            };
+            if uploads_left > 0 && publisher.ready(&waiting).is_empty() {
+                let uploaded = done
+                    .recv()
+                    .map_err(|_| anyhow!("the upload workers stopped early"))??;
+                uploads_left -= 1;
+                take(uploaded, &mut waiting);
+            }
+            while let Ok(uploaded) = done.try_recv() {
+                uploads_left -= 1;
+                take(uploaded?, &mut waiting);
+            }
+            let ready = publisher.ready(&waiting);
+            if ready.is_empty() {
+                if uploads_left == 0 {
+                    bail!("narinfos wait for references that will not be published");
+                }
+                continue;
+            }
+            let (now, later): (Vec<Uploaded>, Vec<Uploaded>) =
+                waiting.drain(..).partition(|u| ready.contains(&u.index));
+            waiting = later;
+            let retry = self.publish_batches(closure, &mut publisher, now)?;
+            waiting.extend(retry);
+        }
+        Ok(())
+    }
+
+    /// Publishes `ready` (every reference published or among them) in batches, in
+    /// order; what must be sent again comes back (after a pause if nothing went).
+    fn publish_batches(
+        &self,
+        closure: &[PathInfo],
+        publisher: &mut Batches,
+        mut ready: Vec<Uploaded>,
+    ) -> Result<Vec<Uploaded>> {
+        ready.sort_by_key(|u| publisher.rank[&u.index]);
+        let store_dir = &self.info.store_dir;
+        let codec = &self.options.codec;
+        let texts: Vec<String> = ready
+            .iter()
+            .map(|u| {
+                let nar = u.prepared.nar_file(codec.compression);
+                signed_narinfo(
+                    &closure[u.index],
+                    &nar,
+                    u.prepared.file_size,
+                    &self.options.key,
+                    store_dir,
+                )
+            })
+            .collect();
+        let mut retry: Vec<usize> = Vec::new();
+        let mut sent_any = false;
+        let mut chunk: Vec<usize> = Vec::new();
+        let mut chunk_bytes = 0u64;
+        let max_count = self.info.max_batch_narinfos as usize;
+        // JSON quoting and escapes, generously.
+        let json_size = |text: &String| text.len() as u64 * 6 / 5 + 16;
+        let limit = self.info.max_batch_bytes.saturating_sub(64);
+        let mut k = 0;
+        while k <= ready.len() {
+            let fits = k < ready.len()
+                && chunk.len() < max_count
+                && chunk_bytes + json_size(&texts[k]) <= limit;
+            if k < ready.len() && (fits || chunk.is_empty()) {
+                chunk_bytes += json_size(&texts[k]);
+                chunk.push(k);
+                k += 1;
+                continue;
+            }
+            if chunk.is_empty() {
+                break;
+            }
+            // What an earlier batch of this round failed to publish holds back those
+            // that reference it (the chunk is in order: references first).
+            let mut send: Vec<usize> = Vec::new();
+            let mut sending: HashSet<usize> = HashSet::new();
+            for c in chunk.drain(..) {
+                let index = ready[c].index;
+                if publisher.references_published(index, |j| sending.contains(&j)) {
+                    sending.insert(index);
+                    send.push(c);
+                } else {
+                    retry.push(c);
+                }
+            }
+            chunk_bytes = 0;
+            if send.is_empty() {
+                continue;
+            }
+            let send_texts: Vec<String> = send.iter().map(|&c| texts[c].clone()).collect();
+            let results = if send.len() == 1 && json_size(&texts[send[0]]) > limit {
+                // Too large for any batch: a PUT of its own.
+                let u = &ready[send[0]];
+                let hash = closure[u.index].path.hash();
+                vec![match self.client.put_narinfo(hash, &texts[send[0]]) {
+                    Ok(NarinfoOutcome::Published) => Outcome::Published,
+                    Ok(NarinfoOutcome::AlreadyPublished) => Outcome::AlreadyPublished,
+                    Err(err) => Outcome::Failed(format!("{err:#}"), false),
+                }]
+            } else {
+                self.client
+                    .publish_narinfos(&send_texts)
+                    .with_context(|| format!("publishing a batch of {} narinfos", send.len()))?
+                    .into_iter()
+                    .map(Outcome::of)
+                    .collect()
+            };
+            for (&c, outcome) in send.iter().zip(results) {
+                let info = &closure[ready[c].index];
+                match outcome {
+                    Outcome::Published | Outcome::AlreadyPublished => {
+                        sent_any = true;
+                        publisher.published.insert(ready[c].index);
+                        self.published(info, matches!(outcome, Outcome::AlreadyPublished));
+                    }
+                    Outcome::Failed(reason, true) => {
+                        publisher.note_failure(ready[c].index, &reason, self.options.attempts)?;
+                        retry.push(c);
+                    }
+                    Outcome::Failed(reason, false) => {
+                        bail!("publishing {}: {reason}", info.path)
+                    }
+                }
+            }
+        }
+        if !retry.is_empty() && !sent_any {
+            thread::sleep(publisher.backoff());
+        }
+        let mut again = Vec::new();
+        for (p, u) in ready.into_iter().enumerate() {
+            if retry.contains(&p) {
+                again.push(u);
+            }
+        }
+        Ok(again)
+    }
+
+    /// Publishes each uploaded path's narinfo with a PUT of its own once all its
+    /// references are published (or were on the cache before): a cache without batches.
+    fn publish_each_as_ready(
+        &self,
+        closure: &[PathInfo],
+        missing: &[usize],
+        done: &mpsc::Receiver<Result<Uploaded>>,
+        totals: &mut Totals,
+    ) -> Result<()> {
+        let mut publisher = Batches::new(closure, missing);
+        let mut waiting: Vec<Uploaded> = Vec::new();
+        while !publisher.all_published() {
             let uploaded = done
                 .recv()
                 .map_err(|_| anyhow!("the upload workers stopped early"))??;
@@ -513,23 +668,15 @@ impl Context<'_> {
             waiting.push(uploaded);
             // Publish everything that became ready, in waves: a wave may unlock more.
             loop {
-                let ready = |u: &Uploaded| {
-                    closure[u.index].references.iter().all(|r| {
-                        let i = index_of.get(r).copied();
-                        i == Some(u.index)
-                            || i.is_some_and(|i| {
-                                !missing_set.contains(&i) || published.contains(&i)
-                            })
-                    })
-                };
-                let (wave, rest): (Vec<Uploaded>, Vec<Uploaded>) =
-                    waiting.drain(..).partition(|u| ready(u));
+                let (wave, rest): (Vec<Uploaded>, Vec<Uploaded>) = waiting
+                    .drain(..)
+                    .partition(|u| publisher.references_published(u.index, |_| false));
                 waiting = rest;
                 if wave.is_empty() {
                     break;
                 }
                 self.publish_wave(closure, &wave)?;
-                published.extend(wave.iter().map(|u| u.index));
+                publisher.published.extend(wave.iter().map(|u| u.index));
             }
         }
         Ok(())
@@ -549,14 +696,185 @@ impl Context<'_> {
             .client
             .put_narinfo(info.path.hash(), &narinfo)
             .with_context(|| format!("publishing {}", info.path))?;
-        if outcome == NarinfoOutcome::AlreadyPublished {
-            // Someone published this path meanwhile (with other signatures): it is there.
+        self.published(info, outcome == NarinfoOutcome::AlreadyPublished);
+        Ok(())
+    }
+
+    /// `info`'s narinfo is on the cache: its spool entry goes. `already`: someone
+    /// published the path meanwhile (with other signatures): it is there all the same.
+    fn published(&self, info: &PathInfo, already: bool) {
+        if already {
             self.reporter
                 .line(format!("{}: already published by another push", info.path));
         }
         self.spool.entry(info, &self.options.codec).remove();
         self.reporter.published(info);
+    }
+}
+
+/// NARs up to this size go up without asking first whether the cache has them: a HEAD
+/// costs a round trip, and a small NAR sent again costs less (the cache keeps the copy
+/// it has).
+const SMALL_NAR_BYTES: u64 = 256 << 10;
+
+/// NARs at least this large are prepared first: their compression overlaps the rest.
+const EARLY_NAR_BYTES: u64 = 1 << 20;
+
+/// The order paths are prepared and uploaded in: the large ones first, biggest first,
+/// then the rest references first, so their narinfos can be published while the
+/// uploads go on.
+fn upload_order(closure: &[PathInfo], missing: &[usize]) -> Vec<usize> {
+    let (mut early, rest): (Vec<usize>, Vec<usize>) = references_first_of(closure, missing)
+        .into_iter()
+        .partition(|&i| closure[i].nar_size >= EARLY_NAR_BYTES);
+    early.sort_by_key(|&i| std::cmp::Reverse(closure[i].nar_size));
+    early.extend(rest);
+    early
+}
+
+/// `missing` (indices into `closure`), each after those it references.
+fn references_first_of(closure: &[PathInfo], missing: &[usize]) -> Vec<usize> {
+    let position: HashMap<&crate::core::nix::store_path::StorePathBaseName, usize> = missing
+        .iter()
+        .enumerate()
+        .map(|(k, &i)| (&closure[i].path, k))
+        .collect();
+    let inside: Vec<Vec<usize>> = missing
+        .iter()
+        .enumerate()
+        .map(|(k, &i)| {
+            closure[i]
+                .references
+                .iter()
+                .filter_map(|r| position.get(r).copied())
+                .filter(|&j| j != k)
+                .collect()
+        })
+        .collect();
+    references_first(&inside)
+        .into_iter()
+        .map(|k| missing[k])
+        .collect()
+}
+
+/// What became of one narinfo sent.
+enum Outcome {
+    Published,
+    /// A different narinfo for the path was there first (409): the path is on the cache.
+    AlreadyPublished,
+    /// The reason, and whether sending it again may work (a reference in the batch that
+    /// was not published, the cache busy or failing).
+    Failed(String, bool),
+}
+
+impl Outcome {
+    fn of(result: NarinfoResult) -> Self {
+        match result.outcome {
+            BatchOutcome::Created | BatchOutcome::Unchanged | BatchOutcome::Replaced => {
+                Outcome::Published
+            }
+            BatchOutcome::Refused if result.status == 409 => Outcome::AlreadyPublished,
+            BatchOutcome::Refused => Outcome::Failed(
+                result
+                    .reason
+                    .unwrap_or_else(|| format!("HTTP {}", result.status)),
+                result.status == 424 || retryable_status(result.status),
+            ),
+        }
+    }
+}
+
+/// The publisher's bookkeeping: which paths are published, the order references
+/// first, and how often each was sent in vain.
+struct Batches {
+    /// Position of each missing path in references-first order.
+    rank: HashMap<usize, usize>,
+    published: HashSet<usize>,
+    /// The missing paths each path references.
+    needs: HashMap<usize, Vec<usize>>,
+    failures: HashMap<usize, u32>,
+    rounds_in_vain: u32,
+    total: usize,
+}
+
+impl Batches {
+    fn new(closure: &[PathInfo], missing: &[usize]) -> Self {
+        let missing_set: HashSet<usize> = missing.iter().copied().collect();
+        let index_of: HashMap<&crate::core::nix::store_path::StorePathBaseName, usize> = closure
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (&p.path, i))
+            .collect();
+        let needs = missing
+            .iter()
+            .map(|&i| {
+                let refs = closure[i]
+                    .references
+                    .iter()
+                    .filter_map(|r| index_of.get(r).copied())
+                    .filter(|&j| j != i && missing_set.contains(&j))
+                    .collect();
+                (i, refs)
+            })
+            .collect();
+        Batches {
+            rank: references_first_of(closure, missing)
+                .into_iter()
+                .enumerate()
+                .map(|(k, i)| (i, k))
+                .collect(),
+            published: HashSet::new(),
+            needs,
+            failures: HashMap::new(),
+            rounds_in_vain: 0,
+            total: missing.len(),
+        }
+    }
+
+    fn all_published(&self) -> bool {
+        self.published.len() == self.total
+    }
+
+    /// The waiting paths that can be published now: each of their references is
+    /// published or among them (references first).
+    fn ready(&self, waiting: &[Uploaded]) -> Vec<usize> {
+        let mut candidates: Vec<usize> = waiting.iter().map(|u| u.index).collect();
+        candidates.sort_by_key(|i| self.rank[i]);
+        let mut ready: Vec<usize> = Vec::new();
+        let mut chosen: HashSet<usize> = HashSet::new();
+        for i in candidates {
+            if self.needs[&i]
+                .iter()
+                .all(|j| self.published.contains(j) || chosen.contains(j))
+            {
+                chosen.insert(i);
+                ready.push(i);
+            }
+        }
+        ready
+    }
+
+    /// Whether every path `index` references is published or, by `sent_with`, goes
+    /// with it.
+    fn references_published(&self, index: usize, sent_with: impl Fn(usize) -> bool) -> bool {
+        self.needs[&index]
+            .iter()
+            .all(|&j| self.published.contains(&j) || sent_with(j))
+    }
+
+    fn note_failure(&mut self, index: usize, reason: &str, attempts: u32) -> Result<()> {
+        let failures = self.failures.entry(index).or_insert(0);
+        *failures += 1;
+        if *failures >= attempts.max(1) {
+            bail!("{reason} (sent {failures} times)");
+        }
         Ok(())
+    }
+
+    /// The pause before a round that follows one that published nothing.
+    fn backoff(&mut self) -> std::time::Duration {
+        self.rounds_in_vain += 1;
+        std::time::Duration::from_millis(250 << self.rounds_in_vain.min(5))
     }
 }
 

@@ -37,6 +37,8 @@ pub struct NarUpload<'a> {
     pub max_request_bytes: u64,
     /// Parallel requests for the parts of one NAR.
     pub jobs: usize,
+    /// Ask with a HEAD whether the cache has the NAR before sending it.
+    pub ask_first: bool,
     /// Set when the push is being abandoned: stop sending parts.
     pub cancelled: &'a AtomicBool,
     /// Reports progress lines (part numbers).
@@ -45,7 +47,7 @@ pub struct NarUpload<'a> {
 
 impl NarUpload<'_> {
     pub fn run(&self, prepared: &mut Prepared) -> Result<NarOutcome> {
-        if self.client.has_nar(self.nar)? {
+        if self.ask_first && self.client.has_nar(self.nar)? {
             return Ok(NarOutcome::Present);
         }
         if prepared.file_size <= self.max_request_bytes {

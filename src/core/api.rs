@@ -55,6 +55,13 @@ pub struct CacheInfo {
     /// older than the index.
     #[serde(default)]
     pub upstream_caches: Vec<String>,
+    /// Most narinfos one `POST /_nixflare/narinfos` takes ([`NarinfoBatch`]); 0 (a
+    /// worker without the endpoint): one PUT each.
+    #[serde(default)]
+    pub max_batch_narinfos: u32,
+    /// Largest body of such a request.
+    #[serde(default)]
+    pub max_batch_bytes: u64,
 }
 
 impl CacheInfo {
@@ -67,6 +74,8 @@ impl CacheInfo {
             max_object_bytes: MAX_OBJECT_BYTES,
             public_keys: config.public_keys.clone(),
             upstream_caches: config.upstream_caches.clone(),
+            max_batch_narinfos: config.max_batch_narinfos,
+            max_batch_bytes: crate::core::publish::MAX_BATCH_BYTES,
         }
     }
 }
@@ -150,6 +159,48 @@ pub struct UploadCompleted {
 #[serde(rename_all = "camelCase")]
 pub struct PathQuery {
     pub hashes: Vec<StorePathHash>,
+}
+
+/// `POST /_nixflare/narinfos`: narinfos to publish, each exactly as a PUT of
+/// `<hash>.narinfo` would publish it, their own `StorePath` naming them. References
+/// among them count as present: each is stored after those it references.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NarinfoBatch {
+    pub narinfos: Vec<String>,
+}
+
+/// The answer to a [`NarinfoBatch`] (200 whatever became of each): one result per
+/// narinfo, in its order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NarinfosPublished {
+    pub results: Vec<NarinfoResult>,
+}
+
+/// What became of one narinfo of a batch: what a PUT of it would have answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NarinfoResult {
+    pub outcome: NarinfoOutcome,
+    /// The PUT's status: 201 stored, 200 already stored, else the refusal's.
+    pub status: u16,
+    /// The refusal's one-line reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum NarinfoOutcome {
+    Created,
+    /// These very bytes were stored already.
+    Unchanged,
+    /// Different bytes replaced (overwrite, or signed over unsigned).
+    Replaced,
+    /// Nothing stored: see `status` and `reason`. 424: a narinfo it references in the
+    /// batch was not published.
+    Refused,
 }
 
 /// The answer to a [`PathQuery`]: the hashes the cache lacks, in the order asked, and
@@ -427,8 +478,45 @@ mod tests {
             format!(
                 "{{\"storeDir\":\"/nix/store\",\"maxRequestBytes\":100000000,\"minPartBytes\":5242880,\
                  \"maxParts\":10000,\"maxObjectBytes\":5368709120,\"publicKeys\":[\"{PUBLIC}\"],\
-                 \"upstreamCaches\":[]}}"
+                 \"upstreamCaches\":[],\"maxBatchNarinfos\":64,\"maxBatchBytes\":4194304}}"
             )
+        );
+        // A worker older than batches: one PUT per narinfo.
+        let old: CacheInfo = parse(
+            "{\"storeDir\":\"/nix/store\",\"maxRequestBytes\":1,\"minPartBytes\":1,\
+             \"maxParts\":1,\"maxObjectBytes\":1,\"publicKeys\":[]}",
+        )
+        .unwrap();
+        assert_eq!(old.max_batch_narinfos, 0);
+    }
+
+    #[test]
+    fn narinfo_batches() {
+        let batch = NarinfoBatch {
+            narinfos: vec!["StorePath: /nix/store/x\n".into()],
+        };
+        assert_eq!(
+            round_trip(batch),
+            "{\"narinfos\":[\"StorePath: /nix/store/x\\n\"]}"
+        );
+        let answer = NarinfosPublished {
+            results: vec![
+                NarinfoResult {
+                    outcome: NarinfoOutcome::Created,
+                    status: 201,
+                    reason: None,
+                },
+                NarinfoResult {
+                    outcome: NarinfoOutcome::Refused,
+                    status: 424,
+                    reason: Some("not published: x".into()),
+                },
+            ],
+        };
+        assert_eq!(
+            round_trip(answer),
+            "{\"results\":[{\"outcome\":\"created\",\"status\":201},\
+             {\"outcome\":\"refused\",\"status\":424,\"reason\":\"not published: x\"}]}"
         );
     }
 

@@ -20,6 +20,8 @@ pub mod var {
     pub const ABANDONED_UPLOAD_SECONDS: &str = "ABANDONED_UPLOAD_SECONDS";
     /// Most multipart uploads open at once (default 1000).
     pub const MAX_OPEN_UPLOADS: &str = "MAX_OPEN_UPLOADS";
+    /// Most narinfos one `POST /_nixflare/narinfos` may publish (default 64).
+    pub const MAX_BATCH_NARINFOS: &str = "MAX_BATCH_NARINFOS";
     /// Binary caches (http/https URLs, space-separated) whose paths a published
     /// narinfo may reference without this cache holding them, e.g.
     /// `https://cache.nixos.org`. Empty: this cache must hold every closure whole.
@@ -82,6 +84,8 @@ pub struct CacheConfig {
     pub abandoned_upload_seconds: u64,
     /// New multipart uploads are refused (429) while this many are open.
     pub max_open_uploads: u32,
+    /// Most narinfos one batch request may publish.
+    pub max_batch_narinfos: u32,
     /// Added to the cron's clock (tests only).
     pub test_clock_offset_seconds: u64,
     /// Caches a narinfo's references may come from (no trailing '/').
@@ -119,6 +123,7 @@ impl Default for CacheConfig {
             // seven-day expiry of unfinished uploads.
             abandoned_upload_seconds: 86_400,
             max_open_uploads: crate::core::multipart::MAX_OPEN_UPLOADS,
+            max_batch_narinfos: crate::core::publish::DEFAULT_BATCH_NARINFOS,
             test_clock_offset_seconds: 0,
             upstream_caches: Vec::new(),
             retain_days: None,
@@ -218,6 +223,16 @@ impl CacheConfig {
                 .filter(|n| (1..=crate::core::multipart::MAX_OPEN_UPLOADS).contains(n))
                 .ok_or(ConfigError::Number {
                     name: var::MAX_OPEN_UPLOADS,
+                })?;
+        }
+        if let Some(count) = get(var::MAX_BATCH_NARINFOS) {
+            config.max_batch_narinfos = count
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=crate::core::publish::MAX_BATCH_NARINFOS).contains(n))
+                .ok_or(ConfigError::Number {
+                    name: var::MAX_BATCH_NARINFOS,
                 })?;
         }
         let at_least = |name: &'static str, minimum: u64| {

@@ -53,6 +53,8 @@ pub enum Operation {
     /// POST `_nixflare/missing`: which of a batch of paths the cache lacks (any valid
     /// token: the index is never open to anonymous requests).
     QueryMissing,
+    /// POST `_nixflare/narinfos`: a batch of narinfos, each published as a PUT would.
+    PublishBatch,
     /// GET/HEAD `_nixflare/stats` (any valid token).
     Stats,
     /// POST `_nixflare/reconcile`: one step of the reconcile pass.
@@ -99,6 +101,7 @@ pub fn plan(
         (_, Route::Whoami) if read => guarded(Operation::Whoami, Permissions::NONE),
         (_, Route::Stats) if read => guarded(Operation::Stats, Permissions::NONE),
         (Method::Post, Route::Missing) => guarded(Operation::QueryMissing, Permissions::NONE),
+        (Method::Post, Route::Narinfos) => guarded(Operation::PublishBatch, Permissions::WRITE),
         (Method::Post, Route::Reconcile) => guarded(Operation::Reconcile, Permissions::WRITE),
         // A dry run marks (work on the one index): an operator's, like a pass.
         (_, Route::Gc) if read => guarded(Operation::GcPlan, Permissions::DELETE),
@@ -114,6 +117,7 @@ pub fn plan(
         (
             _,
             Route::Missing
+            | Route::Narinfos
             | Route::Reconcile
             | Route::Gc
             | Route::Pins
@@ -166,7 +170,7 @@ fn allowed_methods(route: &Route) -> &'static str {
         Route::LandingPage | Route::PublicKeys | Route::Info | Route::Whoami | Route::Stats => {
             "GET, HEAD"
         }
-        Route::Missing | Route::Reconcile | Route::Roots => "POST",
+        Route::Missing | Route::Narinfos | Route::Reconcile | Route::Roots => "POST",
         Route::Gc => "GET, HEAD, POST",
         Route::Pins => "GET, HEAD",
         Route::Pin(_) => "PUT, DELETE",

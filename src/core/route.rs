@@ -100,6 +100,9 @@ pub enum Route {
     /// `_nixflare/missing`: POST a batch of store path hashes, learn which the cache
     /// lacks (`crate::core::api::PathQuery`).
     Missing,
+    /// `_nixflare/narinfos`: POST a batch of narinfos to publish
+    /// (`crate::core::api::NarinfoBatch`).
+    Narinfos,
     /// `_nixflare/stats`: what the index says the cache holds.
     Stats,
     /// `_nixflare/reconcile`: POST runs one step of the pass that makes the index match
@@ -194,6 +197,7 @@ impl Route {
                 "info" => Some(Route::Info),
                 "whoami" => Some(Route::Whoami),
                 "missing" => Some(Route::Missing),
+                "narinfos" => Some(Route::Narinfos),
                 "stats" => Some(Route::Stats),
                 "reconcile" => Some(Route::Reconcile),
                 "gc" => Some(Route::Gc),
@@ -273,6 +277,7 @@ impl Route {
             Route::Info
             | Route::Whoami
             | Route::Missing
+            | Route::Narinfos
             | Route::Stats
             | Route::Reconcile
             | Route::Gc
@@ -309,6 +314,7 @@ impl fmt::Display for Route {
             Route::Info => f.write_str("_nixflare/info"),
             Route::Whoami => f.write_str("_nixflare/whoami"),
             Route::Missing => f.write_str("_nixflare/missing"),
+            Route::Narinfos => f.write_str("_nixflare/narinfos"),
             Route::Stats => f.write_str("_nixflare/stats"),
             Route::Reconcile => f.write_str("_nixflare/reconcile"),
             Route::Gc => f.write_str("_nixflare/gc"),
@@ -410,6 +416,7 @@ mod tests {
         );
         assert_eq!(round_trip("/_nixflare/info"), Route::Info);
         assert_eq!(round_trip("/_nixflare/missing"), Route::Missing);
+        assert_eq!(round_trip("/_nixflare/narinfos"), Route::Narinfos);
         assert_eq!(round_trip("/_nixflare/stats"), Route::Stats);
         assert_eq!(round_trip("/_nixflare/reconcile"), Route::Reconcile);
         assert_eq!(round_trip("/_nixflare/gc"), Route::Gc);

@@ -46,6 +46,8 @@ pub enum EdgeError {
     Busy(String),
     /// An upstream cache could not say whether it has a path.
     Upstream(String),
+    /// A narinfo of a batch whose reference in the batch was not published.
+    FailedDependency(String),
     /// The index (Durable Object) failed or is not bound.
     Index(String),
     /// R2 returned an object without a body where one was asked for.
@@ -90,6 +92,7 @@ impl From<PassError> for EdgeError {
             PassError::MissingReferences(why) => EdgeError::MissingReferences(why),
             PassError::Upstream(why) => EdgeError::Upstream(why),
             PassError::Conflict(why) => EdgeError::Conflict(why),
+            PassError::Dependency(why) => EdgeError::FailedDependency(why),
         }
     }
 }
@@ -137,7 +140,7 @@ impl EdgeError {
     }
 
     /// Status and a one-line reason for the client. Details stay in the log.
-    fn status_and_reason(&self) -> (u16, String) {
+    pub fn status_and_reason(&self) -> (u16, String) {
         match self {
             // Nix reads 404 as "absent": the one answer for anything missing.
             EdgeError::NotFound => (404, "not found".into()),
@@ -163,6 +166,8 @@ impl EdgeError {
             // 503 is retried by Nix and by nixflare, and each retry gets further.
             EdgeError::Busy(why) => (503, format!("not yet: {why}")),
             EdgeError::Upstream(why) => (502, format!("upstream cache unavailable: {why}")),
+            // Sent again once what it references is published.
+            EdgeError::FailedDependency(why) => (424, format!("not published: {why}")),
             EdgeError::Index(_) => (503, "index unavailable, try again".into()),
             EdgeError::Misconfigured(_) | EdgeError::Unconfigured(_) => {
                 (500, "cache misconfigured: see the worker log".into())

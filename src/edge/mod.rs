@@ -88,6 +88,7 @@ async fn handle(
         Operation::Delete => write::delete(&route, &cache, &EdgeCache::of(ctx)).await,
         Operation::Upload(nar, action) => multipart::handle(req, nar, action, &cache).await,
         Operation::QueryMissing => queries::missing(req, &cache).await,
+        Operation::PublishBatch => write::publish_batch(req, &cache, &EdgeCache::of(ctx)).await,
         Operation::Stats => queries::stats(&cache, head_only).await,
         Operation::Reconcile => queries::reconcile(&cache).await,
         Operation::GcPlan => gc::plan(&cache, head_only).await,

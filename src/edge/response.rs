@@ -37,6 +37,16 @@ pub enum Stored {
 }
 
 impl Stored {
+    /// A batch's answer for a narinfo stored: what a PUT of it would answer.
+    pub fn batch_outcome(&self) -> (crate::core::api::NarinfoOutcome, u16) {
+        use crate::core::api::NarinfoOutcome;
+        match self {
+            Stored::Created => (NarinfoOutcome::Created, 201),
+            Stored::Replaced => (NarinfoOutcome::Replaced, 201),
+            Stored::Unchanged | Stored::Deleted => (NarinfoOutcome::Unchanged, 200),
+        }
+    }
+
     pub fn into_response(self) -> Result<Response, EdgeError> {
         Ok(match self {
             Stored::Created | Stored::Replaced => Response::ok("stored\n")?.with_status(201),

@@ -4,19 +4,23 @@
 use worker::{console_error, console_log, Data, Request, Response};
 
 use super::auth::Guarded;
-use super::body::{reject_content_encoding, small_body, stream_body, BodyKind};
+use futures_util::future::join_all;
+
+use super::body::{json_body, reject_content_encoding, small_body, stream_body, BodyKind};
 use super::bucket::R2;
 use super::error::EdgeError;
 use super::purge::EdgeCache;
-use super::response::Stored;
+use super::response::{self, Stored};
 use super::store;
 use super::upstream::Http;
+use crate::core::api::{self, NarinfoBatch, NarinfoOutcome, NarinfoResult, NarinfosPublished};
 use crate::core::index::ops::OwnLogOp;
+use crate::core::index::passes::publish::BatchItem;
 use crate::core::index::passes::{self, publish::Sources, EdgePurge, IndexCalls};
 use crate::core::index::{Entry, OwnLog};
 use crate::core::nix::nar_file::NarFile;
 use crate::core::nix::store_path::StorePathHash;
-use crate::core::publish::{self, SideFile, MAX_NARINFO_BYTES};
+use crate::core::publish::{self, CheckedNarinfo, SideFile, MAX_BATCH_BYTES, MAX_NARINFO_BYTES};
 use crate::core::route::Route;
 use crate::core::token::{TokenId, VerifiedToken};
 
@@ -75,6 +79,142 @@ async fn store_narinfo(
     let bytes = small_body(&mut req, MAX_NARINFO_BYTES, BodyKind::Narinfo).await?;
     let checked = publish::check_narinfo(&bytes, hash, &cache.config)
         .map_err(|e| EdgeError::BadRequest(e.to_string()))?;
+    nar_is_stored(&checked, cache).await?;
+    // The references must be there (and stay there) before the narinfo is.
+    let index = cache.index()?;
+    let now = cache.now_ms();
+    let entry = entry_of(&checked, now, cache);
+    let put = || async { put_narinfo(&route.to_string(), bytes, &checked, cache).await };
+    let bucket = R2(&cache.bucket);
+    passes::publish::publish(
+        &sources(&bucket, cache),
+        &index,
+        &checked.info,
+        entry,
+        now,
+        put,
+    )
+    .await
+}
+
+/// POST `_nixflare/narinfos`: each narinfo checked, its NAR looked at, and stored as
+/// [`store_narinfo`] does (`crate::core::publish::check_batch`), the index called once
+/// to reserve and once to commit for the whole batch (`passes::publish::publish_batch`).
+/// 200 with one result per narinfo.
+pub async fn publish_batch(
+    mut req: Request,
+    cache: &Guarded,
+    edge: &EdgeCache,
+) -> Result<Response, EdgeError> {
+    let batch: NarinfoBatch =
+        json_body(&mut req, MAX_BATCH_BYTES, "{\"narinfos\": [narinfo texts]}").await?;
+    let most = cache.config.max_batch_narinfos as usize;
+    if batch.narinfos.len() > most {
+        return Err(EdgeError::TooLarge(format!(
+            "at most {most} narinfos per batch"
+        )));
+    }
+    let checks = publish::check_batch(&batch.narinfos, &cache.config);
+    let hashes: Vec<Option<StorePathHash>> = checks.iter().map(|(hash, _)| *hash).collect();
+    // The NARs, one HEAD each, all at once.
+    let stored_nars = join_all(checks.iter().map(|(_, check)| async move {
+        match check {
+            Ok(checked) => nar_is_stored(checked, cache).await,
+            Err(why) => Err(EdgeError::BadRequest(why.clone())),
+        }
+    }))
+    .await;
+    let mut answers: Vec<Option<Result<Stored, EdgeError>>> = Vec::new();
+    let mut items = Vec::new();
+    let mut checked_items = Vec::new();
+    let mut positions = Vec::new();
+    let mut refused = Vec::new();
+    let now = cache.now_ms();
+    for (position, ((hash, check), nar)) in checks.into_iter().zip(stored_nars).enumerate() {
+        match (check, nar) {
+            (Ok(checked), Ok(())) => {
+                items.push(BatchItem {
+                    narinfo: checked.info.clone(),
+                    entry: entry_of(&checked, now, cache),
+                });
+                checked_items.push(checked);
+                positions.push(position);
+                answers.push(None);
+            }
+            (_, Err(err)) => {
+                refused.extend(hash);
+                answers.push(Some(Err(err)));
+            }
+            (Err(why), Ok(())) => answers.push(Some(Err(EdgeError::BadRequest(why)))),
+        }
+    }
+    let index = cache.index()?;
+    let texts = &batch.narinfos;
+    let put_wave = |wave: Vec<usize>| {
+        let (checked_items, positions) = (&checked_items, &positions);
+        async move {
+            join_all(wave.into_iter().map(|i| {
+                let key = Route::Narinfo(*checked_items[i].info.store_path.hash()).to_string();
+                let bytes = texts[positions[i]].as_bytes().to_vec();
+                async move { put_narinfo(&key, bytes, &checked_items[i], cache).await }
+            }))
+            .await
+        }
+    };
+    let bucket = R2(&cache.bucket);
+    let sources = sources(&bucket, cache);
+    let published =
+        passes::publish::publish_batch(&sources, &index, &items, &refused, now, put_wave).await;
+    for (position, result) in positions.into_iter().zip(published) {
+        answers[position] = Some(result);
+    }
+    let mut replaced = Vec::new();
+    let mut counts = [0usize; 4];
+    let results = answers
+        .into_iter()
+        .zip(&hashes)
+        .map(|(answer, hash)| {
+            let answer = answer.unwrap_or(Err(EdgeError::NotFound));
+            let (outcome, status, reason) = match answer {
+                Ok(stored) => {
+                    if let (Stored::Replaced, Some(hash)) = (&stored, hash) {
+                        replaced.push(Route::Narinfo(*hash).to_string());
+                    }
+                    let (outcome, status) = stored.batch_outcome();
+                    (outcome, status, None)
+                }
+                Err(err) => {
+                    let (status, reason) = err.status_and_reason();
+                    if status >= 500 {
+                        console_error!("a narinfo of a batch: {err}");
+                    }
+                    (NarinfoOutcome::Refused, status, Some(reason))
+                }
+            };
+            counts[outcome as usize] += 1;
+            NarinfoResult {
+                outcome,
+                status,
+                reason,
+            }
+        })
+        .collect();
+    console_log!(
+        "POST /_nixflare/narinfos by {}: {} created, {} unchanged, {} replaced, {} refused",
+        cache.token.subject,
+        counts[NarinfoOutcome::Created as usize],
+        counts[NarinfoOutcome::Unchanged as usize],
+        counts[NarinfoOutcome::Replaced as usize],
+        counts[NarinfoOutcome::Refused as usize],
+    );
+    if !replaced.is_empty() {
+        edge.purge(&replaced).await;
+    }
+    response::json(200, api::render(&NarinfosPublished { results }), false)
+}
+
+/// The NAR a checked narinfo names is stored, with the size it states (one R2 HEAD).
+async fn nar_is_stored(checked: &CheckedNarinfo, cache: &Guarded) -> Result<(), EdgeError> {
     let nar_key = Route::Nar(checked.nar).to_string();
     let nar = cache.bucket.head(&nar_key).await?.ok_or_else(|| {
         EdgeError::BadRequest(format!(
@@ -88,33 +228,38 @@ async fn store_narinfo(
             nar.size()
         )));
     }
-    // The references must be there (and stay there) before the narinfo is.
-    let index = cache.index()?;
-    let now = cache.now_ms();
-    let entry = Entry {
+    Ok(())
+}
+
+/// What the index records of a narinfo this token publishes now.
+fn entry_of(checked: &CheckedNarinfo, now: u64, cache: &Guarded) -> Entry {
+    Entry {
         signed: checked.signed,
         ..Entry::of(&checked.info, now, Some(&cache.token))
-    };
-    let sources = Sources {
-        bucket: &R2(&cache.bucket),
+    }
+}
+
+fn sources<'a>(bucket: &'a R2<'a>, cache: &'a Guarded) -> Sources<'a, R2<'a>, Http> {
+    Sources {
+        bucket,
         upstreams: &Http,
         upstream_caches: &cache.config.upstream_caches,
         store_dir: &cache.config.store_dir,
-    };
-    let supersedes = |old: &[u8]| publish::signed_replaces_unsigned(old, &checked, &cache.config);
-    let put = || async {
-        let stored = store::put_small(
-            &cache.bucket,
-            &route.to_string(),
-            bytes,
-            &cache.token,
-            supersedes,
-        )
-        .await?;
-        let unchanged = matches!(stored, Stored::Unchanged);
-        Ok::<_, EdgeError>((stored, unchanged))
-    };
-    passes::publish::publish(&sources, &index, &checked.info, entry, now, put).await
+    }
+}
+
+/// Stores a checked narinfo by the one rule for stored keys; whether R2 already held
+/// these very bytes.
+async fn put_narinfo(
+    key: &str,
+    bytes: Vec<u8>,
+    checked: &CheckedNarinfo,
+    cache: &Guarded,
+) -> Result<(Stored, bool), EdgeError> {
+    let supersedes = |old: &[u8]| publish::signed_replaces_unsigned(old, checked, &cache.config);
+    let stored = store::put_small(&cache.bucket, key, bytes, &cache.token, supersedes).await?;
+    let unchanged = matches!(stored, Stored::Unchanged);
+    Ok((stored, unchanged))
 }
 
 /// A build log, streamed into R2. The index hears of it: a log uploaded while a path

@@ -123,6 +123,47 @@ pub struct Finish {
     pub unchanged: bool,
 }
 
+/// `begin/batch`: [`Begin`] for the narinfos of one batch, in the order given (the
+/// worker puts references first). A path reserved earlier in the same call, or named in
+/// `present` (reserved by an earlier call for the same batch), counts as present for
+/// the entries after it: the worker stores its narinfo before theirs and commits them
+/// together, and commits none whose reference was not stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BeginBatch {
+    pub entries: Vec<Entry>,
+    pub present: Vec<StorePathHash>,
+    pub upstreams: Vec<String>,
+    pub adopt: Vec<Entry>,
+    pub upstream_hits: Vec<UpstreamHit>,
+    pub now: u64,
+}
+
+/// The answer to [`BeginBatch`]: one [`Begun`] per entry, in its order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BegunBatch {
+    pub begun: Vec<Begun>,
+}
+
+/// A stored narinfo's reservation, to commit (see [`Finish`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stored {
+    pub reservation: u64,
+    pub unchanged: bool,
+}
+
+/// `finish/batch`: a batch's reservations, committed (narinfo stored) or aborted, in
+/// one transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FinishBatch {
+    pub commit: Vec<Stored>,
+    pub abort: Vec<u64>,
+    pub now: u64,
+}
+
 /// `adopt`: narinfos read from the bucket that the index lacked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

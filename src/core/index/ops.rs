@@ -8,9 +8,9 @@ use serde::Serialize;
 
 use super::sql::Sql;
 use super::{
-    Adopt, Advance, At, Begin, Begun, Cursor, Finish, Forget, Forgot, GcStep, GcWork, Index,
-    IndexError, OrphanPage, Orphans, OwnLog, PageChecked, PinRemoved, PinSet, Query, ReconcilePage,
-    Refresh, RemovePin, SetPin, Swept, Ticked,
+    Adopt, Advance, At, Begin, BeginBatch, Begun, BegunBatch, Cursor, Finish, FinishBatch, Forget,
+    Forgot, GcStep, GcWork, Index, IndexError, OrphanPage, Orphans, OwnLog, PageChecked,
+    PinRemoved, PinSet, Query, ReconcilePage, Refresh, RemovePin, SetPin, Swept, Ticked,
 };
 use crate::core::api::{self, PathQueryAnswer, Pins, ReconcileStep, RootsRefreshed, Stats};
 
@@ -106,6 +106,10 @@ operations! {
     BeginOp "begin" (Begin) -> Begun = begin;
     CommitOp "commit" (Finish) -> api::True = commit;
     AbortOp "abort" (Finish) -> api::True = abort;
+    /// A batch of narinfos: all reserved in one transaction...
+    BeginBatchOp "begin/batch" (BeginBatch) -> BegunBatch = begin_batch;
+    /// ...and all committed or aborted in another.
+    FinishBatchOp "finish/batch" (FinishBatch) -> api::True = finish_batch;
     /// A DELETE of a narinfo asks first...
     ForgetOp "forget" (Forget) -> Forgot = forget;
     /// ...and confirms once R2 deleted it.

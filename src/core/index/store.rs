@@ -16,8 +16,9 @@ use serde::Deserialize;
 use super::schema;
 use super::sql::{integer, text, Sql, Value};
 use super::{
-    Adopt, Begin, Begun, Entry, Finish, Forget, Forgot, IndexError, OwnLog, Query, MAX_LISTED,
-    RECONCILE_MARGIN_MS, STALE_DELETE_MS, STALE_RESERVATION_MS, UPSTREAM_MEMORY_MS,
+    Adopt, Begin, BeginBatch, Begun, BegunBatch, Entry, Finish, FinishBatch, Forget, Forgot,
+    IndexError, OwnLog, Query, UpstreamHit, MAX_LISTED, RECONCILE_MARGIN_MS, STALE_DELETE_MS,
+    STALE_RESERVATION_MS, UPSTREAM_MEMORY_MS,
 };
 use crate::core::api::{self, PathQueryAnswer, Publish, Stats};
 use crate::core::gc::EDGE_HOLD_MS;
@@ -307,16 +308,53 @@ impl<S: Sql> Index<S> {
 
     pub fn begin(&self, begin: Begin) -> Answer<Begun> {
         self.ready_at(begin.now)?;
-        for entry in &begin.adopt {
-            self.adopt(entry, begin.now)?;
+        self.learn(&begin.adopt, &begin.upstream_hits, begin.now)?;
+        self.reserve(&begin.entry, &begin.upstreams, &[], begin.now)
+    }
+
+    /// Reserves a batch's entries in order: each one reserved counts as present for
+    /// those after it (the worker stores their narinfos in that order).
+    pub fn begin_batch(&self, batch: BeginBatch) -> Answer<BegunBatch> {
+        self.ready_at(batch.now)?;
+        self.learn(&batch.adopt, &batch.upstream_hits, batch.now)?;
+        let mut present = batch.present;
+        let mut begun = Vec::with_capacity(batch.entries.len());
+        for entry in &batch.entries {
+            let answer = self.reserve(entry, &batch.upstreams, &present, batch.now)?;
+            if let Begun::Reserved { .. } = answer {
+                present.push(entry.hash);
+            }
+            begun.push(answer);
         }
-        for hit in &begin.upstream_hits {
+        Ok(BegunBatch { begun })
+    }
+
+    /// What the worker found for references the index lacked: narinfos in the bucket,
+    /// and upstream caches that serve them.
+    fn learn(&self, adopt: &[Entry], upstream_hits: &[UpstreamHit], now: u64) -> Answer<()> {
+        for entry in adopt {
+            self.adopt(entry, now)?;
+        }
+        for hit in upstream_hits {
             self.exec(
                 "INSERT OR REPLACE INTO upstream (hash, cache, checked_at) VALUES (?, ?, ?)",
-                &[text(hit.hash), text(&hit.cache), integer(begin.now)],
+                &[text(hit.hash), text(&hit.cache), integer(now)],
             )?;
         }
-        let stale = integer(begin.now.saturating_sub(STALE_DELETE_MS));
+        Ok(())
+    }
+
+    /// Reserves `entry`'s path if every reference is present: indexed and not being
+    /// deleted, known to be served by one of `upstreams`, or in `reserved` (reserved
+    /// for the same batch, stored before it and committed with it).
+    fn reserve(
+        &self,
+        entry: &Entry,
+        upstreams: &[String],
+        reserved: &[StorePathHash],
+        now: u64,
+    ) -> Answer<Begun> {
+        let stale = integer(now.saturating_sub(STALE_DELETE_MS));
         // The path itself is being deleted, or its NAR is (by the orphan step: a NAR
         // the publish found a moment ago; the retry finds it gone and uploads it).
         let deleting = self.exists(
@@ -325,11 +363,7 @@ impl<S: Sql> Index<S> {
                  OR EXISTS (SELECT 1 FROM nar_deleting WHERE nar = ?3 AND at > ?2)",
                 being_deleted("?1", 2)
             ),
-            &[
-                text(begin.entry.hash),
-                stale.clone(),
-                text(&begin.entry.nar),
-            ],
+            &[text(entry.hash), stale.clone(), text(&entry.nar)],
         )?;
         if deleting {
             return Ok(Begun::Deleting {
@@ -344,14 +378,16 @@ impl<S: Sql> Index<S> {
                         OR {}) \
                    AND NOT EXISTS (SELECT 1 FROM upstream AS u \
                         WHERE u.hash = r.value AND u.checked_at > ?4 \
-                          AND u.cache IN (SELECT c.value FROM json_each(?2) AS c))",
+                          AND u.cache IN (SELECT c.value FROM json_each(?2) AS c)) \
+                   AND r.value NOT IN (SELECT value FROM json_each(?5))",
                 being_deleted("r.value", 3)
             ),
             &[
-                hash_array(&begin.entry.references),
-                Value::Text(api::render(&begin.upstreams)),
+                hash_array(&entry.references),
+                Value::Text(api::render(&upstreams)),
                 stale,
-                integer(begin.now.saturating_sub(UPSTREAM_MEMORY_MS)),
+                integer(now.saturating_sub(UPSTREAM_MEMORY_MS)),
+                hash_array(reserved),
             ],
         )?;
         if !missing.is_empty() {
@@ -366,10 +402,10 @@ impl<S: Sql> Index<S> {
                 "INSERT INTO reservations (hash, entry, created_at, nar) VALUES (?, ?, ?, ?) \
                  RETURNING id",
                 &[
-                    text(begin.entry.hash),
-                    Value::Text(api::render(&begin.entry)),
-                    integer(begin.now),
-                    text(&begin.entry.nar),
+                    text(entry.hash),
+                    Value::Text(api::render(entry)),
+                    integer(now),
+                    text(&entry.nar),
                 ],
             )?
             .first()
@@ -378,7 +414,7 @@ impl<S: Sql> Index<S> {
         self.exec(
             "INSERT OR IGNORE INTO reserved_refs (reservation, reference) \
              SELECT ?1, value FROM json_each(?2)",
-            &[integer(id), hash_array(&begin.entry.references)],
+            &[integer(id), hash_array(&entry.references)],
         )?;
         Ok(Begun::Reserved { reservation: id })
     }
@@ -478,6 +514,24 @@ impl<S: Sql> Index<S> {
     pub fn abort(&self, finish: Finish) -> Answer<api::True> {
         self.ready()?;
         self.drop_reservation(finish.reservation)?;
+        Ok(api::True)
+    }
+
+    pub fn finish_batch(&self, batch: FinishBatch) -> Answer<api::True> {
+        for stored in batch.commit {
+            self.commit(Finish {
+                reservation: stored.reservation,
+                now: batch.now,
+                unchanged: stored.unchanged,
+            })?;
+        }
+        for reservation in batch.abort {
+            self.abort(Finish {
+                reservation,
+                now: batch.now,
+                unchanged: false,
+            })?;
+        }
         Ok(api::True)
     }
 

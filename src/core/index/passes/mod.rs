@@ -45,6 +45,10 @@ pub enum PassError {
     /// A delete refused: something still needs the path.
     #[error("{0}")]
     Conflict(String),
+    /// A narinfo of a batch not published because one it references in the batch was
+    /// not: it goes when that one does.
+    #[error("{0}")]
+    Dependency(String),
 }
 
 /// One listed object.

@@ -18,10 +18,14 @@ use core::future::Future;
 
 use super::reconcile::{read_narinfo, Read};
 use super::{Bucket, EdgePurge, Found, IndexCalls, PassError, Upstreams};
-use crate::core::index::ops::{AbortOp, BeginOp, CommitOp, ForgetDoneOp, ForgetOp};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::core::index::ops::{
+    AbortOp, BeginBatchOp, BeginOp, CommitOp, FinishBatchOp, ForgetDoneOp, ForgetOp,
+};
 use crate::core::index::{
-    describe_missing, Begin, Begun, Entry, Finish, Forget, Forgot, UpstreamHit,
-    MAX_ADOPT_REFERENCES, MAX_BUCKET_LOOKUPS, MAX_UPSTREAM_CHECKS,
+    describe_missing, Begin, BeginBatch, Begun, Entry, Finish, FinishBatch, Forget, Forgot,
+    IndexError, Stored, UpstreamHit, MAX_ADOPT_REFERENCES, MAX_BUCKET_LOOKUPS, MAX_UPSTREAM_CHECKS,
 };
 use crate::core::nix::narinfo::NarInfo;
 use crate::core::nix::store_path::StorePathHash;
@@ -83,6 +87,401 @@ where
     }
 }
 
+/// One narinfo of a batch: checked, its NAR found with the stated size.
+pub struct BatchItem {
+    pub narinfo: NarInfo,
+    pub entry: Entry,
+}
+
+/// Publishes a batch of narinfos as [`publish`] publishes one, with two index calls
+/// for the whole batch (three when references must be looked for): the same checks,
+/// the same writes, the same refusals, each path answered on its own. References inside
+/// the batch count as present: a path's narinfo is written (by `put_wave`, a wave of
+/// items at a time, concurrently) only after every one it references in the batch was
+/// stored, and a path whose reference in the batch was not stored is not written
+/// ([`PassError::Dependency`]). `refused` are hashes of narinfos of the same request
+/// refused before this (their dependents are answered the same way). Answers are in
+/// the order of `items`.
+pub async fn publish_batch<B, U, I, T, E, F, Fut>(
+    sources: &Sources<'_, B, U>,
+    index: &I,
+    items: &[BatchItem],
+    refused: &[StorePathHash],
+    now: u64,
+    mut put_wave: F,
+) -> Vec<Result<T, E>>
+where
+    B: Bucket,
+    U: Upstreams,
+    I: IndexCalls,
+    E: From<PassError>,
+    F: FnMut(Vec<usize>) -> Fut,
+    Fut: Future<Output = Vec<Result<(T, bool), E>>>,
+{
+    let mut batch = Batch::new(items, refused);
+    if let Err(err) = batch.reserve(sources, index, now).await {
+        return items.iter().map(|_| Err(err.clone().into())).collect();
+    }
+    let mut results: Vec<Option<Result<T, E>>> = batch
+        .fates
+        .iter()
+        .map(|fate| match fate {
+            Fate::Failed(err) => Some(Err(err.clone().into())),
+            _ => None,
+        })
+        .collect();
+    let mut commit = Vec::new();
+    let mut abort = Vec::new();
+    loop {
+        let mut wave = Vec::new();
+        for &i in &batch.order {
+            let Fate::Reserved(reservation) = batch.fates[i] else {
+                continue;
+            };
+            if let Some(failed) = batch.failed_reference(i) {
+                let err = dependency(&items[i].narinfo, failed);
+                batch.fates[i] = Fate::Failed(err.clone());
+                results[i] = Some(Err(err.into()));
+                abort.push(reservation);
+            } else if batch.references_stored(i) {
+                wave.push(i);
+            }
+        }
+        if wave.is_empty() {
+            break;
+        }
+        let outcomes = put_wave(wave.clone()).await;
+        for (i, outcome) in wave.into_iter().zip(outcomes) {
+            let Fate::Reserved(reservation) = batch.fates[i] else {
+                continue;
+            };
+            match outcome {
+                Ok((value, unchanged)) => {
+                    batch.fates[i] = Fate::Stored;
+                    commit.push(Stored {
+                        reservation,
+                        unchanged,
+                    });
+                    results[i] = Some(Ok(value));
+                }
+                Err(err) => {
+                    batch.fates[i] = Fate::Failed(PassError::Busy("its write failed".into()));
+                    abort.push(reservation);
+                    results[i] = Some(Err(err));
+                }
+            }
+        }
+    }
+    // Reserved but never ready: references in the batch that form a cycle.
+    for (i, fate) in batch.fates.iter().enumerate() {
+        if let Fate::Reserved(reservation) = fate {
+            abort.push(*reservation);
+            results[i] = Some(Err(PassError::MissingReferences(format!(
+                "{} and paths it references in this batch reference one another",
+                items[i].narinfo.store_path
+            ))
+            .into()));
+        }
+    }
+    let finish = FinishBatch { commit, abort, now };
+    if let Err(err) = index.call::<FinishBatchOp>(&finish).await {
+        // Stored but not recorded: the client's retry finds the same bytes stored and
+        // records them then (a reservation left behind expires).
+        for (i, fate) in batch.fates.iter().enumerate() {
+            if let Fate::Stored = fate {
+                results[i] = Some(Err(PassError::from(err.clone()).into()));
+            }
+        }
+    }
+    results
+        .into_iter()
+        .map(|result| result.unwrap_or_else(|| Err(PassError::Busy("not decided".into()).into())))
+        .collect()
+}
+
+/// Where a batch item stands.
+#[derive(Debug, Clone)]
+enum Fate {
+    /// Not yet reserved.
+    Begun,
+    Missing(Vec<StorePathHash>),
+    Reserved(u64),
+    Stored,
+    Failed(PassError),
+}
+
+/// A batch's items, references first, and what became of each.
+struct Batch<'a> {
+    items: &'a [BatchItem],
+    /// Indices into `items`, every path after the paths it references in the batch
+    /// (those in a cycle last).
+    order: Vec<usize>,
+    fates: Vec<Fate>,
+    /// Each item's references in the batch (indices), itself left out.
+    inside: Vec<Vec<usize>>,
+    /// Each item's references refused before the batch began.
+    refused: Vec<Vec<StorePathHash>>,
+}
+
+impl<'a> Batch<'a> {
+    fn new(items: &'a [BatchItem], refused: &[StorePathHash]) -> Self {
+        let position: BTreeMap<StorePathHash, usize> = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| (item.entry.hash, i))
+            .collect();
+        let inside: Vec<Vec<usize>> = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let mut refs: Vec<usize> = item
+                    .entry
+                    .references
+                    .iter()
+                    .filter_map(|r| position.get(r).copied())
+                    .filter(|&j| j != i)
+                    .collect();
+                refs.sort_unstable();
+                refs.dedup();
+                refs
+            })
+            .collect();
+        let refused = items
+            .iter()
+            .map(|item| {
+                item.entry
+                    .references
+                    .iter()
+                    .filter(|r| refused.contains(r) && !position.contains_key(r))
+                    .copied()
+                    .collect()
+            })
+            .collect();
+        Batch {
+            items,
+            order: references_first(&inside),
+            fates: vec![Fate::Begun; items.len()],
+            inside,
+            refused,
+        }
+    }
+
+    fn hash(&self, i: usize) -> StorePathHash {
+        self.items[i].entry.hash
+    }
+
+    fn is_inside(&self, hash: &StorePathHash) -> bool {
+        self.items.iter().any(|item| item.entry.hash == *hash)
+    }
+
+    /// A reference of item `i` that this batch will not store, if any.
+    fn failed_reference(&self, i: usize) -> Option<StorePathHash> {
+        if let Some(hash) = self.refused[i].first() {
+            return Some(*hash);
+        }
+        self.inside[i]
+            .iter()
+            .find(|&&j| matches!(self.fates[j], Fate::Failed(_)))
+            .map(|&j| self.hash(j))
+    }
+
+    fn references_stored(&self, i: usize) -> bool {
+        self.inside[i]
+            .iter()
+            .all(|&j| matches!(self.fates[j], Fate::Stored))
+    }
+
+    fn reserved(&self) -> Vec<StorePathHash> {
+        (0..self.items.len())
+            .filter(|&i| matches!(self.fates[i], Fate::Reserved(_)))
+            .map(|i| self.hash(i))
+            .collect()
+    }
+
+    /// Asks the index to reserve every item, looks for the references it lacks, and
+    /// asks again for those that lacked some. An error is every item's answer.
+    async fn reserve<B: Bucket, U: Upstreams, I: IndexCalls>(
+        &mut self,
+        sources: &Sources<'_, B, U>,
+        index: &I,
+        now: u64,
+    ) -> Result<(), PassError> {
+        let all: Vec<usize> = self.order.clone();
+        self.begin(
+            index,
+            &all,
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            sources,
+            now,
+        )
+        .await?;
+        // Missing a reference refused in this request: answered as its dependent.
+        for i in 0..self.items.len() {
+            if let Fate::Missing(missing) = &self.fates[i] {
+                if let Some(hash) = missing.iter().find(|h| self.refused[i].contains(h)) {
+                    self.fates[i] = Fate::Failed(dependency(&self.items[i].narinfo, *hash));
+                }
+            }
+        }
+        let waiting: Vec<usize> = self
+            .order
+            .iter()
+            .copied()
+            .filter(|&i| matches!(self.fates[i], Fate::Missing(_)))
+            .collect();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        // References outside the batch are looked for once for all; those inside are
+        // settled by the second call (their own reservation).
+        let mut lacking: Vec<StorePathHash> = Vec::new();
+        for &i in &waiting {
+            if let Fate::Missing(missing) = &self.fates[i] {
+                for hash in missing {
+                    if !self.is_inside(hash) && !lacking.contains(hash) {
+                        lacking.push(*hash);
+                    }
+                }
+            }
+        }
+        let looked = match look_for(sources, &lacking).await {
+            Ok(looked) => looked,
+            Err(err) => {
+                for &i in &waiting {
+                    self.fates[i] = Fate::Failed(err.clone());
+                }
+                return Ok(());
+            }
+        };
+        let (left, known) = (looked.left, looked.known());
+        let mut again = Vec::new();
+        for &i in &waiting {
+            let Fate::Missing(missing) = &self.fates[i] else {
+                continue;
+            };
+            let absent: Vec<StorePathHash> = missing
+                .iter()
+                .filter(|hash| looked.absent.contains(hash))
+                .copied()
+                .collect();
+            if absent.is_empty() {
+                again.push(i);
+            } else {
+                self.fates[i] = Fate::Failed(refused(&absent, &self.items[i].narinfo));
+            }
+        }
+        let reserved = self.reserved();
+        self.begin(
+            index,
+            &again,
+            reserved,
+            looked.adopt,
+            looked.hits,
+            sources,
+            now,
+        )
+        .await?;
+        for &i in &again {
+            let Fate::Missing(missing) = &self.fates[i] else {
+                continue;
+            };
+            let narinfo = &self.items[i].narinfo;
+            self.fates[i] = Fate::Failed(match missing.iter().find(|hash| self.is_inside(hash)) {
+                Some(hash) => dependency(narinfo, *hash),
+                None if left > 0 => still_looking(known, lacking.len()),
+                None => refused(missing, narinfo),
+            });
+        }
+        Ok(())
+    }
+
+    /// One `begin/batch` for `which` (in order), recording each answer.
+    #[allow(clippy::too_many_arguments)]
+    async fn begin<B: Bucket, U: Upstreams, I: IndexCalls>(
+        &mut self,
+        index: &I,
+        which: &[usize],
+        present: Vec<StorePathHash>,
+        adopt: Vec<Entry>,
+        upstream_hits: Vec<UpstreamHit>,
+        sources: &Sources<'_, B, U>,
+        now: u64,
+    ) -> Result<(), PassError> {
+        if which.is_empty() {
+            return Ok(());
+        }
+        let request = BeginBatch {
+            entries: which.iter().map(|&i| self.items[i].entry.clone()).collect(),
+            present,
+            upstreams: sources.upstream_caches.to_vec(),
+            adopt,
+            upstream_hits,
+            now,
+        };
+        let answer = index.call::<BeginBatchOp>(&request).await?;
+        if answer.begun.len() != which.len() {
+            return Err(PassError::Index(IndexError::Unavailable(
+                "begin/batch answered for another number of paths".into(),
+            )));
+        }
+        for (&i, begun) in which.iter().zip(answer.begun) {
+            self.fates[i] = match begun {
+                Begun::Reserved { reservation } => Fate::Reserved(reservation),
+                Begun::Missing { missing } => Fate::Missing(missing),
+                Begun::Deleting { .. } => Fate::Failed(being_deleted(&self.items[i].narinfo)),
+            };
+        }
+        Ok(())
+    }
+}
+
+/// Indices `0..inside.len()` ordered so each comes after the ones it references
+/// (`inside[i]`); those in a cycle (which no signed store path can form) come last.
+pub fn references_first(inside: &[Vec<usize>]) -> Vec<usize> {
+    let n = inside.len();
+    let mut waiting_on: Vec<usize> = inside.iter().map(Vec::len).collect();
+    let mut referrers: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, refs) in inside.iter().enumerate() {
+        for &j in refs {
+            referrers[j].push(i);
+        }
+    }
+    let mut ready: Vec<usize> = (0..n).rev().filter(|&i| waiting_on[i] == 0).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(i) = ready.pop() {
+        order.push(i);
+        for &k in referrers[i].iter().rev() {
+            waiting_on[k] -= 1;
+            if waiting_on[k] == 0 {
+                ready.push(k);
+            }
+        }
+    }
+    let placed: BTreeSet<usize> = order.iter().copied().collect();
+    order.extend((0..n).filter(|i| !placed.contains(i)));
+    order
+}
+
+#[cfg(test)]
+#[test]
+fn references_come_first_and_cycles_last() {
+    // 0 -> 2 -> 1; 3 and 4 reference each other.
+    let inside = vec![vec![2], vec![], vec![1], vec![4], vec![3]];
+    let order = references_first(&inside);
+    assert_eq!(order, vec![1, 2, 0, 3, 4]);
+    let position = |i: usize| order.iter().position(|&j| j == i).unwrap();
+    assert!(position(1) < position(2) && position(2) < position(0));
+}
+
+fn dependency(narinfo: &NarInfo, reference: StorePathHash) -> PassError {
+    PassError::Dependency(format!(
+        "{} references {reference}, which this batch did not publish (see its answer)",
+        narinfo.store_path
+    ))
+}
+
 /// Reserves `entry`'s path in the index once its references are all available; the
 /// reservation id to commit or abort.
 pub async fn reserve<B: Bucket, U: Upstreams, I: IndexCalls>(
@@ -104,9 +503,48 @@ pub async fn reserve<B: Bucket, U: Upstreams, I: IndexCalls>(
         Begun::Missing { missing } => missing,
         Begun::Deleting { .. } => return Err(being_deleted(narinfo)),
     };
-    // The first few are looked for in the bucket, then upstream; the rest upstream only,
-    // where "absent" is not final (they may still be in the bucket): a later request
-    // looks them up, after this one remembered what it found.
+    let looked = look_for(sources, &missing).await?;
+    if !looked.absent.is_empty() {
+        return Err(refused(&looked.absent, narinfo));
+    }
+    let (left, known) = (looked.left, looked.known());
+    begin.adopt = looked.adopt;
+    begin.upstream_hits = looked.hits;
+    // Records what was found even when the answer is still "missing".
+    match index.call::<BeginOp>(&begin).await? {
+        Begun::Reserved { reservation } => Ok(reservation),
+        Begun::Missing { .. } if left > 0 => Err(still_looking(known, missing.len())),
+        // Deleted between the two questions.
+        Begun::Missing { missing } => Err(refused(&missing, narinfo)),
+        Begun::Deleting { .. } => Err(being_deleted(narinfo)),
+    }
+}
+
+/// What a publish found of the references the index lacked.
+struct Looked {
+    /// Narinfos in the bucket the index did not know.
+    adopt: Vec<Entry>,
+    /// References an upstream cache serves.
+    hits: Vec<UpstreamHit>,
+    /// Found nowhere: whoever needs them is refused.
+    absent: Vec<StorePathHash>,
+    /// Left for a later request (more than one request may look up).
+    left: usize,
+}
+
+impl Looked {
+    fn known(&self) -> usize {
+        self.adopt.len() + self.hits.len()
+    }
+}
+
+/// Looks for `missing` references in the bucket (the first few) and then upstream (the
+/// rest: there "absent" is not final, they may still be in the bucket, so a later
+/// request looks them up after this one remembered what it found).
+async fn look_for<B: Bucket, U: Upstreams>(
+    sources: &Sources<'_, B, U>,
+    missing: &[StorePathHash],
+) -> Result<Looked, PassError> {
     let (looked, rest) = missing.split_at(missing.len().min(MAX_BUCKET_LOOKUPS));
     let mut adopt = Vec::new();
     let mut not_in_bucket = Vec::new();
@@ -135,24 +573,18 @@ pub async fn reserve<B: Bucket, U: Upstreams, I: IndexCalls>(
         .absent
         .iter()
         .partition(|hash| not_in_bucket.contains(hash));
-    if !absent.is_empty() {
-        return Err(refused(&absent, narinfo));
-    }
-    let left = found.unchecked.len() + unsure.len() + deferred;
-    let known = adopt.len() + found.hits.len();
-    begin.adopt = adopt;
-    begin.upstream_hits = found.hits;
-    // Records what was found even when the answer is still "missing".
-    match index.call::<BeginOp>(&begin).await? {
-        Begun::Reserved { reservation } => Ok(reservation),
-        Begun::Missing { .. } if left > 0 => Err(PassError::Busy(format!(
-            "{known} of {} references the index lacked found so far; send the narinfo again to look for the rest",
-            missing.len()
-        ))),
-        // Deleted between the two questions.
-        Begun::Missing { missing } => Err(refused(&missing, narinfo)),
-        Begun::Deleting { .. } => Err(being_deleted(narinfo)),
-    }
+    Ok(Looked {
+        adopt,
+        hits: found.hits,
+        absent,
+        left: found.unchecked.len() + unsure.len() + deferred,
+    })
+}
+
+fn still_looking(known: usize, missing: usize) -> PassError {
+    PassError::Busy(format!(
+        "{known} of {missing} references the index lacked found so far; send the narinfo again to look for the rest"
+    ))
 }
 
 fn being_deleted(narinfo: &NarInfo) -> PassError {

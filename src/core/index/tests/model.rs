@@ -51,7 +51,9 @@ use crate::core::api;
 use crate::core::gc::{Retention, DAY_MS, HOUR_MS};
 use crate::core::index::ops::{IndexOp, RemovePinOp, RootsOp, SetPinOp};
 use crate::core::index::passes::gc::{steps, Laps, Mode};
-use crate::core::index::passes::publish::{delete_narinfo, publish, Sources};
+use crate::core::index::passes::publish::{
+    delete_narinfo, publish, publish_batch, BatchItem, Sources,
+};
 use crate::core::index::passes::upkeep::{upkeep, Caller, ObjectLaps};
 use crate::core::index::passes::{
     Bucket, Budget, EdgePurge, Fetched, Found, IndexCalls, Listing, Object, PassError,
@@ -71,6 +73,40 @@ const STORE_DIR: &str = "/nix/store";
 const PATHS: usize = 7;
 const GRACE_MS: u64 = 25 * HOUR_MS;
 const START: u64 = 1_700_000_000_000;
+
+/// Where the worker's publishes look for references: the bucket; no upstream.
+fn sources<'a>(bucket: &'a SimBucket<'a>) -> Sources<'a, SimBucket<'a>, NoUpstreams> {
+    Sources {
+        bucket,
+        upstreams: &NoUpstreams,
+        upstream_caches: &[],
+        store_dir: STORE_DIR,
+    }
+}
+
+/// The worker's write of narinfo `i` by the one rule for stored keys (create if
+/// absent, the same bytes again is fine): whether they were there already.
+async fn put_narinfo(sim: &Sim, model: &Model, i: usize, bytes: &[u8]) -> Result<bool, PassError> {
+    let key = narinfo_key(i);
+    let gate = sim.gate();
+    if gate == Some(false) {
+        return killed().await;
+    }
+    let stored = sim.objects.borrow().get(&key).map(|s| s.bytes.clone());
+    let result = match stored {
+        None => {
+            sim.assert_may_publish(model, i);
+            sim.put(&key, bytes.to_vec());
+            Ok(false)
+        }
+        Some(old) if old == bytes => Ok(true),
+        Some(_) => Err(PassError::Conflict("a different narinfo".into())),
+    };
+    if gate.is_some() {
+        return killed().await;
+    }
+    result
+}
 
 // ---------------------------------------------------------------------------------
 // The universe of a case: paths, their references (a DAG) and NARs (sometimes shared).
@@ -194,6 +230,8 @@ struct Sim {
     actor: Cell<Actor>,
     purges: Cell<bool>,
     deletions: RefCell<Vec<Deletion>>,
+    /// Calls the worker made to the object.
+    index_calls: Cell<u32>,
 }
 
 /// Where a request meets the world: `None` goes on; `Some(effect)`: the request dies
@@ -210,6 +248,7 @@ impl Sim {
             actor: Cell::new(Actor::Worker),
             purges: Cell::new(false),
             deletions: RefCell::new(Vec::new()),
+            index_calls: Cell::new(0),
         }
     }
 
@@ -257,6 +296,25 @@ impl Sim {
 
     fn has(&self, key: &str) -> bool {
         self.objects.borrow().contains_key(key)
+    }
+
+    /// The worker is about to write narinfo `i`: all it needs must be in the bucket,
+    /// unless the operator or someone behind the worker's back deleted it (the index
+    /// cannot know).
+    fn assert_may_publish(&self, model: &Model, i: usize) {
+        for need in model.universe.needs(i) {
+            if self.has(&need) {
+                continue;
+            }
+            let last = (self.deletions.borrow().iter().rev().find(|d| d.key == need))
+                .or(model.deleted.get(&need))
+                .map(|d| d.by);
+            assert!(
+                matches!(last, Some(Actor::Operator | Actor::Behind)),
+                "the worker wrote {} while {need} was not in the bucket (last deleted by {last:?})",
+                narinfo_key(i)
+            );
+        }
     }
 }
 
@@ -344,6 +402,7 @@ struct SimIndex<'a>(&'a Sim);
 
 impl IndexCalls for SimIndex<'_> {
     async fn call<O: IndexOp>(&self, request: &O::Request) -> Result<O::Answer, IndexError> {
+        self.0.index_calls.set(self.0.index_calls.get() + 1);
         let gate = self.0.gate();
         if gate == Some(false) {
             return killed().await;
@@ -424,6 +483,13 @@ pub(super) enum Op {
         path: usize,
         kill: Kill,
     },
+    /// `POST /_nixflare/narinfos`: the NARs of `paths` (a bit set) `PUT` first (a path
+    /// in `no_nar` skips its own), then their narinfos in one batch.
+    PushBatch {
+        paths: u8,
+        no_nar: u8,
+        kill: Kill,
+    },
     /// `nixflare push`: the closure, references first, then the roots refreshed.
     PushClosure {
         path: usize,
@@ -501,6 +567,10 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (path.clone(), kill()).prop_map(|(path, kill)| Op::Push { path, kill }),
         3 => path.clone().prop_map(|path| Op::PushClosure { path }),
+        4 => (any::<u8>(), prop::bool::weighted(0.15).prop_flat_map(|some| {
+                if some { any::<u8>().boxed() } else { Just(0u8).boxed() }
+            }), kill())
+            .prop_map(|(paths, no_nar, kill)| Op::PushBatch { paths, no_nar, kill }),
         3 => (path.clone(), any::<bool>(), prop::bool::weighted(0.15))
             .prop_map(|(path, nar, garbage)| Op::Behind { path, nar, garbage }),
         1 => (path.clone(), any::<bool>()).prop_map(|(path, nar)| Op::BehindDelete { path, nar }),
@@ -692,12 +762,8 @@ impl Case {
         let info = parse(&bytes).expect("the model's narinfo parses");
         let now = self.now();
         let entry = Entry::of(&info, now, None);
-        let sources = Sources {
-            bucket: &SimBucket(sim),
-            upstreams: &NoUpstreams,
-            upstream_caches: &[],
-            store_dir: STORE_DIR,
-        };
+        let bucket = SimBucket(sim);
+        let sources = sources(&bucket);
         let outcome = run(sim, kill, async {
             // The NAR must be there (one HEAD), then the closure rule and the one rule
             // for stored keys (create if absent, same bytes again is fine).
@@ -708,23 +774,9 @@ impl Case {
                 return Err(PassError::Conflict("upload the NAR first".into()));
             }
             let put = || async {
-                let gate = sim.gate();
-                if gate == Some(false) {
-                    return killed().await;
-                }
-                let stored = sim.objects.borrow().get(&key).map(|s| s.bytes.clone());
-                let result = match stored {
-                    None => {
-                        sim.put(&key, bytes.clone());
-                        Ok(((), false))
-                    }
-                    Some(old) if old == bytes => Ok(((), true)),
-                    Some(_) => Err(PassError::Conflict("a different narinfo".into())),
-                };
-                if gate.is_some() {
-                    return killed().await;
-                }
-                result
+                put_narinfo(sim, &self.model, i, &bytes)
+                    .await
+                    .map(|u| ((), u))
             };
             publish(&sources, &SimIndex(sim), &info, entry, now, put).await
         });
@@ -734,6 +786,88 @@ impl Case {
         if let Some(Ok(())) = outcome {
             self.model.pushed.insert(i, now);
         }
+    }
+
+    /// The batch's answers (the path published, or why not), unless it was killed.
+    fn push_batch(
+        &mut self,
+        paths: u8,
+        no_nar: u8,
+        kill: Kill,
+    ) -> Option<Vec<Result<usize, PassError>>> {
+        let chosen: Vec<usize> = (0..PATHS).filter(|&i| paths & (1 << i) != 0).collect();
+        let sim = &self.sim;
+        let model = &self.model;
+        let universe = &model.universe;
+        // The NARs' own requests, one by one.
+        for &i in &chosen {
+            let nar = nar_key(universe.nar[i]);
+            if no_nar & (1 << i) != 0 || sim.has(&nar) {
+                continue;
+            }
+            let gate = sim.gate();
+            if gate == Some(false) {
+                return None;
+            }
+            sim.put(&nar, vec![0; nar_size(universe.nar[i]) as usize]);
+            if gate.is_some() {
+                return None;
+            }
+        }
+        let keys: Vec<String> = chosen.iter().map(|&i| narinfo_key(i)).collect();
+        let existed: Vec<bool> = keys.iter().map(|key| sim.has(key)).collect();
+        let now = self.now();
+        let bucket = SimBucket(sim);
+        let sources = sources(&bucket);
+        let outcome = run(sim, kill, async {
+            // Each NAR must be there with its size (one HEAD each, concurrently): the
+            // rest go on to the batch.
+            if sim.gate() == Some(false) {
+                return killed().await;
+            }
+            let mut items = Vec::new();
+            let mut refused = Vec::new();
+            let mut bytes_of = Vec::new();
+            for &i in &chosen {
+                let bytes = universe.narinfo(i);
+                let info = parse(&bytes).expect("the model's narinfo parses");
+                if sim.has(&nar_key(universe.nar[i])) {
+                    let entry = Entry::of(&info, now, None);
+                    items.push(BatchItem {
+                        narinfo: info,
+                        entry,
+                    });
+                    bytes_of.push((i, bytes));
+                } else {
+                    refused.push(hash(i));
+                }
+            }
+            let put_wave = |wave: Vec<usize>| {
+                let bytes_of = &bytes_of;
+                async move {
+                    // The worker writes a wave concurrently: here last first.
+                    let mut outcomes = Vec::new();
+                    for &k in wave.iter().rev() {
+                        let (i, bytes) = &bytes_of[k];
+                        let unchanged = put_narinfo(sim, model, *i, bytes).await;
+                        outcomes.push(unchanged.map(|u| (*i, u)));
+                    }
+                    outcomes.reverse();
+                    outcomes
+                }
+            };
+            publish_batch(&sources, &SimIndex(sim), &items, &refused, now, put_wave).await
+        });
+        for (key, existed) in keys.iter().zip(existed) {
+            if !existed && self.sim.has(key) {
+                self.note_written(key, Actor::Worker);
+            }
+        }
+        for i in outcome.iter().flatten().flatten() {
+            explored(|e| e.batch_published += 1);
+            self.model.pushed.insert(*i, now);
+        }
+        outcome
     }
 
     fn push_closure(&mut self, i: usize) {
@@ -967,6 +1101,13 @@ impl Case {
         let objects_before: BTreeMap<String, Stored> = self.sim.objects.borrow().clone();
         match *op {
             Op::Push { path, kill } => self.push(path, kill),
+            Op::PushBatch {
+                paths,
+                no_nar,
+                kill,
+            } => {
+                self.push_batch(paths, no_nar, kill);
+            }
             Op::PushClosure { path } => self.push_closure(path),
             Op::Behind { path, nar, garbage } => self.behind(path, nar, garbage),
             Op::BehindDelete { path, nar } => self.behind_delete(path, nar),
@@ -1431,6 +1572,7 @@ struct Explored {
     gc_objects: u64,
     laps: u64,
     wipes: u64,
+    batch_published: u64,
 }
 
 thread_local! {
@@ -1465,8 +1607,9 @@ fn deletions_follow_the_rules_under_any_interleaving() {
         eprintln!(
             "model: {} cases ({cases} asked; the rest replayed from proptest-regressions or shrinking), {} steps; {} requests killed \
              part-way; the GC deleted {} narinfos and {} objects; {} reconcile laps completed; \
-             {} index wipes",
-            e.cases, e.steps, e.killed, e.gc_narinfos, e.gc_objects, e.laps, e.wipes
+             {} index wipes; {} paths published in batches",
+            e.cases, e.steps, e.killed, e.gc_narinfos, e.gc_objects, e.laps, e.wipes,
+            e.batch_published
         );
     });
     if let Err(err) = result {
@@ -2058,6 +2201,134 @@ mod scenarios {
         .unwrap();
         assert!(matches!(begun, Begun::Reserved { .. }), "{begun:?}");
         assert_eq!(next_sweep(&index, &step), Vec::<StorePathHash>::new());
+    }
+
+    /// A batch of p0..p3 where p1's NAR is missing: p0 and p3 are published, p1 is
+    /// refused, p2 (-> p1) waits for it; two index calls for the whole batch.
+    #[test]
+    fn a_batch_publishes_what_it_can_and_answers_each() {
+        let mut case = Case::new(chain());
+        let calls = case.sim.index_calls.get();
+        let results = case.push_batch(0b1111, 0b0010, None).expect("not killed");
+        assert_eq!(
+            case.sim.index_calls.get() - calls,
+            2,
+            "begin/batch, finish/batch"
+        );
+        // p1 never reached the index (its NAR is missing): the edge refused it.
+        assert_eq!(results.len(), 3, "{results:?}");
+        assert_eq!(results[0], Ok(0));
+        assert!(
+            matches!(&results[1], Err(PassError::Dependency(why)) if why.contains(&hash(1).to_string())),
+            "{:?}",
+            results[1]
+        );
+        assert_eq!(results[2], Ok(3));
+        assert!(index_has(&case, 0) && index_has(&case, 3));
+        assert!(!index_has(&case, 1) && !index_has(&case, 2));
+        assert!(!case.sim.has(&narinfo_key(2)));
+        // With p1's NAR there, the same batch publishes p1 and p2; p0 and p3 unchanged.
+        let calls = case.sim.index_calls.get();
+        let results = case.push_batch(0b1111, 0, None).expect("not killed");
+        assert_eq!(results, vec![Ok(0), Ok(1), Ok(2), Ok(3)]);
+        assert_eq!(case.sim.index_calls.get() - calls, 2);
+        assert!((0..4).all(|i| index_has(&case, i)));
+        case.settle();
+    }
+
+    /// A batch whose reference outside it is not in the cache: the batch looks it up
+    /// (a third index call) and refuses only the paths that need it.
+    #[test]
+    fn a_batch_refuses_only_what_lacks_a_reference() {
+        let mut case = Case::new(chain());
+        let results = case.push_batch(0b1110, 0, None).expect("not killed");
+        assert_eq!(results.len(), 3);
+        assert!(
+            matches!(&results[0], Err(PassError::MissingReferences(_))),
+            "{:?}",
+            results[0]
+        );
+        assert!(
+            matches!(&results[1], Err(PassError::Dependency(_))),
+            "{:?}",
+            results[1]
+        );
+        assert_eq!(results[2], Ok(3));
+        // Written behind the worker's back, p0 is found in the bucket and adopted.
+        case.apply(&Op::Behind {
+            path: 0,
+            nar: true,
+            garbage: false,
+        });
+        let results = case.push_batch(0b0110, 0, None).expect("not killed");
+        assert_eq!(results, vec![Ok(1), Ok(2)]);
+        case.settle();
+    }
+
+    /// `begin/batch` of paths of the chain, in the order given.
+    fn begin_batch(
+        index: &Index<Sqlite>,
+        paths: &[usize],
+        now: u64,
+    ) -> Vec<crate::core::index::Begun> {
+        use crate::core::index::ops::BeginBatchOp;
+        let entries = paths
+            .iter()
+            .map(|&i| Entry::of(&parse(&chain().narinfo(i)).expect("parses"), now, None))
+            .collect();
+        let batch = crate::core::index::BeginBatch {
+            entries,
+            present: vec![],
+            upstreams: vec![],
+            adopt: vec![],
+            upstream_hits: vec![],
+            now,
+        };
+        BeginBatchOp::apply(index, batch).unwrap().begun
+    }
+
+    /// A batch racing a GC pass: p0 is doomed (its root expired) when a batch of p1
+    /// (-> p0) and p2 (-> p1) reserves; the sweep hands out nothing they need, before
+    /// or after the batch commits.
+    #[test]
+    fn a_batch_racing_a_gc_pass_loses_nothing() {
+        use crate::core::index::ops::FinishBatchOp;
+        use crate::core::index::{Begun, FinishBatch, Stored};
+        let (index, step) = doomed_p0();
+        let commit = begin_batch(&index, &[1, 2], step.now)
+            .iter()
+            .map(|b| match b {
+                Begun::Reserved { reservation } => Stored {
+                    reservation: *reservation,
+                    unchanged: false,
+                },
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(next_sweep(&index, &step), Vec::<StorePathHash>::new());
+        let finish = FinishBatch {
+            commit,
+            abort: vec![],
+            now: step.now,
+        };
+        FinishBatchOp::apply(&index, finish).unwrap();
+        assert_eq!(next_sweep(&index, &step), Vec::<StorePathHash>::new());
+    }
+
+    /// In a batch, a path listed before the one it references is not reserved: the
+    /// index counts only what was reserved before it in the call.
+    #[test]
+    fn a_batch_reference_counts_only_once_reserved() {
+        use crate::core::index::Begun;
+        let (index, step) = doomed_p0();
+        let begun = begin_batch(&index, &[2, 1], step.now);
+        assert_eq!(
+            begun[0],
+            Begun::Missing {
+                missing: vec![hash(1)]
+            }
+        );
+        assert!(matches!(begun[1], Begun::Reserved { .. }), "{begun:?}");
     }
 
     /// Pinned after the mark: p0 stays.
