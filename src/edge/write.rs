@@ -106,6 +106,10 @@ pub async fn publish_batch(
     cache: &Guarded,
     edge: &EdgeCache,
 ) -> Result<Response, EdgeError> {
+    if cache.config.max_batch_narinfos == 0 {
+        // Switched off: answered as a worker without batches answers.
+        return Err(EdgeError::NotFound);
+    }
     let batch: NarinfoBatch =
         json_body(&mut req, MAX_BATCH_BYTES, "{\"narinfos\": [narinfo texts]}").await?;
     let most = cache.config.max_batch_narinfos as usize;
