@@ -29,10 +29,11 @@ from common import CLI_RELEASE, MK, Section, bench_keys, nix_env, run, start_wor
 class Profile:
     name: str
     rtt: float  # seconds
-    rate: float  # bytes per second, each direction, shared by all connections
+    rate: float | None  # bytes per second, each direction, shared by all connections; None: no proxy
 
 
-PROFILES = [Profile("40 ms / 100 Mbit/s", 0.040, 100e6 / 8), Profile("150 ms / 20 Mbit/s", 0.150, 20e6 / 8)]
+PROFILES = [Profile("40 ms / 100 Mbit/s", 0.040, 100e6 / 8), Profile("150 ms / 20 Mbit/s", 0.150, 20e6 / 8),
+            Profile("no added latency", 0.0, None)]
 # Stock nix copy of the 2,000-path closure takes minutes per profile: only with WAN_FULL=1.
 FULL = os.environ.get("WAN_FULL") == "1"
 CHUNK = 16 * 1024
@@ -86,6 +87,12 @@ class WanProxy:
         self.loop.close()
 
     async def _connection(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        try:
+            await self._relay(client_r, client_w)
+        except asyncio.CancelledError:
+            pass  # the proxy is closing
+
+    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         # Connecting costs a round trip, as TCP's handshake does.
         await asyncio.sleep(2 * self.one_way)
         try:
@@ -206,21 +213,28 @@ def build(env: dict, small: int, large: int, work: Path) -> tuple[str, int, int]
     return top, len(sizes), sum(sizes)
 
 
-def timed(work: Path, keys: dict, profile: Profile, name: str, command) -> tuple[float, int]:
-    """Runs `command(url, home)` against a fresh worker behind the proxy: seconds, PUTs."""
+def timed(work: Path, keys: dict, profile: Profile, command, variables: dict) -> tuple[float, int, int]:
+    """Runs `command(url, home)` against a fresh worker behind the proxy: seconds,
+    requests the worker served, and the requests it made to the index."""
     persist = Path(tempfile.mkdtemp(dir=work, prefix="r2-"))
-    proc, url = start_worker(persist, {"PUBLIC_KEYS": keys["public"], "TOKEN_PUBLIC_KEYS": keys["token_public"]})
-    proxy = WanProxy(int(url.rsplit(":", 1)[1]), profile)
+    proc, url = start_worker(persist, {"PUBLIC_KEYS": keys["public"], "TOKEN_PUBLIC_KEYS": keys["token_public"],
+                                       **variables})
+    proxy = WanProxy(int(url.rsplit(":", 1)[1]), profile) if profile.rate else None
     try:
         home = Path(tempfile.mkdtemp(dir=work, prefix="home-"))
         started = time.monotonic()
-        command(f"http://127.0.0.1:{proxy.port}", home)
+        command(f"http://127.0.0.1:{proxy.port}" if proxy else url, home)
         seconds = time.monotonic() - started
     finally:
-        proxy.close()
+        if proxy:
+            proxy.close()
         stop_worker(proc)
     log = (persist / "wrangler.log").read_text(errors="replace")
-    return seconds, len(re.findall(r"\[wrangler:info\] PUT /", log))
+    requests = len(re.findall(r"\[wrangler:info\] (?:GET|HEAD|PUT|POST|DELETE) /", log))
+    # A narinfo PUT makes two (begin, commit); a batch logs its own count.
+    index_calls = 2 * len(re.findall(r"\[wrangler:info\] PUT /[^/ ]+\.narinfo 20", log))
+    index_calls += sum(int(n) for n in re.findall(r"; (\d+) index calls", log))
+    return seconds, requests, index_calls
 
 
 def bench() -> Section:
@@ -254,14 +268,20 @@ def bench() -> Section:
 
         for top, count, nar_bytes in closures:
             for profile in PROFILES:
-                floor = nar_bytes / profile.rate
-                tools = [("nixflare push", nixflare(top))]
-                if count < 1000 or FULL:
-                    tools.append(("nix copy (zstd)", nix_copy(top)))
-                for name, command in tools:
-                    seconds, puts = timed(work, keys, profile, name, command)
+                floor = nar_bytes / profile.rate if profile.rate else None
+                # The baseline in the same run: stock Nix, and nixflare before batches.
+                tools = [("nix copy (zstd)", nix_copy(top), {})] if count < 1000 or FULL else []
+                if count < 1000:
+                    tools.append(("nixflare push, a PUT per narinfo", nixflare(top), {"MAX_BATCH_NARINFOS": "0"}))
+                tools.append(("nixflare push", nixflare(top), {}))
+                stock = None
+                for name, command, variables in tools:
+                    seconds, requests, index_calls = timed(work, keys, profile, command, variables)
+                    stock = seconds if name.startswith("nix copy") else stock
                     row = (f"| {count} paths, {nar_bytes / 2**20:.0f} MiB | {profile.name} | {name} | {seconds:.1f} | "
-                           f"{floor:.1f} | {seconds / floor:.1f}× | {puts / count:.2f} |")
+                           f"{f'{floor:.1f}' if floor else '—'} | {f'{seconds / floor:.1f}×' if floor else '—'} | "
+                           f"{f'{seconds / stock:.2f}×' if stock else '—'} | {requests / count:.2f} | "
+                           f"{index_calls / count:.3f} |")
                     print("wan:", row, flush=True)
                     rows.append(row)
     finally:
@@ -272,11 +292,14 @@ def bench() -> Section:
         "`wrangler dev`) through a userspace proxy adding the round-trip time and a shared rate each "
         "way, and answering `Expect: 100-continue` one round trip away as Cloudflare's edge does.",
         "",
-        "| closure | link | tool | wall s | link floor s | / floor | PUTs per path |",
-        "|---|---|---|---|---|---|---|",
+        "| closure | link | tool | wall s | link floor s | / floor | / nix copy | requests per path | index calls per path |",
+        "|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
-        "Link floor: NAR bytes ÷ rate. Stock `nix copy` of the 2,000-path closure runs only with "
-        "`WAN_FULL=1` (minutes per profile).",
+        "Link floor: NAR bytes ÷ rate. \"A PUT per narinfo\": the same `nixflare push` against a worker "
+        "with `MAX_BATCH_NARINFOS=0` (how it published before batches). Requests: all the worker served "
+        "(queries, NARs, narinfos). Index calls: the worker's requests to the index's Durable Object "
+        "(two per narinfo PUT; a batch logs its own). Stock `nix copy` of the 2,000-path closure runs only "
+        "with `WAN_FULL=1` (minutes per profile).",
     ])
     return Section("Push over a WAN-shaped link (many small paths)", body)

@@ -16,9 +16,10 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use indicatif::HumanBytes;
@@ -503,31 +504,49 @@ impl Context<'_> {
         let mut publisher = Batches::new(closure, missing);
         let mut waiting: Vec<Uploaded> = Vec::new();
         let mut uploads_left = missing.len();
+        let full = self.info.max_batch_narinfos as usize;
+        // Since when something could be published.
+        let mut ready_since: Option<Instant> = None;
         while !publisher.all_published() {
-            // Wait for an upload only when nothing can be published now.
             let mut take = |uploaded: Uploaded, waiting: &mut Vec<Uploaded>| {
                 totals.nar_bytes += closure[uploaded.index].nar_size;
                 totals.file_bytes += uploaded.prepared.file_size;
                 waiting.push(uploaded);
             };
-            if uploads_left > 0 && publisher.ready(&waiting).is_empty() {
-                let uploaded = done
-                    .recv()
-                    .map_err(|_| anyhow!("the upload workers stopped early"))??;
-                uploads_left -= 1;
-                take(uploaded, &mut waiting);
-            }
             while let Ok(uploaded) = done.try_recv() {
                 uploads_left -= 1;
                 take(uploaded?, &mut waiting);
             }
             let ready = publisher.ready(&waiting);
-            if ready.is_empty() {
-                if uploads_left == 0 {
-                    bail!("narinfos wait for references that will not be published");
+            if ready.is_empty() && uploads_left == 0 {
+                bail!("narinfos wait for references that will not be published");
+            }
+            // Publish a full batch at once, the rest once uploads end or after a
+            // moment: fewer, larger batches while uploads go on.
+            let held = ready_since.map_or(Duration::ZERO, |since| since.elapsed());
+            let due = !ready.is_empty()
+                && (uploads_left == 0 || ready.len() >= full || held >= BATCH_HOLD);
+            if !due {
+                let wait = if ready.is_empty() {
+                    ready_since = None;
+                    done.recv().map_err(|_| RecvTimeoutError::Disconnected)
+                } else {
+                    ready_since.get_or_insert_with(Instant::now);
+                    done.recv_timeout(BATCH_HOLD - held)
+                };
+                match wait {
+                    Ok(uploaded) => {
+                        uploads_left -= 1;
+                        take(uploaded?, &mut waiting);
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => {
+                        bail!("the upload workers stopped early")
+                    }
                 }
                 continue;
             }
+            ready_since = None;
             let (now, later): (Vec<Uploaded>, Vec<Uploaded>) =
                 waiting.drain(..).partition(|u| ready.contains(&u.index));
             waiting = later;
@@ -716,6 +735,10 @@ impl Context<'_> {
 /// costs a round trip, and a small NAR sent again costs less (the cache keeps the copy
 /// it has).
 const SMALL_NAR_BYTES: u64 = 256 << 10;
+
+/// How long a narinfo ready to publish may wait for others to fill its batch while
+/// uploads go on.
+const BATCH_HOLD: Duration = Duration::from_millis(1000);
 
 /// NARs at least this large are prepared first: their compression overlaps the rest.
 const EARLY_NAR_BYTES: u64 = 1 << 20;
@@ -921,6 +944,76 @@ mod tests {
     use crate::core::nix::nar_file::Compression;
 
     const SECRET: &str = "test-1:tXPUeHfVCPFDNdxXYtkOyQAJi0Cx6Irm0YuTzpGNciuVkrxO90WjrIQ6nUPvJCR4vDGuyEM8XWLAMnqk1fXEcQ==";
+
+    /// a <- b <- c (c references b, b references a), d alone and large; `b` and `d`
+    /// are already on the cache in some tests.
+    fn chain() -> Vec<PathInfo> {
+        let path = |name: &str| format!("/nix/store/{}-{name}", name.repeat(32)[..32].to_owned());
+        let item = |name: &str, size: u64, refs: &[&str]| {
+            let refs: Vec<String> = refs.iter().map(|r| format!("{:?}", path(r))).collect();
+            format!(
+                r#"{{"path":{:?},"narHash":"sha256:0n9mkxv19xc62j57rr25lmy09nakpq6lncrrd964ga55620lpkhc","narSize":{size},"references":[{}]}}"#,
+                path(name),
+                refs.join(",")
+            )
+        };
+        let json = format!(
+            "[{},{},{},{}]",
+            item("a", 10, &[]),
+            item("b", 10, &["a", "b"]),
+            item("c", 10, &["b"]),
+            item("d", 5 << 20, &[])
+        );
+        pathinfo::parse(&json, "/nix/store").unwrap()
+    }
+
+    fn uploaded(index: usize) -> Uploaded {
+        Uploaded {
+            index,
+            prepared: Prepared {
+                file_hash: Sha256([index as u8; 32]),
+                file_size: 1,
+                upload: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_batch_holds_what_is_ready_references_first() {
+        let closure = chain();
+        let name = |i: usize| closure[i].path.name().to_owned();
+        assert_eq!(name(0), "a");
+        let mut batches = Batches::new(&closure, &[0, 1, 2, 3]);
+        // c's reference b is neither published nor waiting: c waits.
+        assert_eq!(batches.ready(&[uploaded(2), uploaded(0)]), vec![0]);
+        // With b uploaded too, all three go, references first.
+        let ready = batches.ready(&[uploaded(2), uploaded(1), uploaded(0), uploaded(3)]);
+        assert_eq!(ready.len(), 4);
+        let position = |i: usize| ready.iter().position(|&j| j == i).unwrap();
+        assert!(position(0) < position(1) && position(1) < position(2));
+        // Once a and b are published, c alone is ready.
+        batches.published.extend([0, 1]);
+        assert_eq!(batches.ready(&[uploaded(2)]), vec![2]);
+        // What is on the cache already (b) never holds anything back.
+        let batches = Batches::new(&closure, &[2]);
+        assert_eq!(batches.ready(&[uploaded(2)]), vec![2]);
+    }
+
+    #[test]
+    fn large_nars_go_first_then_references_first() {
+        let closure = chain();
+        assert_eq!(upload_order(&closure, &[2, 1, 0, 3]), vec![3, 0, 1, 2]);
+    }
+
+    #[test]
+    fn a_path_sent_in_vain_too_often_fails_the_push() {
+        let closure = chain();
+        let mut batches = Batches::new(&closure, &[0]);
+        assert!(batches.note_failure(0, "busy", 3).is_ok());
+        assert!(batches.note_failure(0, "busy", 3).is_ok());
+        let err = batches.note_failure(0, "busy", 3).unwrap_err();
+        assert!(err.to_string().contains("sent 3 times"), "{err}");
+    }
 
     #[test]
     fn narinfos_are_signed_and_verify_in_the_core() {

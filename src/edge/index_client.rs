@@ -1,6 +1,8 @@
 //! The worker's side of the index (`index.rs` is the Durable Object): typed calls, each
 //! a request to the one object (`crate::core::index::ops` names them).
 
+use core::cell::Cell;
+
 use worker::{Env, Method, Request, RequestInit, Stub};
 
 use crate::core::api;
@@ -10,6 +12,8 @@ use crate::core::index::{IndexError, BINDING, OBJECT_NAME};
 
 pub struct IndexClient {
     stub: Stub,
+    /// Requests made to the object (for the logs: what a request cost).
+    calls: Cell<u32>,
 }
 
 impl IndexClient {
@@ -20,11 +24,20 @@ impl IndexClient {
         let stub = namespace
             .get_by_name(OBJECT_NAME)
             .map_err(|err| IndexError::Unavailable(err.to_string()))?;
-        Ok(Self { stub })
+        Ok(Self {
+            stub,
+            calls: Cell::new(0),
+        })
+    }
+
+    /// Requests this client made to the object so far.
+    pub fn calls(&self) -> u32 {
+        self.calls.get()
     }
 
     /// Any operation, those the object runs itself included.
     pub async fn call_object<O: Op>(&self, request: &O::Request) -> Result<O::Answer, IndexError> {
+        self.calls.set(self.calls.get() + 1);
         let unavailable = |err: worker::Error| IndexError::Unavailable(err.to_string());
         let mut init = RequestInit::new();
         init.with_method(Method::Post)

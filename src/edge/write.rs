@@ -204,12 +204,13 @@ pub async fn publish_batch(
         })
         .collect();
     console_log!(
-        "POST /_nixflare/narinfos by {}: {} created, {} unchanged, {} replaced, {} refused",
+        "POST /_nixflare/narinfos by {}: {} created, {} unchanged, {} replaced, {} refused; {} index calls",
         cache.token.subject,
         counts[NarinfoOutcome::Created as usize],
         counts[NarinfoOutcome::Unchanged as usize],
         counts[NarinfoOutcome::Replaced as usize],
         counts[NarinfoOutcome::Refused as usize],
+        index.calls(),
     );
     if !replaced.is_empty() {
         edge.purge(&replaced).await;
