@@ -1,4 +1,5 @@
-//! Turning a store path into an upload-ready NAR file: `nix-store --dump`, checked
+//! Turning a store path into an upload-ready NAR file: serialised (here, or by
+//! `nix-store --dump`), checked
 //! against Nix's NarHash/NarSize, compressed with multi-threaded zstd into a spool
 //! directory, hashed on the way out (FileHash names the file on the cache).
 //!
@@ -88,7 +89,9 @@ impl Prepared {
     }
 }
 
-/// Dumps, checks and compresses `info`'s path into `entry`.
+/// Dumps, checks and compresses `info`'s path into `entry`: serialised here, or by
+/// `nix-store --dump` where that does not give Nix's NarHash (a store elsewhere than
+/// its store directory says, a file name that is not UTF-8).
 pub fn prepare(
     store_dir: &str,
     info: &PathInfo,
@@ -96,30 +99,38 @@ pub fn prepare(
     entry: &SpoolEntry,
 ) -> Result<Prepared> {
     let path = format!("{store_dir}/{}", info.path);
+    let here = nix_nar::Encoder::new(&path)
+        .map_err(anyhow::Error::from)
+        .and_then(|mut nar| write_checked(&mut nar, info, codec, entry));
+    let record = match here {
+        Ok(Some(record)) => record,
+        Ok(None) | Err(_) => dump_with_nix(&path, info, codec, entry)?.with_context(|| {
+            format!(
+                "the NAR of {path} does not match Nix's NarHash/NarSize ({} bytes): \
+                 the store may be corrupt (try nix-store --verify --check-contents)",
+                info.nar_size
+            )
+        })?,
+    };
+    entry.save(&record)?;
+    Ok(record)
+}
+
+/// `nix-store --dump` of `path`, written and checked as [`write_checked`] does.
+fn dump_with_nix(
+    path: &str,
+    info: &PathInfo,
+    codec: &Codec,
+    entry: &SpoolEntry,
+) -> Result<Option<Prepared>> {
     let mut child = Command::new("nix-store")
-        .args(["--dump", &path])
+        .args(["--dump", path])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .context("running nix-store --dump (is Nix installed?)")?;
     let mut nar = child.stdout.take().context("nix-store has no stdout")?;
-
-    let (out, partial) = entry.create_partial()?;
-    let mut file = HashingWriter::new(BufWriter::with_capacity(1 << 20, out));
-    let (nar_hash, nar_size) = match codec.compression {
-        Compression::Zstd => {
-            let mut encoder = zstd::stream::Encoder::new(&mut file, codec.level)?;
-            encoder.multithread(codec.threads)?;
-            let digest = copy_hashing(&mut nar, &mut encoder)?;
-            encoder.finish()?;
-            digest
-        }
-        Compression::None => copy_hashing(&mut nar, &mut file)?,
-        other => bail!(
-            "compression {} is not supported by nixflare push",
-            other.narinfo_name()
-        ),
-    };
+    let written = write_checked(&mut nar, info, codec, entry);
     let mut stderr = String::new();
     if let Some(mut err) = child.stderr.take() {
         let _ = err.read_to_string(&mut stderr);
@@ -128,25 +139,53 @@ pub fn prepare(
     if !status.success() {
         bail!("nix-store --dump {path} failed: {}", stderr.trim());
     }
+    written
+}
+
+/// Compresses the NAR read from `nar` into `entry`'s file, hashing both sides. `None`
+/// (and no file) when the NAR is not the one Nix's NarHash and NarSize describe.
+fn write_checked(
+    nar: &mut impl Read,
+    info: &PathInfo,
+    codec: &Codec,
+    entry: &SpoolEntry,
+) -> Result<Option<Prepared>> {
+    let (out, partial) = entry.create_partial()?;
+    let mut file = HashingWriter::new(BufWriter::with_capacity(1 << 20, out));
+    let (nar_hash, nar_size) = match codec.compression {
+        Compression::Zstd => {
+            let mut encoder = zstd::stream::Encoder::new(&mut file, codec.level)?;
+            // Worker threads pay off on large NARs only: a small one is done before
+            // they would start.
+            if info.nar_size >= MULTITHREAD_NAR_BYTES {
+                encoder.multithread(codec.threads)?;
+            }
+            let digest = copy_hashing(nar, &mut encoder)?;
+            encoder.finish()?;
+            digest
+        }
+        Compression::None => copy_hashing(nar, &mut file)?,
+        other => bail!(
+            "compression {} is not supported by nixflare push",
+            other.narinfo_name()
+        ),
+    };
     let (file_hash, file_size, inner) = file.finish();
     inner.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     if nar_hash != info.nar_hash.0 || nar_size != info.nar_size {
         let _ = fs::remove_file(&partial);
-        bail!(
-            "the NAR of {path} does not match Nix's NarHash/NarSize ({nar_size} bytes vs {}): \
-             the store may be corrupt (try nix-store --verify --check-contents)",
-            info.nar_size
-        );
+        return Ok(None);
     }
     fs::rename(&partial, &entry.data)?;
-    let record = Prepared {
+    Ok(Some(Prepared {
         file_hash: Sha256(file_hash),
         file_size,
         upload: None,
-    };
-    entry.save(&record)?;
-    Ok(record)
+    }))
 }
+
+/// NARs from this size are compressed by several zstd threads.
+const MULTITHREAD_NAR_BYTES: u64 = 1 << 20;
 
 /// Copies `reader` to `writer`, returning the SHA-256 and length of what passed.
 fn copy_hashing(reader: &mut impl Read, writer: &mut impl Write) -> io::Result<([u8; 32], u64)> {

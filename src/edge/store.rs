@@ -14,7 +14,7 @@ use crate::core::publish::OnExisting;
 use crate::core::token::{Permissions, VerifiedToken};
 
 /// Only if no object is there.
-fn absent() -> Conditional {
+pub fn absent() -> Conditional {
     Conditional {
         etag_does_not_match: Some("*".into()),
         ..Conditional::default()

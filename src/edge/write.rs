@@ -48,24 +48,25 @@ pub async fn store(
 }
 
 /// A NAR in one request. R2 hashes the stream and refuses bytes that do not match the
-/// name: no hashing in wasm.
+/// name: no hashing in wasm. One R2 operation: a write only if nothing is there (a NAR
+/// is named by its SHA-256, so what is there is already these bytes).
 async fn store_nar(req: &Request, nar: &NarFile, cache: &Guarded) -> Result<Stored, EdgeError> {
     let body = stream_body(req, cache.config.max_request_bytes, BodyKind::Nar)?;
     let key = Route::Nar(*nar).to_string();
-    if cache.bucket.head(&key).await?.is_some() {
-        // Named by its SHA-256: what is stored is already these bytes.
-        return Ok(Stored::Unchanged);
-    }
-    cache
+    let created = cache
         .bucket
         .put(&key, Data::ReadableStream(body))
         .sha256(nar.file_hash.0.to_vec())
+        .only_if(store::absent())
         .execute()
         .await
         .map_err(|err| {
             EdgeError::from_r2_put(err, "NAR bytes do not hash to the name in the URL")
         })?;
-    Ok(Stored::Created)
+    Ok(match created {
+        Some(_) => Stored::Created,
+        None => Stored::Unchanged,
+    })
 }
 
 /// A narinfo: checked by the core, its NAR present with the stated size, then stored
