@@ -39,11 +39,30 @@ BENCHES = {"worker": worker_vs_baseline.bench, "push": push.bench, "index": inde
            "watch": watch.bench, "wan": wan.bench}
 
 
+def earlier_sections(path: Path, titles: set[str]) -> list[str]:
+    """The lines of `path`'s sections other than `titles` (a heading's title is what
+    precedes its first " (run of" or " (from")."""
+    if not path.exists():
+        return []
+    kept: list[str] = []
+    keep = False
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            title = line[3:].split(" (run of")[0].split(" (from")[0]
+            keep = title not in titles
+        if keep:
+            kept.append(line)
+    return kept
+
+
 def main() -> int:
-    # `run.py worker index` runs only those; RESULTS.md then holds only them.
+    # `run.py worker index` runs only those; RESULTS.md keeps the other sections of
+    # earlier runs, each saying when it ran.
     chosen = sys.argv[1:] or list(BENCHES)
     sections = [BENCHES[name]() for name in chosen]
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    out = REPO / "benches" / "RESULTS.md"
+    earlier = earlier_sections(out, {section.title for section in sections})
     text = [
         "# Benchmark results",
         "",
@@ -51,9 +70,10 @@ def main() -> int:
         "All absolute figures are this machine's; ratios compare runs of the same invocation.",
         "",
     ]
+    partial = "" if len(chosen) == len(BENCHES) else f", `make bench BENCHES={' '.join(chosen)}`"
     for section in sections:
-        text += [f"## {section.title}", "", section.body, ""]
-    out = REPO / "benches" / "RESULTS.md"
+        text += [f"## {section.title} (run of {date}{partial})", "", section.body, ""]
+    text += earlier
     out.write_text("\n".join(text))
     print(f"wrote {out.relative_to(REPO)}")
     return 0

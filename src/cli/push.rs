@@ -40,6 +40,7 @@ use crate::core::nix::keys::SecretKey;
 use crate::core::nix::nar_file::NarFile;
 use crate::core::nix::narinfo::NarInfo;
 use crate::core::nix::store_path::StorePathHash;
+use crate::core::publish::MAX_BATCH_REFERENCES;
 use crate::core::token::Permissions;
 
 #[derive(Clone)]
@@ -584,6 +585,8 @@ impl Context<'_> {
         let mut sent_any = false;
         let mut chunk: Vec<usize> = Vec::new();
         let mut chunk_bytes = 0u64;
+        let mut chunk_references = 0usize;
+        let references = |k: usize| closure[ready[k].index].references.len();
         let max_count = self.info.max_batch_narinfos as usize;
         // JSON quoting and escapes, generously.
         let json_size = |text: &String| text.len() as u64 * 6 / 5 + 16;
@@ -592,9 +595,11 @@ impl Context<'_> {
         while k <= ready.len() {
             let fits = k < ready.len()
                 && chunk.len() < max_count
-                && chunk_bytes + json_size(&texts[k]) <= limit;
+                && chunk_bytes + json_size(&texts[k]) <= limit
+                && chunk_references + references(k) <= MAX_BATCH_REFERENCES;
             if k < ready.len() && (fits || chunk.is_empty()) {
                 chunk_bytes += json_size(&texts[k]);
+                chunk_references += references(k);
                 chunk.push(k);
                 k += 1;
                 continue;
@@ -616,6 +621,7 @@ impl Context<'_> {
                 }
             }
             chunk_bytes = 0;
+            chunk_references = 0;
             if send.is_empty() {
                 continue;
             }
@@ -738,7 +744,7 @@ const SMALL_NAR_BYTES: u64 = 256 << 10;
 
 /// How long a narinfo ready to publish may wait for others to fill its batch while
 /// uploads go on.
-const BATCH_HOLD: Duration = Duration::from_millis(1000);
+const BATCH_HOLD: Duration = Duration::from_millis(3000);
 
 /// NARs at least this large are prepared first: their compression overlaps the rest.
 const EARLY_NAR_BYTES: u64 = 1 << 20;

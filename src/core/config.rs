@@ -20,8 +20,8 @@ pub mod var {
     pub const ABANDONED_UPLOAD_SECONDS: &str = "ABANDONED_UPLOAD_SECONDS";
     /// Most multipart uploads open at once (default 1000).
     pub const MAX_OPEN_UPLOADS: &str = "MAX_OPEN_UPLOADS";
-    /// Most narinfos one `POST /_nixflare/narinfos` may publish (default 64; 0: no
-    /// batches, one PUT per narinfo).
+    /// Most narinfos one `POST /_nixflare/narinfos` may publish (default 64, at most
+    /// 200; 0: no batches, one PUT per narinfo).
     pub const MAX_BATCH_NARINFOS: &str = "MAX_BATCH_NARINFOS";
     /// Binary caches (http/https URLs, space-separated) whose paths a published
     /// narinfo may reference without this cache holding them, e.g.

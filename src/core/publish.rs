@@ -20,7 +20,13 @@ pub const MAX_NARINFO_BYTES: u64 = 1 << 20;
 /// narinfo plus two or three index calls, and a signature check of CPU per narinfo
 /// (docs/index.md has the measured costs).
 pub const DEFAULT_BATCH_NARINFOS: u32 = 64;
-pub const MAX_BATCH_NARINFOS: u32 = 256;
+/// At most four R2 operations per narinfo (the NAR's HEAD; a narinfo already stored
+/// with other bytes: put-if-absent, GET, conditional PUT) stay, with the lookups and the
+/// index calls, below the 1,000 calls to Cloudflare's services one request may make.
+pub const MAX_BATCH_NARINFOS: u32 = 200;
+/// Most references the narinfos of one batch may name together: what the index
+/// reserves and records for one request stays what one narinfo may bring (10,000).
+pub const MAX_BATCH_REFERENCES: usize = 10_000;
 /// Largest batch request body: whole in wasm memory while it is checked. A narinfo too
 /// large to fit goes up with a PUT of its own.
 pub const MAX_BATCH_BYTES: u64 = 4 << 20;

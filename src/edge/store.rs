@@ -35,8 +35,10 @@ fn conflict(key: &str) -> EdgeError {
     ))
 }
 
+/// A 503, not a 409: nothing says a different object is there (it may be gone), and a
+/// client takes a 409 on a narinfo for "someone else published it".
 fn changed(key: &str) -> EdgeError {
-    EdgeError::Conflict(format!(
+    EdgeError::Busy(format!(
         "/{key} changed while this request was checking it; send it again"
     ))
 }

@@ -20,7 +20,9 @@ use crate::core::index::passes::{self, publish::Sources, EdgePurge, IndexCalls};
 use crate::core::index::{Entry, OwnLog};
 use crate::core::nix::nar_file::NarFile;
 use crate::core::nix::store_path::StorePathHash;
-use crate::core::publish::{self, CheckedNarinfo, SideFile, MAX_BATCH_BYTES, MAX_NARINFO_BYTES};
+use crate::core::publish::{
+    self, CheckedNarinfo, SideFile, MAX_BATCH_BYTES, MAX_BATCH_REFERENCES, MAX_NARINFO_BYTES,
+};
 use crate::core::route::Route;
 use crate::core::token::{TokenId, VerifiedToken};
 
@@ -120,6 +122,16 @@ pub async fn publish_batch(
         )));
     }
     let checks = publish::check_batch(&batch.narinfos, &cache.config);
+    let references: usize = checks
+        .iter()
+        .filter_map(|(_, check)| check.as_ref().ok())
+        .map(|checked| checked.info.references.len())
+        .sum();
+    if references > MAX_BATCH_REFERENCES {
+        return Err(EdgeError::TooLarge(format!(
+            "the narinfos of one batch may name at most {MAX_BATCH_REFERENCES} references ({references} here): send fewer"
+        )));
+    }
     let hashes: Vec<Option<StorePathHash>> = checks.iter().map(|(hash, _)| *hash).collect();
     // The NARs, one HEAD each, all at once.
     let stored_nars = join_all(checks.iter().map(|(_, check)| async move {

@@ -155,7 +155,7 @@ pub struct Stored {
 }
 
 /// `finish/batch`: a batch's reservations, committed (narinfo stored) or aborted, in
-/// one transaction.
+/// one handler.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FinishBatch {

@@ -106,7 +106,7 @@ operations! {
     BeginOp "begin" (Begin) -> Begun = begin;
     CommitOp "commit" (Finish) -> api::True = commit;
     AbortOp "abort" (Finish) -> api::True = abort;
-    /// A batch of narinfos: all reserved in one transaction...
+    /// A batch of narinfos: all reserved in one call...
     BeginBatchOp "begin/batch" (BeginBatch) -> BegunBatch = begin_batch;
     /// ...and all committed or aborted in another.
     FinishBatchOp "finish/batch" (FinishBatch) -> api::True = finish_batch;

@@ -120,6 +120,16 @@ where
 {
     let mut batch = Batch::new(items, refused);
     if let Err(err) = batch.reserve(sources, index, now).await {
+        // What the first call reserved goes back now rather than when it expires.
+        let abort = batch.reservations();
+        if !abort.is_empty() {
+            let finish = FinishBatch {
+                commit: Vec::new(),
+                abort,
+                now,
+            };
+            let _ = index.call::<FinishBatchOp>(&finish).await;
+        }
         return items.iter().map(|_| Err(err.clone().into())).collect();
     }
     let mut results: Vec<Option<Result<T, E>>> = batch
@@ -221,6 +231,8 @@ struct Batch<'a> {
     inside: Vec<Vec<usize>>,
     /// Each item's references refused before the batch began.
     refused: Vec<Vec<StorePathHash>>,
+    /// Where each item's path is in `items`.
+    position: BTreeMap<StorePathHash, usize>,
 }
 
 impl<'a> Batch<'a> {
@@ -246,6 +258,7 @@ impl<'a> Batch<'a> {
                 refs
             })
             .collect();
+        let refused: BTreeSet<&StorePathHash> = refused.iter().collect();
         let refused = items
             .iter()
             .map(|item| {
@@ -263,6 +276,7 @@ impl<'a> Batch<'a> {
             fates: vec![Fate::Begun; items.len()],
             inside,
             refused,
+            position,
         }
     }
 
@@ -271,7 +285,18 @@ impl<'a> Batch<'a> {
     }
 
     fn is_inside(&self, hash: &StorePathHash) -> bool {
-        self.items.iter().any(|item| item.entry.hash == *hash)
+        self.position.contains_key(hash)
+    }
+
+    /// The reservations held.
+    fn reservations(&self) -> Vec<u64> {
+        self.fates
+            .iter()
+            .filter_map(|fate| match fate {
+                Fate::Reserved(reservation) => Some(*reservation),
+                _ => None,
+            })
+            .collect()
     }
 
     /// A reference of item `i` that this batch will not store, if any.
@@ -337,10 +362,11 @@ impl<'a> Batch<'a> {
         // References outside the batch are looked for once for all; those inside are
         // settled by the second call (their own reservation).
         let mut lacking: Vec<StorePathHash> = Vec::new();
+        let mut seen: BTreeSet<StorePathHash> = BTreeSet::new();
         for &i in &waiting {
             if let Fate::Missing(missing) = &self.fates[i] {
                 for hash in missing {
-                    if !self.is_inside(hash) && !lacking.contains(hash) {
+                    if !self.is_inside(hash) && seen.insert(*hash) {
                         lacking.push(*hash);
                     }
                 }

@@ -1655,6 +1655,15 @@ mod scenarios {
     }
 
     fn index_has(case: &Case, i: usize) -> bool {
+        count(
+            case,
+            "paths WHERE hash = ?",
+            &[crate::core::index::sql::text(hash(i))],
+        ) > 0
+    }
+
+    /// `SELECT COUNT(*) FROM <from>` in the case's index.
+    fn count(case: &Case, from: &str, params: &[crate::core::index::sql::Value]) -> u64 {
         #[derive(serde::Deserialize)]
         struct Row {
             n: u64,
@@ -1664,12 +1673,9 @@ mod scenarios {
             .index
             .borrow()
             .sql
-            .rows(
-                "SELECT COUNT(*) AS n FROM paths WHERE hash = ?",
-                &[crate::core::index::sql::text(hash(i))],
-            )
+            .rows(&format!("SELECT COUNT(*) AS n FROM {from}"), params)
             .expect("reads");
-        rows[0].n > 0
+        rows[0].n
     }
 
     /// A sweep killed with a layer handed out (forgotten by the index, still in R2); an
@@ -2285,6 +2291,79 @@ mod scenarios {
             now,
         };
         BeginBatchOp::apply(index, batch).unwrap().begun
+    }
+
+    /// The index fails the second `begin/batch` (p1's reference p0 was found in the
+    /// bucket): every path is answered with the error, and what the first call reserved
+    /// (p3) is released at once, not when it expires.
+    #[test]
+    fn a_batch_that_fails_half_way_releases_its_reservations() {
+        struct FailsSecondBegin<'a> {
+            sim: &'a Sim,
+            begins: Cell<u32>,
+        }
+        impl IndexCalls for FailsSecondBegin<'_> {
+            async fn call<O: IndexOp>(
+                &self,
+                request: &O::Request,
+            ) -> Result<O::Answer, IndexError> {
+                if O::NAME == "begin/batch" {
+                    self.begins.set(self.begins.get() + 1);
+                    if self.begins.get() == 2 {
+                        return Err(IndexError::Unavailable("the object restarted".into()));
+                    }
+                }
+                O::apply(&self.sim.index.borrow(), request.clone())
+            }
+            fn cost(&self) -> u32 {
+                1
+            }
+        }
+        let mut case = Case::new(chain());
+        case.apply(&Op::Behind {
+            path: 0,
+            nar: true,
+            garbage: false,
+        });
+        let universe = chain();
+        let items: Vec<BatchItem> = [3, 1]
+            .iter()
+            .map(|&i| {
+                let narinfo = parse(&universe.narinfo(i)).expect("parses");
+                let entry = Entry::of(&narinfo, case.now(), None);
+                BatchItem { narinfo, entry }
+            })
+            .collect();
+        for i in [1, 3] {
+            case.sim.put(
+                &nar_key(universe.nar[i]),
+                vec![0; nar_size(universe.nar[i]) as usize],
+            );
+        }
+        let index = FailsSecondBegin {
+            sim: &case.sim,
+            begins: Cell::new(0),
+        };
+        let bucket = SimBucket(&case.sim);
+        let put_wave = |_wave: Vec<usize>| async { panic!("nothing is written") };
+        let results: Vec<Result<(), PassError>> = run(
+            &case.sim,
+            None,
+            publish_batch(&sources(&bucket), &index, &items, &[], case.now(), put_wave),
+        )
+        .expect("not killed");
+        assert_eq!(index.begins.get(), 2);
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, Err(PassError::Index(_)))),
+            "{results:?}"
+        );
+        assert_eq!(
+            count(&case, "reservations", &[]),
+            0,
+            "a reservation outlived its batch"
+        );
     }
 
     /// A batch racing a GC pass: p0 is doomed (its root expired) when a batch of p1
