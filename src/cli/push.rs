@@ -365,7 +365,7 @@ impl Context<'_> {
     /// (dump, check, compress), uploaders, and this thread publishing narinfos.
     fn transfer(&self, closure: &[PathInfo], missing: &[usize]) -> Result<Totals> {
         let queue = Mutex::new(VecDeque::from(upload_order(closure, missing)));
-        let (prepared_tx, prepared_rx) = mpsc::channel::<(usize, Prepared)>();
+        let (prepared_tx, prepared_rx) = mpsc::channel::<(usize, Prepared, bool)>();
         let prepared_rx = Mutex::new(prepared_rx);
         let (done_tx, done_rx) = mpsc::channel::<Result<Uploaded>>();
         self.reporter.start(
@@ -404,7 +404,7 @@ impl Context<'_> {
         &self,
         closure: &[PathInfo],
         queue: &Mutex<VecDeque<usize>>,
-        prepared: mpsc::Sender<(usize, Prepared)>,
+        prepared: mpsc::Sender<(usize, Prepared, bool)>,
         done: mpsc::Sender<Result<Uploaded>>,
     ) {
         while !self.cancelled.load(Ordering::Relaxed) {
@@ -412,8 +412,8 @@ impl Context<'_> {
                 return;
             };
             match self.prepare(&closure[index]) {
-                Ok(nar) => {
-                    let _ = prepared.send((index, nar));
+                Ok((nar, resumed)) => {
+                    let _ = prepared.send((index, nar, resumed));
                 }
                 Err(err) => {
                     let _ = done.send(Err(err));
@@ -427,37 +427,45 @@ impl Context<'_> {
     fn upload_prepared(
         &self,
         closure: &[PathInfo],
-        prepared: &Mutex<mpsc::Receiver<(usize, Prepared)>>,
+        prepared: &Mutex<mpsc::Receiver<(usize, Prepared, bool)>>,
         done: mpsc::Sender<Result<Uploaded>>,
     ) {
         loop {
             let next = prepared.lock().ok().and_then(|rx| rx.recv().ok());
-            let Some((index, mut nar)) = next else {
+            let Some((index, mut nar, resumed)) = next else {
                 return;
             };
             if self.cancelled.load(Ordering::Relaxed) {
                 return;
             }
-            let outcome = self.upload(&closure[index], &mut nar).map(|()| Uploaded {
-                index,
-                prepared: nar,
-            });
+            let outcome = self
+                .upload(&closure[index], &mut nar, resumed)
+                .map(|()| Uploaded {
+                    index,
+                    prepared: nar,
+                });
             let _ = done.send(outcome);
         }
     }
 
-    fn prepare(&self, info: &PathInfo) -> Result<Prepared> {
+    /// The path's NAR file, and whether an earlier run had prepared it (and may have
+    /// sent it).
+    fn prepare(&self, info: &PathInfo) -> Result<(Prepared, bool)> {
         let entry = self.spool.entry(info, &self.options.codec);
-        let prepared = match entry.load(info, self.options.codec.compression) {
-            Some(prepared) => prepared,
-            None => nar::prepare(&self.info.store_dir, info, &self.options.codec, &entry)
-                .with_context(|| format!("preparing {}", info.path))?,
+        let (prepared, resumed) = match entry.load(info, self.options.codec.compression) {
+            Some(prepared) => (prepared, true),
+            None => {
+                let prepared =
+                    nar::prepare(&self.info.store_dir, info, &self.options.codec, &entry)
+                        .with_context(|| format!("preparing {}", info.path))?;
+                (prepared, false)
+            }
         };
         self.reporter.compressed(info, prepared.file_size);
-        Ok(prepared)
+        Ok((prepared, resumed))
     }
 
-    fn upload(&self, info: &PathInfo, prepared: &mut Prepared) -> Result<()> {
+    fn upload(&self, info: &PathInfo, prepared: &mut Prepared, resumed: bool) -> Result<()> {
         let entry = self.spool.entry(info, &self.options.codec);
         let nar = prepared.nar_file(self.options.codec.compression);
         let log = |line: String| self.reporter.line(line);
@@ -467,8 +475,9 @@ impl Context<'_> {
             entry: &entry,
             max_request_bytes: self.info.max_request_bytes,
             jobs: self.options.jobs,
-            // A HEAD costs a round trip; sending a small NAR the cache has costs less.
-            ask_first: prepared.file_size > SMALL_NAR_BYTES,
+            // A HEAD costs a round trip; sending a small NAR the cache has costs less,
+            // unless an earlier run may well have sent it.
+            ask_first: resumed || prepared.file_size > SMALL_NAR_BYTES,
             cancelled: &self.cancelled,
             log: &log,
         }

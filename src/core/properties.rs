@@ -8,6 +8,7 @@ use proptest::prelude::*;
 
 use crate::core::config::CacheConfig;
 use crate::core::http::{query_pairs, Method, RangeRequest};
+use crate::core::index::passes::publish::references_first;
 use crate::core::json_read;
 use crate::core::multipart::{parse_part_list, Action};
 use crate::core::nix::content_address::ContentAddress;
@@ -19,7 +20,7 @@ use crate::core::nix::nix32;
 use crate::core::nix::realisation::{Realisation, RealisationKey};
 use crate::core::nix::side_file::{check_debuginfo, check_listing};
 use crate::core::nix::store_path::StorePathBaseName;
-use crate::core::publish::check_narinfo;
+use crate::core::publish::{check_batch, check_narinfo};
 use crate::core::route::Route;
 use crate::core::token;
 
@@ -190,5 +191,31 @@ proptest! {
         let _ = RangeRequest::resolve(Some(&text), 1000);
         let _ = parse_part_list(&text);
         let _ = Action::parse(Method::Put, &query_pairs(&text));
+        let _ = check_batch(&[text.clone(), String::from_utf8_lossy(&bytes).into_owned()], &config);
+    }
+
+    /// Whatever references a batch names among itself (cycles included), the order is
+    /// every item once, each after the items it references unless they form a cycle.
+    #[test]
+    fn batches_order_references_first(refs in proptest::collection::vec(proptest::collection::vec(0usize..12, 0..4), 0..12)) {
+        let n = refs.len();
+        let inside: Vec<Vec<usize>> = refs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| r.iter().copied().filter(|&j| j < n && j != i).collect())
+            .collect();
+        let order = references_first(&inside);
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        prop_assert_eq!(sorted, (0..n).collect::<Vec<_>>());
+        // Acyclic inputs (every reference to a lower index) come out references first.
+        if inside.iter().enumerate().all(|(i, r)| r.iter().all(|&j| j < i)) {
+            let position = |i: usize| order.iter().position(|&k| k == i).unwrap_or(usize::MAX);
+            for (i, r) in inside.iter().enumerate() {
+                for &j in r {
+                    prop_assert!(position(j) < position(i));
+                }
+            }
+        }
     }
 }
