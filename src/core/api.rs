@@ -31,7 +31,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::config::CacheConfig;
+use crate::core::config::{CacheConfig, ReadAccess};
 use crate::core::multipart::{UploadId, MAX_OBJECT_BYTES, MAX_PARTS, MIN_PART_BYTES};
 use crate::core::nix::keys::PublicKey;
 use crate::core::nix::store_path::{StorePathBaseName, StorePathHash};
@@ -62,6 +62,11 @@ pub struct CacheInfo {
     /// Largest body of such a request.
     #[serde(default)]
     pub max_batch_bytes: u64,
+    /// Who may read (`READ_ACCESS`): `token` for a private cache, whose every read
+    /// (Nix's through netrc) needs a token with `read`. Only a token with `read`
+    /// sees this message on such a cache.
+    #[serde(default)]
+    pub read_access: ReadAccess,
 }
 
 impl CacheInfo {
@@ -76,6 +81,7 @@ impl CacheInfo {
             upstream_caches: config.upstream_caches.clone(),
             max_batch_narinfos: config.max_batch_narinfos,
             max_batch_bytes: crate::core::publish::MAX_BATCH_BYTES,
+            read_access: config.read_access,
         }
     }
 }
@@ -478,7 +484,8 @@ mod tests {
             format!(
                 "{{\"storeDir\":\"/nix/store\",\"maxRequestBytes\":100000000,\"minPartBytes\":5242880,\
                  \"maxParts\":10000,\"maxObjectBytes\":5368709120,\"publicKeys\":[\"{PUBLIC}\"],\
-                 \"upstreamCaches\":[],\"maxBatchNarinfos\":64,\"maxBatchBytes\":4194304}}"
+                 \"upstreamCaches\":[],\"maxBatchNarinfos\":64,\"maxBatchBytes\":4194304,\
+                 \"readAccess\":\"public\"}}"
             )
         );
         // A worker older than batches: one PUT per narinfo.
@@ -488,6 +495,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(old.max_batch_narinfos, 0);
+        // …and older than private caches: public.
+        assert_eq!(old.read_access, ReadAccess::Public);
+        let private = CacheConfig {
+            read_access: ReadAccess::Token,
+            ..config
+        };
+        assert!(round_trip(CacheInfo::of(&private)).ends_with(",\"readAccess\":\"token\"}"));
     }
 
     #[test]

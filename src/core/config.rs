@@ -37,6 +37,12 @@ pub mod var {
     /// (and before an unreferenced object counts as an orphan). At least
     /// [`super::MIN_GC_GRACE_HOURS`]: longer than a narinfo lives in the edge cache.
     pub const GC_GRACE_HOURS: &str = "GC_GRACE_HOURS";
+    /// Who may read: `public` (default: anyone, served from the edge cache) or `token`
+    /// (a private cache: every read needs a valid, unrevoked token with `read`).
+    pub const READ_ACCESS: &str = "READ_ACCESS";
+    /// A private cache looks up a read token's revocation at most this often per token
+    /// and isolate (default 60, 0 to 3600): how long a revoked read token may still read.
+    pub const REVOCATION_CHECK_SECONDS: &str = "REVOCATION_CHECK_SECONDS";
     /// Tests only: seconds added to the time the cron sees (never to token expiry), so a
     /// test can age what the cron cleans up. Unset in a deployment.
     pub const TEST_CLOCK_OFFSET_SECONDS: &str = "TEST_CLOCK_OFFSET_SECONDS";
@@ -66,6 +72,10 @@ pub enum ConfigError {
     Upstream { name: &'static str, index: usize },
     #[error("{name} lists more than {MAX_UPSTREAM_CACHES} caches")]
     TooManyUpstreams { name: &'static str },
+    #[error("{name} must be public or token")]
+    ReadAccess { name: &'static str },
+    #[error("READ_ACCESS=token needs TOKEN_PUBLIC_KEYS: without a token key no reader could ever be admitted")]
+    PrivateWithoutTokenKeys,
     #[error("PUBLIC_KEYS and TOKEN_PUBLIC_KEYS share the key {key:?}: a narinfo signature could pass as a token signature's key and the reverse; use separate keys")]
     SharedKey { key: String },
 }
@@ -94,7 +104,62 @@ pub struct CacheConfig {
     pub retain_days: Option<u64>,
     pub max_cache_bytes: Option<u64>,
     pub gc_grace_hours: u64,
+    pub read_access: ReadAccess,
+    /// `REVOCATION_CHECK_SECONDS`, in milliseconds.
+    pub revocation_check_ms: u64,
 }
+
+/// Who may read the cache's files (`READ_ACCESS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadAccess {
+    /// Anyone: reads take no token and the edge cache keeps public copies.
+    #[default]
+    Public,
+    /// A private cache: every read needs a token with `read` (`crate::core::reader`).
+    Token,
+}
+
+impl ReadAccess {
+    /// `READ_ACCESS` as the worker holds it (unset or empty: public). The read path
+    /// parses only this variable; anything but the two words fails closed (500).
+    pub fn parse(value: Option<&str>) -> Result<ReadAccess, ConfigError> {
+        match value.map(str::trim).unwrap_or_default() {
+            "" | "public" => Ok(ReadAccess::Public),
+            "token" => Ok(ReadAccess::Token),
+            _ => Err(ConfigError::ReadAccess {
+                name: var::READ_ACCESS,
+            }),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadAccess::Public => "public",
+            ReadAccess::Token => "token",
+        }
+    }
+}
+
+impl core::str::FromStr for ReadAccess {
+    type Err = ConfigError;
+    fn from_str(text: &str) -> Result<Self, ConfigError> {
+        Self::parse(Some(text))
+    }
+}
+
+impl core::fmt::Display for ReadAccess {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+crate::core::serde_via_text!(ReadAccess);
+
+/// Default `REVOCATION_CHECK_SECONDS`: a minute of reads for a revoked read token, one
+/// R2 HEAD per token and isolate per minute.
+pub const DEFAULT_REVOCATION_CHECK_SECONDS: u64 = 60;
+/// Largest `REVOCATION_CHECK_SECONDS`: an hour.
+pub const MAX_REVOCATION_CHECK_SECONDS: u64 = 3600;
 
 /// Most upstream caches: each missing reference costs a HEAD per upstream.
 pub const MAX_UPSTREAM_CACHES: usize = 4;
@@ -130,6 +195,8 @@ impl Default for CacheConfig {
             retain_days: None,
             max_cache_bytes: None,
             gc_grace_hours: DEFAULT_GC_GRACE_HOURS,
+            read_access: ReadAccess::Public,
+            revocation_check_ms: DEFAULT_REVOCATION_CHECK_SECONDS * 1000,
         }
     }
 }
@@ -270,6 +337,16 @@ impl CacheConfig {
                     MIN_GC_GRACE_HOURS,
                 )(hours)?)?;
         }
+        config.read_access = ReadAccess::parse(get(var::READ_ACCESS).as_deref())?;
+        if let Some(seconds) = get(var::REVOCATION_CHECK_SECONDS) {
+            let name = var::REVOCATION_CHECK_SECONDS;
+            let seconds = seconds
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| ConfigError::Number { name })?;
+            config.revocation_check_ms =
+                at_most(name, MAX_REVOCATION_CHECK_SECONDS)(seconds)? * 1000;
+        }
         if let Some(list) = get(var::UPSTREAM_CACHES) {
             config.upstream_caches = parse_upstreams(&list)?;
         }
@@ -286,6 +363,9 @@ impl CacheConfig {
             return Err(ConfigError::SharedKey {
                 key: shared.to_string(),
             });
+        }
+        if config.read_access == ReadAccess::Token && config.token_keys.is_empty() {
+            return Err(ConfigError::PrivateWithoutTokenKeys);
         }
         Ok(config)
     }
@@ -505,5 +585,43 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("PUBLIC_KEYS lists the key name \"a\" twice"));
+    }
+
+    #[test]
+    fn read_access_fails_closed() {
+        let key = "t:Z5WfzIfU77kmab70KqLM6aL03xWvc39APCUCxXS0184=";
+        assert_eq!(from(&[]).unwrap().read_access, ReadAccess::Public);
+        let private =
+            from(&[(var::READ_ACCESS, " token "), (var::TOKEN_PUBLIC_KEYS, key)]).unwrap();
+        assert_eq!(private.read_access, ReadAccess::Token);
+        assert_eq!(private.revocation_check_ms, 60_000);
+        // A typo must not serve a private cache publicly: it is an error, not a default.
+        for wrong in ["private", "Token", "tokens", "none"] {
+            assert_eq!(
+                from(&[(var::READ_ACCESS, wrong), (var::TOKEN_PUBLIC_KEYS, key)])
+                    .unwrap_err()
+                    .to_string(),
+                "READ_ACCESS must be public or token"
+            );
+            assert!(ReadAccess::parse(Some(wrong)).is_err());
+        }
+        assert_eq!(
+            from(&[(var::READ_ACCESS, "token")]).unwrap_err(),
+            ConfigError::PrivateWithoutTokenKeys
+        );
+        let every_request = from(&[
+            (var::READ_ACCESS, "token"),
+            (var::TOKEN_PUBLIC_KEYS, key),
+            (var::REVOCATION_CHECK_SECONDS, "0"),
+        ])
+        .unwrap();
+        assert_eq!(every_request.revocation_check_ms, 0);
+        let err = |pairs| from(pairs).unwrap_err().to_string();
+        assert!(
+            err(&[(var::REVOCATION_CHECK_SECONDS, "3601")]).starts_with("REVOCATION_CHECK_SECONDS")
+        );
+        assert!(
+            err(&[(var::REVOCATION_CHECK_SECONDS, "1m")]).starts_with("REVOCATION_CHECK_SECONDS")
+        );
     }
 }

@@ -1,9 +1,10 @@
-//! What the worker does with a request, decided from its method and route alone: before
-//! a token is read or storage touched. The edge serves a [`Public`] plan at once and runs
+//! What the worker does with a request, decided from its method, its route and who may
+//! read the cache ([`ReadAccess`]) alone: before a token is read or storage touched. The edge serves a [`Public`] plan at once and runs
 //! a guarded [`Operation`] only after the token proved the permission it needs.
 
 use thiserror::Error;
 
+use crate::core::config::ReadAccess;
 use crate::core::http::Method;
 use crate::core::multipart::{Action, MultipartError};
 use crate::core::nix::nar_file::NarFile;
@@ -16,6 +17,9 @@ use crate::core::token::{Permissions, TokenId};
 pub enum Plan {
     /// Anyone may: no token is read.
     Public(Public),
+    /// A read of a private cache: served as the [`Public`] plan says once a token with
+    /// `read` is admitted (`crate::core::reader`), and never stored in a shared cache.
+    Private(Public),
     /// Only with a valid, unrevoked token that carries `needs`.
     Guarded {
         operation: Operation,
@@ -87,7 +91,48 @@ pub enum Refusal {
 
 /// Decides what a request asks for. `query` gives the decoded query parameters
 /// ([`crate::core::http::query_pairs`]); only multipart requests read them.
+///
+/// In a private cache ([`ReadAccess::Token`]) everything that tells of the cache's
+/// contents or configuration needs `read`: every stored file, `nix-cache-info`,
+/// `public-keys`, `_nixflare/info`, and every guarded operation on top of its own
+/// permission (writes answer whether what they name is there). What needs no `read`
+/// tells nothing: the landing page (static), `whoami` (the caller's own token) and a
+/// revocation (a token id).
 pub fn plan(
+    method: Method,
+    route: &Route,
+    access: ReadAccess,
+    query: impl FnOnce() -> Vec<(String, String)>,
+) -> Result<Plan, Refusal> {
+    let plan = public_plan(method, route, query)?;
+    Ok(match (access, plan) {
+        (ReadAccess::Public, plan) => plan,
+        (ReadAccess::Token, Plan::Public(public)) if *route == Route::LandingPage => {
+            Plan::Public(public)
+        }
+        (ReadAccess::Token, Plan::Public(public)) => Plan::Private(public),
+        // Whoami tells a token only about itself; a revocation names a token, not a path.
+        (
+            ReadAccess::Token,
+            plan @ Plan::Guarded {
+                operation: Operation::Whoami | Operation::Revoke(_),
+                ..
+            },
+        ) => plan,
+        // Every other operation tells of what the cache holds: which paths are there (a
+        // PUT's "already stored", a multipart upload found present, a batch's answers),
+        // their names, sizes and referrers (reconcile, GC plans, a refused delete, pins).
+        (ReadAccess::Token, Plan::Guarded { operation, needs }) => Plan::Guarded {
+            operation,
+            needs: needs.union(Permissions::READ),
+        },
+        // `public_plan` never makes one.
+        (ReadAccess::Token, plan @ Plan::Private(_)) => plan,
+    })
+}
+
+/// What a request asks for in a public cache.
+fn public_plan(
     method: Method,
     route: &Route,
     query: impl FnOnce() -> Vec<(String, String)>,
@@ -182,6 +227,15 @@ fn allowed_methods(route: &Route) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The plan in a public cache (the tests below, but for `private_cache_reads_need_read`).
+    fn plan(
+        method: Method,
+        route: &Route,
+        query: impl FnOnce() -> Vec<(String, String)>,
+    ) -> Result<Plan, Refusal> {
+        super::plan(method, route, ReadAccess::Public, query)
+    }
 
     const HASH: &str = "7rjj86a15146cq1d3qy068lml7n8ykzm";
     const FILE_HASH: &str = "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73";
@@ -328,5 +382,52 @@ mod tests {
         // Only an upload route reads the query at all.
         let untouched = || -> Vec<(String, String)> { panic!("query read") };
         assert!(plan(Method::Get, &narinfo, untouched).is_ok());
+    }
+
+    #[test]
+    fn private_cache_reads_need_read() {
+        for route in routes() {
+            for method in METHODS {
+                let public = plan(method, &route, query(method));
+                let private = super::plan(method, &route, ReadAccess::Token, query(method));
+                let expected = match public.clone() {
+                    // The static page tells nothing of the cache.
+                    Ok(Plan::Public(_)) if route == Route::LandingPage => public.clone(),
+                    Ok(Plan::Public(p)) => Ok(Plan::Private(p)),
+                    Ok(Plan::Guarded { operation, needs }) => {
+                        let tells_nothing =
+                            matches!(operation, Operation::Whoami | Operation::Revoke(_));
+                        Ok(Plan::Guarded {
+                            needs: if tells_nothing {
+                                needs
+                            } else {
+                                needs.union(Permissions::READ)
+                            },
+                            operation,
+                        })
+                    }
+                    other => other,
+                };
+                assert_eq!(private, expected, "{method:?} {route}");
+                // Nothing a private cache answers is public but the page.
+                if route != Route::LandingPage {
+                    assert!(
+                        !matches!(private, Ok(Plan::Public(_))),
+                        "{method:?} {route} must not be public"
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            super::plan(Method::Get, &Route::Whoami, ReadAccess::Token, Vec::new),
+            Ok(Plan::Guarded {
+                operation: Operation::Whoami,
+                needs: Permissions::NONE
+            })
+        );
+        assert_eq!(
+            super::plan(Method::Get, &Route::CacheInfo, ReadAccess::Token, Vec::new),
+            Ok(Plan::Private(Public::Render))
+        );
     }
 }

@@ -12,6 +12,7 @@
 //! - [`http`]: Range, If-None-Match and query strings.
 //! - [`config`]: the worker's variables.
 //! - [`token`]: upload tokens.
+//! - [`reader`]: who may read a private cache, and what an isolate remembers of it.
 //! - [`publish`]: what an upload must prove before it is published.
 //! - [`multipart`]: the rules of multipart NAR uploads.
 //! - [`dispatch`]: what the worker does for a method and route, and with which permission.
@@ -56,6 +57,7 @@ pub mod nix;
 pub mod pin_name;
 mod properties;
 pub mod publish;
+pub mod reader;
 pub mod route;
 pub mod storage;
 pub mod token;

@@ -188,6 +188,8 @@ proptest! {
         let _ = text.parse::<ContentAddress>();
         let _ = token::from_authorization(&text);
         let _ = token::decode_unverified(&text);
+        let _ = crate::core::reader::token_text(Some(&text));
+        let _ = crate::core::config::ReadAccess::parse(Some(&text));
         let _ = RangeRequest::resolve(Some(&text), 1000);
         let _ = parse_part_list(&text);
         let _ = Action::parse(Method::Put, &query_pairs(&text));

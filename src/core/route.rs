@@ -167,6 +167,24 @@ impl Kind {
     }
 }
 
+impl Kind {
+    /// Whether a private cache keeps a copy of this kind in the Cache API, behind its
+    /// token check (`edge::read::serve_private`): the small files every substitution
+    /// asks for, many times, and their 404s (Nix asks for many paths a cache lacks).
+    /// NARs are not kept: each is read once per machine, R2 reads
+    /// are its cheapest operation, and a copy would double what a colo holds. The copy
+    /// lives as long as [`Kind::cache_control`] says (a day for metadata), which the
+    /// GC's edge hold already covers.
+    pub fn kept_for_private_reads(self) -> bool {
+        matches!(self, Kind::Narinfo | Kind::Json | Kind::Log)
+    }
+}
+
+/// `Cache-Control` of every answer of a private cache (`READ_ACCESS = "token"`),
+/// refusals included: no shared cache (Workers Cache in front of the worker above all,
+/// which would serve a copy without running the worker) may keep any of them.
+pub const PRIVATE_CACHE_CONTROL: &str = "private, no-store";
+
 /// How long the edge may serve a narinfo (or another metadata file) after it was
 /// deleted. The GC's edge hold and shortest grace period are derived from it
 /// (`crate::core::gc::EDGE_HOLD_MS`), so a client that still gets a removed narinfo

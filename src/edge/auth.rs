@@ -1,11 +1,16 @@
 //! Tokens at the edge: the core parses and verifies them (`crate::core::token`); the edge
-//! adds the one thing that needs storage, the revocation check.
+//! adds the one thing that needs storage, the revocation check. Readers of a private
+//! cache go through [`admit_reader`], which remembers admitted tokens per isolate
+//! (`crate::core::reader`); guarded operations check everything on every request.
+
+use std::cell::RefCell;
 
 use worker::{Bucket, Env, Request};
 
 use super::error::EdgeError;
 use super::index_client::IndexClient;
 use crate::core::config::CacheConfig;
+use crate::core::reader::{self, Lookup, ReadRefusal, ReadTokens};
 use crate::core::route::Route;
 use crate::core::token::{self, Permissions, VerifiedToken};
 
@@ -57,14 +62,8 @@ async fn authorize(
     bucket: &Bucket,
     needs: Permissions,
 ) -> Result<VerifiedToken, EdgeError> {
-    let header = req.headers().get("Authorization")?.ok_or_else(|| {
-        EdgeError::Unauthorized(
-            "a token is required (Authorization: Bearer TOKEN, or the token as netrc password)"
-                .into(),
-        )
-    })?;
-    let text = token::from_authorization(&header)
-        .ok_or_else(|| EdgeError::Unauthorized("Authorization must be Bearer or Basic".into()))?;
+    let header = req.headers().get("Authorization")?;
+    let text = reader::token_text(header.as_deref()).map_err(refused)?;
     let now = worker::Date::now().as_millis() / 1000;
     let token = token::verify(&text, &config.token_keys, now)
         .map_err(|e| EdgeError::Unauthorized(e.to_string()))?;
@@ -82,4 +81,48 @@ async fn authorize(
         )));
     }
     Ok(token)
+}
+
+thread_local! {
+    /// The read tokens this isolate checked. Requests interleave at awaits; no borrow
+    /// is held across one, and `remember` never lets a late look-up undo a revocation.
+    static READ_TOKENS: RefCell<ReadTokens> = RefCell::new(ReadTokens::default());
+}
+
+/// Admits a read of a private cache: a token with `read`, unexpired, unrevoked at a
+/// lookup within `REVOCATION_CHECK_SECONDS`. A remembered token costs no R2 operation
+/// and no signature check; the configuration is parsed only for a token not yet seen.
+/// Nothing here reads what the request names.
+pub async fn admit_reader(req: &Request, env: &Env) -> Result<(), EdgeError> {
+    let header = req.headers().get("Authorization")?;
+    let text = reader::token_text(header.as_deref()).map_err(refused)?;
+    let digest = reader::digest(&text);
+    let now_ms = worker::Date::now().as_millis();
+    let looked_up = READ_TOKENS.with(|tokens| tokens.borrow_mut().lookup(&digest, now_ms));
+    let (token, recheck_ms) = match looked_up.map_err(refused)? {
+        Lookup::Admitted => return Ok(()),
+        Lookup::Recheck { token, recheck_ms } => (token, recheck_ms),
+        Lookup::Unknown => {
+            let config = super::config(env)?;
+            let token = reader::verify(&text, &config.token_keys, now_ms).map_err(refused)?;
+            (token, config.revocation_check_ms)
+        }
+    };
+    let revocation = Route::Revocation(token.id).to_string();
+    let revoked = super::bucket(env)?.head(&revocation).await?.is_some();
+    READ_TOKENS
+        .with(|tokens| {
+            tokens
+                .borrow_mut()
+                .remember(digest, token, revoked, now_ms, recheck_ms)
+        })
+        .map_err(refused)
+}
+
+fn refused(refusal: ReadRefusal) -> EdgeError {
+    if refusal.is_forbidden() {
+        EdgeError::Forbidden(refusal.to_string())
+    } else {
+        EdgeError::Unauthorized(refusal.to_string())
+    }
 }

@@ -15,6 +15,7 @@ mod gc;
 mod index;
 mod index_client;
 mod multipart;
+mod private;
 mod purge;
 mod queries;
 mod read;
@@ -29,12 +30,12 @@ use worker::{
 };
 
 use crate::core::api;
-use crate::core::config::CacheConfig;
+use crate::core::config::{var, CacheConfig, ReadAccess};
 use crate::core::dispatch::{self, Operation, Plan, Public};
 use crate::core::http::{query_pairs, Method};
 use crate::core::index::ops::TickOp;
 use crate::core::index::At;
-use crate::core::route::Route;
+use crate::core::route::{Route, PRIVATE_CACHE_CONTROL};
 use auth::Guarded;
 use error::EdgeError;
 use purge::EdgeCache;
@@ -51,15 +52,32 @@ fn start() {
 async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response> {
     let method = Method::parse(req.method().as_ref());
     let head_only = method == Method::Head;
-    match handle(req, method, &env, &ctx).await {
-        Ok(response) => Ok(response),
-        Err(err) => err.into_response(head_only),
+    let access = read_access(&env);
+    let public = matches!(access, Ok(ReadAccess::Public));
+    let handled = match access {
+        Ok(access) => handle(req, method, access, &env, &ctx).await,
+        Err(err) => Err(err),
+    };
+    let mut response = match handled {
+        Ok(response) => response,
+        Err(err) => err.into_response(head_only)?,
+    };
+    if !public {
+        // Every answer of a private cache, refusals and 404s included: a copy kept in
+        // Workers Cache would be served to the next request without a token check.
+        let headers = response.headers_mut();
+        headers.set("Cache-Control", PRIVATE_CACHE_CONTROL)?;
+        // Workers Cache heeds these over Cache-Control; nothing sets them, and nothing may.
+        headers.delete("CDN-Cache-Control")?;
+        headers.delete("Cloudflare-CDN-Cache-Control")?;
     }
+    Ok(response)
 }
 
 async fn handle(
     req: Request,
     method: Method,
+    access: ReadAccess,
     env: &Env,
     ctx: &Context,
 ) -> Result<Response, EdgeError> {
@@ -69,30 +87,50 @@ async fn handle(
     // Only multipart requests read their query; a malformed one is refused here,
     // before the token is looked at.
     let query = || query_pairs(&req.inner().url());
-    let (operation, needs) = match dispatch::plan(method, &route, query)? {
+    let (operation, needs) = match dispatch::plan(method, &route, access, query)? {
         // The anonymous read path: R2 only, no configuration parsed, no token.
         Plan::Public(Public::Serve) => {
             return read::serve(&req, &bucket(env)?, &route, head_only).await
         }
         Plan::Public(Public::Render) => return read::render(&route, || config(env), head_only),
+        // A private cache's read: the token first, and nothing else before it.
+        Plan::Private(public) => {
+            auth::admit_reader(&req, env).await?;
+            return match public {
+                Public::Serve => {
+                    read::serve_private(&req, &bucket(env)?, &route, head_only, env, ctx).await
+                }
+                Public::Render => read::render(&route, || config(env), head_only),
+            };
+        }
         Plan::Guarded { operation, needs } => (operation, needs),
     };
+    let edge_cache = || EdgeCache::of(ctx, access, &req, env);
     let cache = Guarded::open(&req, env, needs).await?;
     match operation {
         Operation::Whoami => {
             response::json(200, api::render(&api::Whoami::of(&cache.token)), head_only)
         }
         Operation::KeepCacheInfo => write::keep_cache_info(&route, &cache),
-        Operation::Store => write::store(req, &route, &cache, &EdgeCache::of(ctx)).await,
+        Operation::Store => {
+            let edge_cache = edge_cache();
+            write::store(req, &route, &cache, &edge_cache).await
+        }
         Operation::Revoke(id) => write::revoke(id, &cache).await,
-        Operation::Delete => write::delete(&route, &cache, &EdgeCache::of(ctx)).await,
+        Operation::Delete => write::delete(&route, &cache, &edge_cache()).await,
         Operation::Upload(nar, action) => multipart::handle(req, nar, action, &cache).await,
         Operation::QueryMissing => queries::missing(req, &cache).await,
-        Operation::PublishBatch => write::publish_batch(req, &cache, &EdgeCache::of(ctx)).await,
+        Operation::PublishBatch => {
+            let edge_cache = edge_cache();
+            write::publish_batch(req, &cache, &edge_cache).await
+        }
         Operation::Stats => queries::stats(&cache, head_only).await,
         Operation::Reconcile => queries::reconcile(&cache).await,
         Operation::GcPlan => gc::plan(&cache, head_only).await,
-        Operation::GcRun => gc::run(req, &cache, &EdgeCache::of(ctx)).await,
+        Operation::GcRun => {
+            let edge_cache = edge_cache();
+            gc::run(req, &cache, &edge_cache).await
+        }
         Operation::ListPins => gc::list_pins(&cache, head_only).await,
         Operation::SetPin(name) => gc::set_pin(req, &name, &cache).await,
         Operation::RemovePin(name) => gc::remove_pin(&name, &cache).await,
@@ -139,6 +177,20 @@ async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
         ),
         Err(err) => console_error!("index tick failed: {err}"),
     }
+}
+
+/// The one variable every request reads: who may read. Unset is public; a value that is
+/// neither word, or not text at all (a JSON variable), fails closed: 500 for everything,
+/// never a public answer.
+fn read_access(env: &Env) -> Result<ReadAccess, EdgeError> {
+    let value = js_sys::Reflect::get(env.as_ref(), &var::READ_ACCESS.into())
+        .map_err(|_| EdgeError::Unconfigured("the environment cannot be read".into()))?;
+    let text = match value.as_string() {
+        Some(text) => Some(text),
+        None if value.is_undefined() => None,
+        None => Some("(not text)".to_owned()),
+    };
+    ReadAccess::parse(text.as_deref()).map_err(EdgeError::Misconfigured)
 }
 
 /// The bucket R2 binds to this worker.

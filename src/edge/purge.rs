@@ -12,12 +12,18 @@
 //!   worker's responses. Purging from the cron itself (which is the worker's
 //!   entrypoint) would need the keys the object deleted handed back to it, and the
 //!   holds released after; not built: cron passes hold each lower layer a day.
+//!
+//! A private cache keeps nothing in Workers Cache; its copies in the Cache API
+//! (`private.rs`) are forgotten here in this data centre only, so for the GC nothing
+//! of a private cache is ever purged.
 
 use js_sys::{Array, Function, Object, Promise, Reflect};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use worker::console_error;
 
+use super::private::{Place, PrivateCopies};
+use crate::core::config::ReadAccess;
 use crate::core::index::passes::EdgePurge;
 
 /// Most tags one purge call names.
@@ -26,10 +32,21 @@ const TAGS_PER_PURGE: usize = 100;
 pub struct EdgeCache {
     /// `ctx.cache` and its `purge`, when the runtime has them.
     purge: Option<(JsValue, Function)>,
+    /// A private cache: nothing counts as purged.
+    private: bool,
+    /// Where its copies are, forgotten here too.
+    private_copies: Option<Place>,
 }
 
 impl EdgeCache {
-    pub fn of(ctx: &worker::Context) -> Self {
+    pub fn of(
+        ctx: &worker::Context,
+        access: ReadAccess,
+        req: &worker::Request,
+        env: &worker::Env,
+    ) -> Self {
+        let private = access == ReadAccess::Token;
+        let private_copies = private.then(|| Place::of(req, env).ok()).flatten();
         let context: &JsValue = ctx.as_ref();
         let purge = Reflect::get(context, &"cache".into())
             .ok()
@@ -38,24 +55,49 @@ impl EdgeCache {
                 let purge = Reflect::get(&cache, &"purge".into()).ok()?;
                 Some((cache, purge.dyn_into::<Function>().ok()?))
             });
-        Self { purge }
+        Self {
+            purge,
+            private,
+            private_copies,
+        }
+    }
+
+    /// Keys just created: a private cache forgets the 404s it kept of them here (in
+    /// other data centres such a copy lives out its minute, as a public cache's 404s
+    /// do at the edge).
+    pub async fn created(&self, keys: &[String]) {
+        if let (Some(place), false) = (&self.private_copies, keys.is_empty()) {
+            PrivateCopies::open(place).await.forget(keys).await;
+        }
     }
 
     /// No purge available (a dry run).
     pub fn none() -> Self {
-        Self { purge: None }
+        Self {
+            purge: None,
+            private: false,
+            private_copies: None,
+        }
     }
 }
 
 impl EdgePurge for EdgeCache {
     /// Whether the runtime offers a purge here.
     fn purges(&self) -> bool {
-        self.purge.is_some()
+        self.purge.is_some() && !self.private
     }
 
     /// Drops the keys' cached copies; failures are logged, never fatal (the copies
     /// expire on their own).
     async fn purge(&self, keys: &[String]) -> bool {
+        if self.private {
+            // Copies in other data centres live out their day: nothing counts as
+            // purged, so the GC holds what they name as where nothing purges.
+            if let Some(place) = &self.private_copies {
+                PrivateCopies::open(place).await.forget(keys).await;
+            }
+            return false;
+        }
         let Some((cache, purge)) = &self.purge else {
             return false;
         };

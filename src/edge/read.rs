@@ -1,10 +1,12 @@
-//! GET and HEAD: every protocol file, anonymous. Stored files come from R2 and nothing
-//! else (no configuration, no token, no index); their bodies stream from R2 to the client
-//! without entering wasm.
+//! GET and HEAD: every protocol file, anonymous in a public cache. Stored files come from
+//! R2 and nothing else (no configuration, no token, no index); their bodies stream from
+//! R2 to the client without entering wasm. A private cache's reads, once admitted, also
+//! use the copies of `private.rs`.
 
-use worker::{Bucket, Headers, Request, Response};
+use worker::{Bucket, Context, Env, Headers, Request, Response};
 
 use super::error::EdgeError;
+use super::private::{Place, PrivateCopies};
 use super::response::generated;
 use crate::core::api;
 use crate::core::config::CacheConfig;
@@ -68,6 +70,39 @@ pub async fn serve(
     }
     let range = RangeRequest::resolve(range_header.as_deref(), size);
     serve_range(bucket, &key, size, range, headers).await
+}
+
+/// A stored file of a private cache, for a request `auth::admit_reader` admitted. A
+/// plain GET of a small file is answered from the private copies when they have it,
+/// and R2's answer (the file, or its absence) is kept there; HEAD, Range and
+/// If-None-Match go to R2 as in `serve`.
+pub async fn serve_private(
+    req: &Request,
+    bucket: &Bucket,
+    route: &Route,
+    head_only: bool,
+    env: &Env,
+    ctx: &Context,
+) -> Result<Response, EdgeError> {
+    let headers = req.headers();
+    let plain = !head_only && !headers.has("Range")? && !headers.has("If-None-Match")?;
+    if !plain || !route.kind().kept_for_private_reads() {
+        return serve(req, bucket, route, head_only).await;
+    }
+    let copies = PrivateCopies::open(&Place::of(req, env)?).await;
+    if let Some(hit) = copies.get(route).await {
+        return Ok(hit);
+    }
+    // A 404 is kept too, for the minute its Cache-Control says, as Workers Cache keeps
+    // a public cache's: Nix asks for many paths a cache does not have.
+    let mut response = match serve(req, bucket, route, false).await {
+        Err(EdgeError::NotFound) => EdgeError::NotFound.into_response(false)?,
+        other => other?,
+    };
+    if matches!(response.status_code(), 200 | 404) {
+        ctx.wait_until(copies.keep(route, &mut response)?);
+    }
+    Ok(response)
 }
 
 /// The body of a GET whose object exists and is `size` bytes.

@@ -43,8 +43,14 @@ pub async fn store(
         },
     };
     log_write("PUT", route, &cache.token, &outcome);
-    if matches!(outcome, Stored::Replaced) {
-        edge.purge(&[route.to_string()]).await;
+    match outcome {
+        Stored::Replaced => {
+            edge.purge(&[route.to_string()]).await;
+        }
+        Stored::Created if route.kind().kept_for_private_reads() => {
+            edge.created(&[route.to_string()]).await
+        }
+        _ => {}
     }
     outcome.into_response()
 }
@@ -186,6 +192,7 @@ pub async fn publish_batch(
         answers[position] = Some(result);
     }
     let mut replaced = Vec::new();
+    let mut created = Vec::new();
     let mut counts = [0usize; 4];
     let results = answers
         .into_iter()
@@ -194,8 +201,14 @@ pub async fn publish_batch(
             let answer = answer.unwrap_or(Err(EdgeError::NotFound));
             let (outcome, status, reason) = match answer {
                 Ok(stored) => {
-                    if let (Stored::Replaced, Some(hash)) = (&stored, hash) {
-                        replaced.push(Route::Narinfo(*hash).to_string());
+                    match (&stored, hash) {
+                        (Stored::Replaced, Some(hash)) => {
+                            replaced.push(Route::Narinfo(*hash).to_string())
+                        }
+                        (Stored::Created, Some(hash)) => {
+                            created.push(Route::Narinfo(*hash).to_string())
+                        }
+                        _ => {}
                     }
                     let (outcome, status) = stored.batch_outcome();
                     (outcome, status, None)
@@ -228,6 +241,7 @@ pub async fn publish_batch(
     if !replaced.is_empty() {
         edge.purge(&replaced).await;
     }
+    edge.created(&created).await;
     response::json(200, api::render(&NarinfosPublished { results }), false)
 }
 
