@@ -44,6 +44,15 @@ impl Client {
         let reply = self
             .send(Method::Get, &path, None, Body::Empty)
             .with_context(|| format!("cannot reach the cache at {}", self.base()))?;
+        if matches!(reply.status, 401 | 403) {
+            let refusal = HttpError::new(Method::Get, &path, &reply);
+            bail!(
+                "{} is a private cache: it needs a token with read permission (--token, \
+                 NIXFLARE_TOKEN, --token-file, or the cache's host in a netrc file); {}",
+                self.base(),
+                refusal.reason
+            );
+        }
         if reply.status != 200 {
             bail!(
                 "{} does not answer like a nixflare cache (GET /{path}: HTTP {})",

@@ -95,11 +95,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the nix.conf, flake and netrc lines for using a cache.
+    /// Print the nix.conf, flake and netrc lines for using a cache (for a private
+    /// cache, with the netrc line of a read token).
     Use {
         /// A cache saved by `nixflare login`, or a URL (default: the saved default).
         #[arg(env = "NIXFLARE_CACHE", value_name = "NAME|URL")]
         cache: Option<String>,
+        /// A token with read permission, for a private cache (prefer NIXFLARE_TOKEN or
+        /// --token-file: arguments show up in `ps`). Default: the saved token or netrc.
+        #[arg(long, env = "NIXFLARE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Read that token from FILE.
+        #[arg(long, value_name = "FILE", conflicts_with = "token")]
+        token_file: Option<PathBuf>,
     },
     /// Save a cache's URL, upload token and signing key's path under a name, so
     /// commands need only `--cache NAME` (or nothing, for the default).
@@ -398,7 +406,27 @@ fn run(cli: Cli) -> Result<()> {
         Command::Token(TokenCommand::Revoke { target, remote }) => {
             token::revoke(&remote.client()?, &target)
         }
-        Command::Use { cache } => use_cache::run(&Target::resolve(cache.as_deref())?.url, 3),
+        Command::Use {
+            cache,
+            token,
+            token_file,
+        } => {
+            let target = Target::resolve(cache.as_deref())?;
+            let sources = auth::TokenSources {
+                explicit: token.as_deref(),
+                file: token_file.as_deref(),
+                saved: target.saved.as_ref().and_then(|s| s.token.as_deref()),
+                netrc: None,
+            };
+            // A token asked for must be found; otherwise one is used if there is one
+            // (a public cache needs none).
+            let token = if token.is_some() || token_file.is_some() {
+                Some(auth::find_token(sources, &target.url)?)
+            } else {
+                auth::find_token(sources, &target.url).ok()
+            };
+            use_cache::run(&target.url, token, 3)
+        }
         Command::Login(args) => login::run(args),
         Command::Logout { name } => login::logout(&name),
         Command::Hook(args) => hook::run(args),
