@@ -14,7 +14,15 @@ from conftest import MK, nix32_of_digest, nix_env, run, start_worker, stop_worke
 CLI_RELEASE = REPO / "target" / "release" / "nixflare"
 
 __all__ = ["CLI_RELEASE", "MK", "REPO", "Section", "bench_keys", "nix32_of_digest", "nix_env", "run", "start_worker",
-           "stop_worker"]
+           "stop_worker", "verdict"]
+
+
+def verdict(ratio: float, higher_is_better: bool, target: float | None) -> tuple[str, bool]:
+    """A ratio against its target, as the results tables write it, and whether it is met."""
+    if target is None:
+        return "—", True
+    ok = ratio >= target if higher_is_better else ratio <= target
+    return f"{'≥' if higher_is_better else '≤'} {target}: {'met' if ok else 'MISSED'}", ok
 
 
 def bench_keys(work: Path) -> dict:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import retention
 import index
+import private
 import push
 import wan
 import watch
@@ -36,7 +37,7 @@ def machine() -> str:
 
 
 BENCHES = {"worker": worker_vs_baseline.bench, "push": push.bench, "index": index.bench, "gc": retention.bench,
-           "watch": watch.bench, "wan": wan.bench}
+           "watch": watch.bench, "wan": wan.bench, "private": private.bench}
 
 
 def earlier_sections(path: Path, titles: set[str]) -> list[str]:

@@ -22,7 +22,7 @@ import http.client
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import CLI_RELEASE, REPO, Section, nix32_of_digest, run, start_worker, stop_worker
+from common import CLI_RELEASE, REPO, Section, nix32_of_digest, run, start_worker, stop_worker, verdict
 
 MIB = 1 << 20
 BASELINE_CONFIG = REPO / "benches" / "baseline" / "wrangler.toml"
@@ -349,18 +349,14 @@ def bench() -> Section:
     for name, unit, higher, target in FIGURES:
         b, n = base[name], ours[name]
         ratio = n / b if b else float("nan")
-        if target is None:
-            verdict = "—"
-        else:
-            ok = ratio >= target if higher else ratio <= target
-            verdict = f"{'≥' if higher else '≤'} {target}: {'met' if ok else 'MISSED'}"
-            if not ok:
-                missed.append(name)
+        shown, ok = verdict(ratio, higher, target)
+        if not ok:
+            missed.append(name)
         f = floor.get(name)
         floor_cells = (f"{f:.4g}", f"{f / b:.2f}") if f is not None and b else ("—", "—")
-        lines.append(f"| {name} ({unit}) | {b:.4g} | {floor_cells[0]} | {n:.4g} | {floor_cells[1]} | {ratio:.2f} | {verdict} |")
+        lines.append(f"| {name} ({unit}) | {b:.4g} | {floor_cells[0]} | {n:.4g} | {floor_cells[1]} | {ratio:.2f} | {shown} |")
         print(f"http: {name:30} baseline {b:10.4g} {unit:6} floor {floor_cells[0]:>8} nixflare {n:10.4g}"
-              f"  ratio {ratio:.2f}  {verdict}")
+              f"  ratio {ratio:.2f}  {shown}")
     for name in ("RSS growth, 1 GiB down", "RSS growth, 1 GiB up (second)"):
         ok = ours[name] < 64
         if not ok:
