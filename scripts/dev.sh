@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 HOST=127.0.0.1
 PORT=${PORT:-8787}
+# READ_ACCESS=token make dev: a private cache (README "A private cache").
+READ_ACCESS=${READ_ACCESS:-public}
 URL="http://$HOST:$PORT"
 KEY=.dev/signing-key.sec
 TOKEN_KEY=.dev/token-key.sec
@@ -60,7 +62,18 @@ cat <<TXT
   Stored objects live in $PWD/.dev/r2. Stop with Ctrl-C.
 
 TXT
+if [ "$READ_ACCESS" = token ]; then
+  cat <<TXT
+  This cache is PRIVATE (READ_ACCESS=token): every read needs a token with read.
+  Nix reads it with the token above as netrc password:
+    --option netrc-file $PWD/.dev/netrc
+  Lines for another machine (mint it a read-only token):
+    NIXFLARE_TOKEN=$TOKEN $PWD/target/debug/nixflare use $URL
+
+TXT
+fi
 
 exec npx wrangler dev --ip "$HOST" --port "$PORT" --persist-to .dev/r2 \
   --var "PUBLIC_KEYS:$PUBLIC_KEY" --var "TOKEN_PUBLIC_KEYS:$(cat "$TOKEN_KEY.pub")" \
+  --var "READ_ACCESS:$READ_ACCESS" \
   --test-scheduled --show-interactive-dev-session=false
