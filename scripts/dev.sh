@@ -68,7 +68,7 @@ if [ "$READ_ACCESS" = token ]; then
   Nix reads it with the token above as netrc password:
     --option netrc-file $PWD/.dev/netrc
   Lines for another machine (mint it a read-only token):
-    NIXFLARE_TOKEN=$TOKEN $PWD/target/debug/nixflare use $URL
+    $PWD/target/debug/nixflare use $URL --token-file $PWD/.dev/token
 
 TXT
 fi
