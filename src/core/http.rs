@@ -166,9 +166,35 @@ fn form_decode(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// The origin of an absolute URL, `scheme://host[:port]`, as the runtime hands a
+/// request's URL over; `None` for anything else. Written here for the reason
+/// [`query_pairs`] is.
+pub fn origin(url: &str) -> Option<&str> {
+    let after_scheme = url.find("://")? + 3;
+    let end = url[after_scheme..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| after_scheme + i);
+    (end > after_scheme).then(|| &url[..end])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origins() {
+        assert_eq!(
+            origin("https://cache.example.org/nar/x.nar?y#z"),
+            Some("https://cache.example.org")
+        );
+        assert_eq!(
+            origin("http://127.0.0.1:8787?q"),
+            Some("http://127.0.0.1:8787")
+        );
+        assert_eq!(origin("http://h"), Some("http://h"));
+        assert_eq!(origin("/relative"), None);
+        assert_eq!(origin("http:///x"), None);
+    }
     use RangeRequest::*;
 
     #[test]
