@@ -100,9 +100,16 @@ class PeakRss:
         return (self.peak - self.start) / 1024
 
 
-def wrk(url: str, seconds: int, connections: int) -> tuple[float, float, int]:
-    """req/s, p99 latency in ms, and the number of requests."""
-    out = run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url]).stdout
+def wrk(url: str, seconds: int, connections: int, headers: tuple[str, ...] = (),
+        expect_status: str = "2xx") -> tuple[float, float, int]:
+    """req/s, p99 latency in ms, and the number of requests. Unless `expect_status` is
+    "4xx" (a 404 measured as such), any answer other than 2xx/3xx is an error: a rate of
+    refusals measures nothing."""
+    args = [arg for header in headers for arg in ("-H", header)]
+    out = run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", *args, url]).stdout
+    failed = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if expect_status == "2xx" and failed:
+        raise AssertionError(f"{url}: {failed.group(1)} answers were not 2xx/3xx")
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     value, unit = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
     p99 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
@@ -234,7 +241,7 @@ def measure(name: str, proc, url: str, data: dict, token: str | None, figures: F
     figures.keep("narinfo hit", rate)
     figures.keep("narinfo hit p99", p99, higher_is_better=False)
     figures.keep("CPU per 10k narinfo hits", cpu / total * 10_000, higher_is_better=False)
-    rate, _, _ = wrk(f"{url}/{data['miss']}", 5, 32)
+    rate, _, _ = wrk(f"{url}/{data['miss']}", 5, 32, expect_status="4xx")
     figures.keep("narinfo miss (404)", rate)
     if name == "floor":
         print(f"http: round {round_no} {name}: done")
@@ -282,8 +289,9 @@ def measure(name: str, proc, url: str, data: dict, token: str | None, figures: F
     print(f"http: round {round_no} {name}: done")
 
 
-def load_data(url: str, work: Path) -> dict:
-    """Puts the read-side objects through the baseline (keys verbatim)."""
+def load_data(url: str, work: Path, nar_sizes=(("1MiB", MIB), ("100MiB", 100 * MIB), ("1GiB", 1 << 30))) -> dict:
+    """Puts the read-side objects through the baseline (keys verbatim): a narinfo and a
+    NAR of each size."""
     data = {}
     h, miss = "7rjj86a15146cq1d3qy068lml7n8ykzm", "0rjj86a15146cq1d3qy068lml7n8ykzm"
     f = "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73"
@@ -292,7 +300,7 @@ def load_data(url: str, work: Path) -> dict:
     data["narinfo"], data["miss"] = f"{h}.narinfo", f"{miss}.narinfo"
     _, _, status = curl(["-T", str(narinfo), f"{url}/{data['narinfo']}"])
     assert status == 201
-    for label, size in [("1MiB", MIB), ("100MiB", 100 * MIB), ("1GiB", 1 << 30)]:
+    for label, size in nar_sizes:
         path = work / f"nar-{label}"
         key = f"nar/{random_file(path, size)}.nar"
         _, _, status = curl(["-T", str(path), f"{url}/{key}"])

@@ -38,10 +38,10 @@ pub fn digest(token_text: &str) -> TokenDigest {
     Sha256::digest(token_text.trim().as_bytes()).into()
 }
 
-/// Why a read is refused. The reason names the token's problem, never the request's
-/// path, so every file kind gets the same answer.
+/// Why a token is refused, for a read or any guarded operation. The reason names the
+/// token's problem, never the request's path, so every file kind gets the same answer.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum ReadRefusal {
+pub enum TokenRefusal {
     /// Worded for reads and writes alike: guarded operations refuse with it too, so a
     /// private cache answers every request without a token the same.
     #[error("a token is required (Authorization: Bearer TOKEN, or the token as netrc password)")]
@@ -52,33 +52,38 @@ pub enum ReadRefusal {
     Invalid(#[from] TokenError),
     #[error("token {0} is revoked")]
     Revoked(TokenId),
-    #[error("token for {0:?} lacks read permission")]
-    LacksRead(String),
+    #[error("token for {subject:?} lacks {needs} permission")]
+    Lacks { subject: String, needs: Permissions },
 }
 
-impl ReadRefusal {
-    /// 403 rather than 401: the token is valid, it may just not read.
+impl TokenRefusal {
+    /// 403 rather than 401: the token is valid, it may just not do this.
     pub fn is_forbidden(&self) -> bool {
-        matches!(self, ReadRefusal::LacksRead(_))
+        matches!(self, TokenRefusal::Lacks { .. })
     }
 }
 
 /// The token a read request carries (`Authorization: Bearer`, or Basic as Nix sends
 /// it from netrc).
-pub fn token_text(authorization: Option<&str>) -> Result<String, ReadRefusal> {
-    let header = authorization.ok_or(ReadRefusal::NoToken)?;
-    token::from_authorization(header).ok_or(ReadRefusal::Scheme)
+pub fn token_text(authorization: Option<&str>) -> Result<String, TokenRefusal> {
+    let header = authorization.ok_or(TokenRefusal::NoToken)?;
+    token::from_authorization(header).ok_or(TokenRefusal::Scheme)
 }
 
-/// The checks that need no storage: signature, expiry, `read`.
-pub fn verify(
+/// The checks of a token that need no storage: signature, expiry, and `needs`. What
+/// remains is its revocation.
+pub fn check(
     token_text: &str,
     keys: &[PublicKey],
     now_ms: u64,
-) -> Result<VerifiedToken, ReadRefusal> {
+    needs: Permissions,
+) -> Result<VerifiedToken, TokenRefusal> {
     let token = token::verify(token_text, keys, now_ms / 1000)?;
-    if !token.permissions.contains(Permissions::READ) {
-        return Err(ReadRefusal::LacksRead(token.subject.clone()));
+    if !token.permissions.contains(needs) {
+        return Err(TokenRefusal::Lacks {
+            subject: token.subject.clone(),
+            needs,
+        });
     }
     Ok(token)
 }
@@ -94,7 +99,7 @@ pub enum Lookup {
         token: VerifiedToken,
         recheck_ms: u64,
     },
-    /// Never seen (or forgotten): [`verify`] it, look up its revocation, remember it.
+    /// Never seen (or forgotten): [`check`] it, look up its revocation, remember it.
     Unknown,
 }
 
@@ -120,16 +125,16 @@ pub struct ReadTokens {
 }
 
 impl ReadTokens {
-    pub fn lookup(&mut self, digest: &TokenDigest, now_ms: u64) -> Result<Lookup, ReadRefusal> {
+    pub fn lookup(&mut self, digest: &TokenDigest, now_ms: u64) -> Result<Lookup, TokenRefusal> {
         let Some(entry) = self.entries.get(digest) else {
             return Ok(Lookup::Unknown);
         };
         if entry.revoked {
-            return Err(ReadRefusal::Revoked(entry.token.id));
+            return Err(TokenRefusal::Revoked(entry.token.id));
         }
         if now_ms / 1000 >= entry.token.expires_at {
             self.entries.remove(digest);
-            return Err(ReadRefusal::Invalid(TokenError::Expired));
+            return Err(TokenRefusal::Invalid(TokenError::Expired));
         }
         if entry.due(now_ms) {
             return Ok(Lookup::Recheck {
@@ -140,7 +145,7 @@ impl ReadTokens {
         Ok(Lookup::Admitted)
     }
 
-    /// Records a revocation lookup made at `now_ms` for a token [`verify`] passed; the
+    /// Records a revocation lookup made at `now_ms` for a token [`check`] passed; the
     /// read is admitted if it was not revoked.
     pub fn remember(
         &mut self,
@@ -149,11 +154,11 @@ impl ReadTokens {
         revoked: bool,
         now_ms: u64,
         recheck_ms: u64,
-    ) -> Result<(), ReadRefusal> {
+    ) -> Result<(), TokenRefusal> {
         // Requests interleave: a slower look-up that found no revocation must not undo
         // a newer one that found it. A revocation is for ever.
         if let Some(known) = self.entries.get(&digest).filter(|known| known.revoked) {
-            return Err(ReadRefusal::Revoked(known.token.id));
+            return Err(TokenRefusal::Revoked(known.token.id));
         }
         if !self.entries.contains_key(&digest) && self.entries.len() >= MAX_REMEMBERED {
             self.entries
@@ -173,17 +178,14 @@ impl ReadTokens {
             },
         );
         if revoked {
-            return Err(ReadRefusal::Revoked(id));
+            return Err(TokenRefusal::Revoked(id));
         }
         Ok(())
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 }
 
@@ -221,13 +223,13 @@ mod tests {
         text: &str,
         now_ms: u64,
         revoked: bool,
-    ) -> (Result<(), ReadRefusal>, bool) {
+    ) -> (Result<(), TokenRefusal>, bool) {
         let digest = digest(text);
         let (token, recheck_ms) = match tokens.lookup(&digest, now_ms) {
             Err(refusal) => return (Err(refusal), false),
             Ok(Lookup::Admitted) => return (Ok(()), false),
             Ok(Lookup::Recheck { token, recheck_ms }) => (token, recheck_ms),
-            Ok(Lookup::Unknown) => match verify(text, &keys(), now_ms) {
+            Ok(Lookup::Unknown) => match check(text, &keys(), now_ms, Permissions::READ) {
                 Ok(token) => (token, MINUTE),
                 Err(refusal) => return (Err(refusal), false),
             },
@@ -252,28 +254,40 @@ mod tests {
         // The interval is up: asked again. Revoked since: refused from then on, for ever.
         let (outcome, asked) = read(&mut tokens, &text, NOW_MS + MINUTE, true);
         assert!(asked);
-        assert_eq!(outcome, Err(ReadRefusal::Revoked(TokenId([1; 16]))));
+        assert_eq!(outcome, Err(TokenRefusal::Revoked(TokenId([1; 16]))));
         assert_eq!(
             read(&mut tokens, &text, NOW_MS + 10 * MINUTE, false),
-            (Err(ReadRefusal::Revoked(TokenId([1; 16]))), false)
+            (Err(TokenRefusal::Revoked(TokenId([1; 16]))), false)
         );
     }
 
     #[test]
     fn refusals_depend_on_the_token_alone() {
         let mut tokens = ReadTokens::default();
-        assert_eq!(token_text(None), Err(ReadRefusal::NoToken));
-        assert_eq!(token_text(Some("Digest abc")), Err(ReadRefusal::Scheme));
+        assert_eq!(token_text(None), Err(TokenRefusal::NoToken));
+        assert_eq!(token_text(Some("Digest abc")), Err(TokenRefusal::Scheme));
         let write_only = mint(2, Permissions::WRITE, 2_000_000_000);
         assert_eq!(
             read(&mut tokens, &write_only, NOW_MS, false),
-            (Err(ReadRefusal::LacksRead("reader-2".into())), false)
+            (
+                Err(TokenRefusal::Lacks {
+                    subject: "reader-2".into(),
+                    needs: Permissions::READ
+                }),
+                false
+            )
         );
-        assert!(ReadRefusal::LacksRead(String::new()).is_forbidden());
+        assert_eq!(
+            read(&mut tokens, &write_only, NOW_MS, false)
+                .0
+                .unwrap_err()
+                .to_string(),
+            "token for \"reader-2\" lacks read permission"
+        );
         let expired = mint(3, Permissions::READ, NOW_MS / 1000);
         assert_eq!(
             read(&mut tokens, &expired, NOW_MS, false),
-            (Err(ReadRefusal::Invalid(TokenError::Expired)), false)
+            (Err(TokenRefusal::Invalid(TokenError::Expired)), false)
         );
         let mut forged = mint(4, Permissions::READ, 2_000_000_000);
         forged.pop();
@@ -283,7 +297,7 @@ mod tests {
         let revoked = mint(5, Permissions::READ, 2_000_000_000);
         assert_eq!(
             read(&mut tokens, &revoked, NOW_MS, true),
-            (Err(ReadRefusal::Revoked(TokenId([5; 16]))), true)
+            (Err(TokenRefusal::Revoked(TokenId([5; 16]))), true)
         );
         // Failed checks are not remembered; only the revoked token is.
         assert_eq!(tokens.len(), 1);
@@ -302,17 +316,17 @@ mod tests {
         );
         assert_eq!(
             read(&mut tokens, &text, expires_at * 1000, false),
-            (Err(ReadRefusal::Invalid(TokenError::Expired)), false)
+            (Err(TokenRefusal::Invalid(TokenError::Expired)), false)
         );
-        assert!(tokens.is_empty());
+        assert_eq!(tokens.len(), 0);
     }
 
     #[test]
     fn a_revocation_is_for_ever_and_one_token_is_one_entry() {
         let mut tokens = ReadTokens::default();
         let text = mint(9, Permissions::READ, 2_000_000_000);
-        let token = verify(&text, &keys(), NOW_MS).unwrap();
-        let revoked = Err(ReadRefusal::Revoked(TokenId([9; 16])));
+        let token = check(&text, &keys(), NOW_MS, Permissions::READ).unwrap();
+        let revoked = Err(TokenRefusal::Revoked(TokenId([9; 16])));
         // Two look-ups in flight: the newer finds the revocation, the older lands last.
         assert_eq!(
             tokens.remember(digest(&text), token.clone(), true, NOW_MS + 5, MINUTE),
@@ -324,7 +338,7 @@ mod tests {
         );
         assert_eq!(
             tokens.lookup(&digest(&text), NOW_MS + 10),
-            Err(ReadRefusal::Revoked(TokenId([9; 16])))
+            Err(TokenRefusal::Revoked(TokenId([9; 16])))
         );
         // Whitespace around a token (a netrc password, a header) is the same token.
         assert_eq!(digest(&format!(" {text}\t")), digest(&text));
@@ -334,7 +348,13 @@ mod tests {
     #[test]
     fn memory_is_bounded() {
         let mut tokens = ReadTokens::default();
-        let token = verify(&mint(7, Permissions::READ, 2_000_000_000), &keys(), NOW_MS).unwrap();
+        let token = check(
+            &mint(7, Permissions::READ, 2_000_000_000),
+            &keys(),
+            NOW_MS,
+            Permissions::READ,
+        )
+        .unwrap();
         for n in 0..(MAX_REMEMBERED as u64 + 10) {
             let digest = digest(&n.to_string());
             tokens
@@ -346,7 +366,7 @@ mod tests {
         let text = mint(8, Permissions::READ, 2_000_000_000);
         let mut every = ReadTokens::default();
         let digest = digest(&text);
-        let verified = verify(&text, &keys(), NOW_MS).unwrap();
+        let verified = check(&text, &keys(), NOW_MS, Permissions::READ).unwrap();
         every.remember(digest, verified, false, NOW_MS, 0).unwrap();
         assert!(matches!(
             every.lookup(&digest, NOW_MS),

@@ -10,9 +10,9 @@ use worker::{Bucket, Env, Request};
 use super::error::EdgeError;
 use super::index_client::IndexClient;
 use crate::core::config::CacheConfig;
-use crate::core::reader::{self, Lookup, ReadRefusal, ReadTokens};
+use crate::core::reader::{self, Lookup, ReadTokens, TokenRefusal};
 use crate::core::route::Route;
-use crate::core::token::{self, Permissions, VerifiedToken};
+use crate::core::token::{Permissions, VerifiedToken};
 
 /// What a guarded operation works with: the configuration, the bucket, and a token that
 /// passed every check for the permission the operation needs.
@@ -64,21 +64,11 @@ async fn authorize(
 ) -> Result<VerifiedToken, EdgeError> {
     let header = req.headers().get("Authorization")?;
     let text = reader::token_text(header.as_deref()).map_err(refused)?;
-    let now = worker::Date::now().as_millis() / 1000;
-    let token = token::verify(&text, &config.token_keys, now)
-        .map_err(|e| EdgeError::Unauthorized(e.to_string()))?;
-    if !token.permissions.contains(needs) {
-        return Err(EdgeError::Forbidden(format!(
-            "token for {:?} lacks {needs} permission",
-            token.subject
-        )));
-    }
+    let now_ms = worker::Date::now().as_millis();
+    let token = reader::check(&text, &config.token_keys, now_ms, needs).map_err(refused)?;
     let revocation = Route::Revocation(token.id).to_string();
     if bucket.head(&revocation).await?.is_some() {
-        return Err(EdgeError::Unauthorized(format!(
-            "token {} is revoked",
-            token.id
-        )));
+        return Err(refused(TokenRefusal::Revoked(token.id)));
     }
     Ok(token)
 }
@@ -104,7 +94,8 @@ pub async fn admit_reader(req: &Request, env: &Env) -> Result<(), EdgeError> {
         Lookup::Recheck { token, recheck_ms } => (token, recheck_ms),
         Lookup::Unknown => {
             let config = super::config(env)?;
-            let token = reader::verify(&text, &config.token_keys, now_ms).map_err(refused)?;
+            let token = reader::check(&text, &config.token_keys, now_ms, Permissions::READ)
+                .map_err(refused)?;
             (token, config.revocation_check_ms)
         }
     };
@@ -119,7 +110,7 @@ pub async fn admit_reader(req: &Request, env: &Env) -> Result<(), EdgeError> {
         .map_err(refused)
 }
 
-fn refused(refusal: ReadRefusal) -> EdgeError {
+fn refused(refusal: TokenRefusal) -> EdgeError {
     if refusal.is_forbidden() {
         EdgeError::Forbidden(refusal.to_string())
     } else {
