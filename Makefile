@@ -15,7 +15,7 @@ export WRANGLER_SEND_METRICS := false
 WORKER := build/worker/shim.mjs
 WORKER_SOURCES := $(shell find src -name '*.rs') www/index.html Cargo.toml Cargo.lock
 
-.PHONY: help setup worker dev test lint unit e2e bench soak fuzz deploy
+.PHONY: help setup worker dev test lint unit e2e bench soak fuzz init deploy
 
 help:
 	@echo "make dev     start the cache locally on http://127.0.0.1:8787 (installs what it needs)"
@@ -23,7 +23,8 @@ help:
 	@echo "make bench   benchmarks against baselines; writes benches/RESULTS.md (BENCHES=\"worker index\" for some)"
 	@echo "make soak    the index's model-based test for SOAK_CASES cases (default 5000)"
 	@echo "make fuzz    every fuzz target for FUZZ_SECONDS (default 60) each (installs nightly)"
-	@echo "make deploy  build and deploy to your Cloudflare account (see README)"
+	@echo "make init    stand up your cache on Cloudflare: keys, bucket, deploy, tokens (README)"
+	@echo "make deploy  deploy your cache again after a git pull (nixflare deploy)"
 
 setup:
 	@scripts/setup.sh
@@ -67,5 +68,14 @@ soak:
 fuzz: setup
 	@scripts/fuzz.sh
 
-deploy: setup worker
-	npx wrangler deploy
+# `nixflare init` and `nixflare deploy` (src/cli/deploy/): the deployment's settings and
+# keys live in ~/.config/nixflare/deployments/WORKER, never in this checkout.
+# ARGS: their flags, e.g. make init ARGS="--worker my-cache --access private".
+NIXFLARE := target/release/nixflare
+init: setup
+	cargo build --release --quiet --bin nixflare
+	$(NIXFLARE) init --checkout . $(ARGS)
+
+deploy: setup
+	cargo build --release --quiet --bin nixflare
+	$(NIXFLARE) deploy --checkout . $(ARGS)

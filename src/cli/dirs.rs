@@ -1,9 +1,9 @@
 //! Where the client keeps its files (the XDG base directories), and private
 //! directories made safely.
 
-use std::fs::{self, DirBuilder, Metadata};
-use std::io;
-use std::os::unix::fs::DirBuilderExt as _;
+use std::fs::{self, DirBuilder, Metadata, OpenOptions};
+use std::io::{self, Write as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
@@ -54,4 +54,26 @@ pub fn check_owned(dir: &Path, meta: &Metadata, what: &str, hint: &str) -> Resul
         );
     }
     Ok(())
+}
+
+/// Replaces `file` with `text`, mode 0600, through a fresh file renamed over it, so a
+/// reader never sees half a file and a link planted at the fresh name is not followed.
+pub fn replace_private(file: &Path, text: &str) -> Result<()> {
+    let dir = file
+        .parent()
+        .with_context(|| format!("{} has no directory", file.display()))?;
+    let name = file.file_name().unwrap_or_default().to_string_lossy();
+    let fresh = dir.join(format!(".{name}.{}", std::process::id()));
+    let _ = fs::remove_file(&fresh);
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&fresh)
+        .with_context(|| format!("creating {}", fresh.display()))?;
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.sync_all())
+        .with_context(|| format!("writing {}", fresh.display()))?;
+    fs::rename(&fresh, file).with_context(|| format!("replacing {}", file.display()))
 }

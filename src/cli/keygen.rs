@@ -11,9 +11,23 @@ use anyhow::{anyhow, Context as _, Result};
 use crate::core::nix::keys::SecretKey;
 
 pub fn run(name: &str, out: &Path) -> Result<()> {
+    let secret = new_secret_key(name)?;
+    let public = write_key_pair(&secret, out)?;
+    // Data on stdout: the public key, for trusted-public-keys.
+    println!("{public}");
+    Ok(())
+}
+
+/// A fresh key named `name` (Nix's rules: no ':' and no whitespace).
+pub fn new_secret_key(name: &str) -> Result<SecretKey> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| anyhow!("no randomness for the key: {e}"))?;
-    let secret = SecretKey::from_seed(name, seed).with_context(|| format!("key name {name:?}"))?;
+    SecretKey::from_seed(name, seed).with_context(|| format!("key name {name:?}"))
+}
+
+/// Writes `secret` to `out` (0600, never over an existing file) and its public key to
+/// `out.pub`; returns the public key's text.
+pub fn write_key_pair(secret: &SecretKey, out: &Path) -> Result<String> {
     let public_path = {
         let mut p = out.as_os_str().to_owned();
         p.push(".pub");
@@ -31,14 +45,12 @@ pub fn run(name: &str, out: &Path) -> Result<()> {
     let public = secret.public_key().to_string();
     fs::write(&public_path, &public)
         .with_context(|| format!("writing {}", public_path.display()))?;
-    // Data on stdout: the public key, for trusted-public-keys.
-    println!("{public}");
     eprintln!(
         "wrote secret key to {} and public key to {}",
         out.display(),
         public_path.display()
     );
-    Ok(())
+    Ok(public)
 }
 
 /// Reads a secret key file; errors name the file, never the key text.

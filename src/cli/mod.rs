@@ -4,6 +4,7 @@
 
 mod auth;
 mod client;
+mod deploy;
 mod dirs;
 mod endpoints;
 mod hook;
@@ -109,6 +110,15 @@ enum Command {
         #[arg(long, value_name = "FILE", conflicts_with = "token")]
         token_file: Option<PathBuf>,
     },
+    /// Stand up a cache on Cloudflare: keys, configuration, R2 bucket, deploy, a check
+    /// that it answers as configured, tokens and the saved login. Safe to re-run.
+    Init(deploy::InitArgs),
+    /// Deploy a deployment again: the checkout's worker (after a `git pull`) with the
+    /// deployment's settings (after editing its deployment.toml).
+    Deploy(deploy::DeployArgs),
+    /// Rotate a key: a new one trusted beside the old and used from now on; with
+    /// --finish, the old ones dropped.
+    Rotate(deploy::RotateArgs),
     /// Save a cache's URL, upload token and signing key's path under a name, so
     /// commands need only `--cache NAME` (or nothing, for the default).
     Login(login::LoginArgs),
@@ -427,6 +437,9 @@ fn run(cli: Cli) -> Result<()> {
             };
             use_cache::run(&target.url, token, 3)
         }
+        Command::Init(args) => deploy::init(args),
+        Command::Deploy(args) => deploy::deploy(args),
+        Command::Rotate(args) => deploy::rotate(args),
         Command::Login(args) => login::run(args),
         Command::Logout { name } => login::logout(&name),
         Command::Hook(args) => hook::run(args),

@@ -12,9 +12,8 @@
 //! to one field), then the saved cache, then (for the token) a netrc entry.
 
 use std::collections::BTreeMap;
-use std::fs::{self, OpenOptions};
-use std::io::Write as _;
-use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+use std::fs;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
@@ -110,21 +109,8 @@ impl Settings {
             .with_context(|| format!("{} has no directory", file.display()))?;
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let text = toml::to_string(self).context("rendering the settings")?;
-        let temporary = dir.join(format!(".config.toml.{}", std::process::id()));
-        let _ = fs::remove_file(&temporary);
-        let mut out = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&temporary)
-            .with_context(|| format!("creating {}", temporary.display()))?;
         let header = "# Written by `nixflare login`. It holds upload tokens: keep it mode 0600.\n";
-        out.write_all(header.as_bytes())
-            .and_then(|()| out.write_all(text.as_bytes()))
-            .and_then(|()| out.sync_all())
-            .with_context(|| format!("writing {}", temporary.display()))?;
-        fs::rename(&temporary, file).with_context(|| format!("replacing {}", file.display()))
+        super::dirs::replace_private(file, &format!("{header}{text}"))
     }
 
     /// The saved cache a command means: `name_or_url` names one, or is a URL one was

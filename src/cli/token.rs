@@ -8,6 +8,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 
 use super::client::Client;
 use super::keygen::read_secret_key;
+use crate::core::nix::keys::SecretKey;
 use crate::core::token::{self, Claims, Permissions, TokenId};
 
 pub fn now_unix() -> Result<u64> {
@@ -34,6 +35,22 @@ pub fn parse_duration(text: &str) -> Result<u64> {
 pub fn mint(key: &Path, subject: String, permissions: &str, expires_at: u64) -> Result<()> {
     let key = read_secret_key(key)?;
     let permissions = Permissions::parse_list(permissions)?;
+    let (token, claims) = new_token(&key, subject, permissions, expires_at)?;
+    println!("{token}");
+    eprintln!(
+        "token {} for {:?} ({}), expires at {} (Unix seconds)",
+        claims.id, claims.subject, claims.permissions, claims.expires_at
+    );
+    Ok(())
+}
+
+/// A token signed by the admin key `key`, with a fresh random id.
+pub fn new_token(
+    key: &SecretKey,
+    subject: String,
+    permissions: Permissions,
+    expires_at: u64,
+) -> Result<(String, Claims)> {
     let mut id = [0u8; 16];
     getrandom::fill(&mut id).map_err(|e| anyhow!("no randomness for the token id: {e}"))?;
     let claims = Claims {
@@ -42,13 +59,8 @@ pub fn mint(key: &Path, subject: String, permissions: &str, expires_at: u64) -> 
         permissions,
         expires_at,
     };
-    let token = claims.mint(&key).context("minting token")?;
-    println!("{token}");
-    eprintln!(
-        "token {} for {:?} ({}), expires at {} (Unix seconds)",
-        claims.id, claims.subject, claims.permissions, claims.expires_at
-    );
-    Ok(())
+    let token = claims.mint(key).context("minting token")?;
+    Ok((token, claims))
 }
 
 fn read_token_arg(token: &str) -> Result<String> {

@@ -106,7 +106,7 @@ impl Permissions {
         self.0 & other.0 == other.0
     }
 
-    pub fn union(self, other: Permissions) -> Permissions {
+    pub const fn union(self, other: Permissions) -> Permissions {
         Permissions(self.0 | other.0)
     }
 
