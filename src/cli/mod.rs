@@ -435,7 +435,7 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 auth::find_token(sources, &target.url).ok()
             };
-            use_cache::run(&target.url, token, 3)
+            use_cache::run(&target.url, token, 3, None)
         }
         Command::Init(args) => deploy::init(args),
         Command::Deploy(args) => deploy::deploy(args),

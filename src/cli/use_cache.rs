@@ -9,7 +9,14 @@ use super::client::Client;
 use crate::core::config::ReadAccess;
 use crate::core::token::{self, Permissions};
 
-pub fn run(cache: &str, token: Option<String>, attempts: u32) -> Result<()> {
+/// `token_file`: where the token is kept, printed in its place (output that may land in
+/// a CI log never shows it).
+pub fn run(
+    cache: &str,
+    token: Option<String>,
+    attempts: u32,
+    token_file: Option<&std::path::Path>,
+) -> Result<()> {
     let client = Client::new(cache, token.clone(), attempts);
     let info = client.info()?;
     if info.public_keys.is_empty() {
@@ -58,6 +65,12 @@ pub fn run(cache: &str, token: Option<String>, attempts: u32) -> Result<()> {
     println!("# /etc/nix/netrc (root-owned, mode 0600): this cache is private, and Nix reads");
     println!("# it with a token that has read permission. The Nix daemon downloads, so the");
     println!("# line goes in the daemon's netrc-file, not in your own ~/.netrc.");
-    println!("machine {host} login nixflare password {token}");
+    match token_file {
+        Some(file) => println!(
+            "machine {host} login nixflare password <the token in {}>",
+            file.display()
+        ),
+        None => println!("machine {host} login nixflare password {token}"),
+    }
     Ok(())
 }

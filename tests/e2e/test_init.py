@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pty
 import re
 import signal
 import stat
@@ -84,15 +85,15 @@ def site(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def initialised(site: Site):
-    before = git_status()
+def initialised(site: Site, tmp_path_factory):
+    marker = tmp_path_factory.mktemp("marker") / "before"
+    marker.touch()
     proc = site.cli("init", *ANSWERS)
-    assert git_status() == before, "init wrote into the checkout"
+    # Nothing of the deployment lands in the checkout (the builds' target/ and build/ aside).
+    written = run(["find", str(REPO), "(", "-path", str(REPO / "target"), "-o", "-path", str(REPO / "build"), ")",
+                   "-prune", "-o", "-newer", str(marker), "-type", "f", "-print"]).stdout.split()
+    assert written == [], f"init wrote into the checkout: {written}"
     return proc
-
-
-def git_status() -> str:
-    return run(["git", "status", "--porcelain", "--ignored"], cwd=REPO).stdout
 
 
 def trusted_keys(printed: str) -> str:
@@ -108,8 +109,11 @@ def test_init_stands_up_a_cache_nix_substitutes_from_and_push_needs_no_flags(sit
     # Keys: 0600, never printed.
     for name in ["signing-key-1.sec", "token-key-1.sec", "push.token", "operator.token"]:
         assert stat.S_IMODE((site.dir / name).stat().st_mode) == 0o600, name
-    secret = (site.dir / "signing-key-1.sec").read_text().split(":", 1)[1].strip()
-    assert secret not in initialised.stdout + initialised.stderr
+    secrets = [(site.dir / f).read_text().split(":", 1)[-1].strip()
+               for f in ["signing-key-1.sec", "token-key-1.sec", "push.token", "operator.token"]]
+    for secret in secrets:
+        assert len(secret) > 40 and secret not in initialised.stdout + initialised.stderr
+    assert stat.S_IMODE(site.dir.stat().st_mode) == 0o700
     public = (site.dir / "signing-key-1.sec.pub").read_text().strip()
     assert public.startswith(f"{CACHE_NAME}-1:")
     url = site.url()
@@ -170,6 +174,28 @@ def test_bad_answers_are_refused_with_the_field_named(site: Site, flag, value):
     assert site.calls()[calls:] == []
 
 
+def test_a_deployment_directory_inside_the_checkout_is_refused(site: Site):
+    for inside in [REPO / "keys", REPO / "target" / ".." / "keys"]:
+        proc = site.cli("init", "--worker", "inside", *ANSWERS[2:], "--dir", str(inside), check=False)
+        assert proc.returncode != 0 and proc.stderr.startswith("error: --dir: "), proc.stderr
+        assert not (REPO / "keys").exists()
+
+
+def test_a_failed_deploy_is_finished_by_running_init_again(site: Site):
+    answers = ["--worker", "flaky-cache", *ANSWERS[2:]]
+    d = site.dir.parent / "flaky-cache"
+    proc = site.cli("init", *answers, check=False, STANDIN_DEPLOY_FAILS="1")
+    assert proc.returncode != 0 and "step: wrangler deploy" in proc.stderr
+    # Its keys are kept for the next run; the deployment is not recorded as deployed.
+    public = (d / "signing-key-1.sec.pub").read_text()
+    assert not (d / "deployment.toml").exists()
+    proc = site.cli("init", *answers)
+    assert (d / "signing-key-1.sec.pub").read_text() == public
+    assert public.strip() in proc.stdout and (d / "deployment.toml").exists()
+    os.killpg(int((site.state / "flaky-cache.pid").read_text()), signal.SIGTERM)
+    (site.state / "flaky-cache.pid").unlink()
+
+
 def test_dry_run_and_missing_login(site: Site):
     answers = ["--worker", "dry-cache", *ANSWERS[2:]]
     calls = len(site.calls())
@@ -195,6 +221,10 @@ def test_signing_key_rotation(site: Site, initialised, tmp_path):
     site.cli("push", kept.top, dropped.top)
     key1 = (site.dir / "signing-key-1.sec.pub").read_text().strip()
 
+    # A rotation whose deploy fails records nothing and is finished by running it again.
+    settings = (site.dir / "deployment.toml").read_text()
+    assert site.cli("rotate", "signing", WORKER, check=False, STANDIN_DEPLOY_FAILS="1").returncode != 0
+    assert (site.dir / "deployment.toml").read_text() == settings
     proc = site.cli("rotate", "signing", WORKER, "--wait", "60")
     key2 = (site.dir / "signing-key-2.sec.pub").read_text().strip()
     assert key2.startswith(f"{CACHE_NAME}-2:")
@@ -240,3 +270,62 @@ def test_token_key_rotation(site: Site, initialised):
     assert site.cli("info").returncode == 0  # the saved login holds the new token
     site.cli("rotate", "token", WORKER, "--finish", "--wait", "60")
     assert not whoami(old_push) and whoami(new_push)
+
+
+def test_init_asks_on_a_terminal_until_an_answer_parses(site: Site):
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([str(CLI), "init", "--worker", "term-cache", "--dry-run"], stdin=slave,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=site.env, cwd=REPO, text=True)
+    os.close(slave)
+    # Cache name, bucket (the default), access, days, size, upstreams; two refused first.
+    os.write(master, b"bad name\nterm.example.org\n\nprivate\n30\nlots\n10G\nnone\n")
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        os.close(master)
+    assert proc.returncode == 0, err
+    assert err.count("Cache name") == 2 and err.count("Most bytes of NARs") == 2
+    for expected in ['cache-name = "term.example.org"', 'bucket = "term-cache"', 'READ_ACCESS = "token"',
+                     'RETAIN_DAYS = "30"', 'MAX_CACHE_BYTES = "10000000000"', 'UPSTREAM_CACHES = ""']:
+        assert expected in err, expected
+    assert not (site.dir.parent / "term-cache").exists()
+
+
+def test_a_private_cache_and_a_settings_change_through_deploy(site: Site, tmp_path):
+    worker = "priv-cache"
+    proc = site.cli("init", "--worker", worker, "--cache-name", "priv.example.org", "--bucket", "priv-bucket",
+                    "--access", "private", "--upstream", "none", "--yes", "--wait", "60")
+    d = site.dir.parent / worker
+    url = site.url(worker)
+    read_token = (d / "read.token").read_text().strip()
+    # The netrc line names the token's file: the output may land in a CI log.
+    assert f"machine 127.0.0.1 login nixflare password <the token in {d / 'read.token'}>" in proc.stdout
+    assert read_token not in proc.stdout + proc.stderr
+    assert "netrc-file = /etc/nix/netrc" in proc.stdout
+
+    def anonymous_status() -> str:
+        return run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"{url}/nix-cache-info"]).stdout
+
+    assert anonymous_status() == "401"
+    # Not the default login (the first cache is): named.
+    nix = Nix(nix_env(site.home))
+    closure = build_closure(nix, salt="-priv-" + os.urandom(4).hex())
+    site.cli("push", "--cache", worker, closure.top)
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine 127.0.0.1 login nixflare password {read_token}\n")
+    fresh = Nix(nix_env(tmp_path / "nix-home"))
+    fresh("copy", "--from", url, "--to", str(tmp_path / "store"), "--option", "trusted-public-keys",
+          trusted_keys(proc.stdout), "--option", "netrc-file", str(netrc), closure.top)
+    assert nar_hashes(fresh, str(tmp_path / "store"), closure.top) == closure.nar_hashes
+
+    # A variable the worker does not read is refused before anything runs.
+    settings = d / "deployment.toml"
+    text = settings.read_text()
+    calls = len(site.calls())
+    settings.write_text(text.replace("[vars]\n", '[vars]\nREAD_ACESS = "public"\n'))
+    proc = site.cli("deploy", worker, check=False)
+    assert proc.returncode != 0 and "READ_ACESS" in proc.stderr and site.calls()[calls:] == []
+    # The operator edits the setting and deploys: the cache turns public.
+    settings.write_text(text.replace('READ_ACCESS = "token"', 'READ_ACCESS = "public"'))
+    site.cli("deploy", worker, "--wait", "60")
+    assert site.calls()[-1][:1] == ["deploy"] and anonymous_status() == "200"

@@ -110,6 +110,9 @@ def main(args: list[str]) -> int:
         return 0
     if args[:1] == ["deploy"] and "--dry-run" not in args:
         record(args)
+        if os.environ.get("STANDIN_DEPLOY_FAILS"):
+            print("✘ [ERROR] A request to the Cloudflare API failed.", file=sys.stderr)
+            return 1
         return deploy(args[args.index("--config") + 1])
     os.execve(REAL, [REAL, *args], ENV)
 

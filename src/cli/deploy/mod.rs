@@ -169,12 +169,7 @@ pub fn init(args: InitArgs) -> Result<()> {
         Some(dir) => absolute(dir)?,
         None => deployment::default_dir(&worker)?,
     };
-    if dir.starts_with(&checkout) {
-        bail!(
-            "--dir: {} is inside the checkout: keys are never written into the repository",
-            dir.display()
-        );
-    }
+    outside_checkout(&dir, &checkout)?;
     let existing = Deployment::load(&dir)?;
     let old = existing.as_ref();
     if let Some(old) = old.filter(|d| d.worker != worker) {
@@ -258,6 +253,19 @@ pub fn init(args: InitArgs) -> Result<()> {
         "token-key-1.sec",
         &format!("{cache_name}-token-1"),
     )?;
+    if let Some(old) = old {
+        for (flag, chosen, kept) in [
+            ("--signing-key", &signing.file, &old.signing_key),
+            ("--token-key", &token_key.file, &old.token_key),
+        ] {
+            if chosen != kept {
+                bail!(
+                    "{flag}: the deployment uses {}: keys are replaced only by `nixflare rotate`",
+                    dir.join(kept).display()
+                );
+            }
+        }
+    }
     let mut vars = old.map(|d| d.vars.clone()).unwrap_or_default();
     // A deployment mid-rotation lists more keys than the current one: kept.
     for (name, key) in [
@@ -329,13 +337,9 @@ pub fn init(args: InitArgs) -> Result<()> {
         // Before anything is written: a failed login leaves no half-made deployment.
         wrangler.check_login()?;
     }
-    super::dirs::create_private(&dir, "deployment directory")?;
+    private_dir(&dir)?;
     for key in [&signing, &token_key].into_iter().filter(|k| k.new) {
         write_key_pair(&key.key, &dir.join(&key.file))?;
-    }
-    if old != Some(&wanted) {
-        wanted.save(&dir)?;
-        eprintln!("wrote {}", dir.join(deployment::FILE).display());
     }
     let url = match live {
         Some(url) => {
@@ -354,6 +358,12 @@ pub fn init(args: InitArgs) -> Result<()> {
             args.flags.wait,
         )?,
     };
+    // Saved once deployed: deployment.toml says what the cache runs, so a run that
+    // failed is simply run again.
+    if old != Some(&wanted) {
+        wanted.save(&dir)?;
+        eprintln!("wrote {}", dir.join(deployment::FILE).display());
+    }
 
     let lifetime =
         parse_duration(&args.token_lifetime).map_err(|e| anyhow!("--token-lifetime: {e:#}"))?;
@@ -413,7 +423,7 @@ pub fn init(args: InitArgs) -> Result<()> {
         );
     }
     eprintln!();
-    super::use_cache::run(&url, read_token, 3)?;
+    super::use_cache::run(&url, read_token, 3, Some(&dir.join(READ_TOKEN)))?;
     println!();
     println!("# push a closure (the saved login {worker:?} holds the URL, token and key)");
     let default = Settings::load(&settings::path()?)?.default == Some(worker.clone());
@@ -431,14 +441,12 @@ pub fn deploy(args: DeployArgs) -> Result<()> {
     if let Some(checkout) = &args.flags.checkout {
         deployment.checkout = checkout_dir(Some(checkout))?;
     }
+    outside_checkout(&dir, &deployment.checkout)?;
     let (_, merged) = deployment.wrangler_config()?;
     let config = Deployment::validate(&merged)?;
     let token_key = read_secret_key(&dir.join(&deployment.token_key))?;
     let wrangler = Wrangler::find(&deployment.checkout, args.flags.dry_run)?;
     wrangler.check_login()?;
-    if !args.flags.dry_run {
-        deployment.save(&dir)?;
-    }
     let url = deploy_steps(
         &mut deployment,
         &dir,
@@ -448,6 +456,7 @@ pub fn deploy(args: DeployArgs) -> Result<()> {
         args.flags.wait,
     )?;
     if !args.flags.dry_run {
+        deployment.save(&dir)?;
         eprintln!(
             "deployed {:?}: {url} answers as configured",
             deployment.worker
@@ -464,6 +473,7 @@ pub fn rotate(args: RotateArgs) -> Result<()> {
     if let Some(checkout) = &args.flags.checkout {
         deployment.checkout = checkout_dir(Some(checkout))?;
     }
+    outside_checkout(&dir, &deployment.checkout)?;
     let (name, prefix, file_prefix) = match args.kind {
         KeyKind::Signing => (
             var::PUBLIC_KEYS,
@@ -509,14 +519,21 @@ pub fn rotate(args: RotateArgs) -> Result<()> {
             .max()
             .unwrap_or(1)
             + 1;
-        let key = new_secret_key(&format!("{prefix}-{next}"))?;
+        let key_name = format!("{prefix}-{next}");
         let file = PathBuf::from(format!("{file_prefix}-{next}.sec"));
-        if dir.join(&file).exists() {
-            bail!(
-                "{} exists but {name} does not list its key: move it away first",
+        // A rotation whose deploy failed left its key: this run finishes it.
+        let key = match read_secret_key(&dir.join(&file)) {
+            Ok(key) if key.name() == key_name => key,
+            Ok(_) => bail!(
+                "{} holds another key than {key_name}: move it away first",
                 dir.join(&file).display()
-            );
-        }
+            ),
+            Err(_) if dir.join(&file).exists() => bail!(
+                "{} is not a key file: move it away first",
+                dir.join(&file).display()
+            ),
+            Err(_) => new_secret_key(&key_name)?,
+        };
         let keys = listed
             .iter()
             .map(|k| k.to_string())
@@ -552,10 +569,10 @@ pub fn rotate(args: RotateArgs) -> Result<()> {
         deploy_steps(&mut deployment, &dir, &config, &token_key, &wrangler, 0)?;
         return Ok(());
     }
-    if let Some((key, file)) = &new_key {
+    private_dir(&dir)?;
+    if let Some((key, file)) = new_key.as_ref().filter(|(_, f)| !dir.join(f).exists()) {
         write_key_pair(key, &dir.join(file))?;
     }
-    deployment.save(&dir)?;
     let url = deploy_steps(
         &mut deployment,
         &dir,
@@ -564,6 +581,8 @@ pub fn rotate(args: RotateArgs) -> Result<()> {
         &wrangler,
         args.flags.wait,
     )?;
+    // Saved once deployed: a rotation that failed is run again, never half-recorded.
+    deployment.save(&dir)?;
     let worker = deployment.worker.clone();
     match (args.kind, args.finish) {
         (KeyKind::Signing, false) => {
@@ -575,7 +594,12 @@ pub fn rotate(args: RotateArgs) -> Result<()> {
                 keys.join(" "),
                 current_name(&keys)
             );
-            super::use_cache::run(&url, read_token_of(&dir, &config), 3)?;
+            super::use_cache::run(
+                &url,
+                read_token_of(&dir, &config),
+                3,
+                Some(&dir.join(READ_TOKEN)),
+            )?;
         }
         (KeyKind::Token, false) => {
             let expires_at = now_unix()? + parse_duration(&args.token_lifetime)?;
@@ -669,7 +693,6 @@ fn deploy_steps(
         (Some(url), _) => url.clone(),
         (None, Some(url)) => {
             deployment.url = Some(url.clone());
-            deployment.save(dir)?;
             url
         }
         (None, None) => bail!(
@@ -739,11 +762,11 @@ fn answers_as_configured(
             want.read_access.as_str().into(),
         ));
     }
-    if info.upstream_caches != want.upstream_caches || info.store_dir != want.store_dir {
+    if info != want {
         return Err(differs(
-            "UPSTREAM_CACHES/STORE_DIR",
-            format!("{:?} {}", info.upstream_caches, info.store_dir),
-            format!("{:?} {}", want.upstream_caches, want.store_dir),
+            "settings",
+            format!("{info:?}"),
+            format!("{want:?}"),
         ));
     }
     let reader = match config.read_access {
@@ -794,17 +817,22 @@ fn save_login(
 ) -> Result<String> {
     let file = settings::path()?;
     let mut saved = Settings::load(&file)?;
-    let current = saved.caches.get(worker).filter(|c| {
-        !replace
-            && c.url == url
-            && c.signing_key.as_deref() == Some(signing_file)
-            && dir.join(PUSH_TOKEN).exists()
-            && c.token
-                .as_deref()
-                .is_some_and(|t| token_may(url, t, PUSHER))
-    });
-    if current.is_some() {
-        return Ok(format!("login {worker:?} (kept: its token still pushes)"));
+    if let Some(other) = saved.caches.get(worker).filter(|c| c.url != url) {
+        bail!(
+            "step: saving the login: {} already has a login {worker:?} for {}: `nixflare \
+             logout {worker}` first if it is no longer needed",
+            file.display(),
+            other.url
+        );
+    }
+    if let Some(cache) = saved.caches.get(worker).filter(|c| {
+        !replace && c.signing_key.as_deref() == Some(signing_file) && dir.join(PUSH_TOKEN).exists()
+    }) {
+        if let Some(token) = &cache.token {
+            if token_may(url, token, PUSHER)? {
+                return Ok(format!("login {worker:?} (kept: its token still pushes)"));
+            }
+        }
     }
     let (token, _) = new_token(token_key, format!("{worker} push"), PUSHER, expires_at)?;
     write_secret(&dir.join(PUSH_TOKEN), &token)?;
@@ -853,7 +881,7 @@ fn keep_token(
     expires_at: u64,
 ) -> Result<String> {
     if let Ok(token) = super::auth::read_token_file(file) {
-        if token_may(url, &token, permissions) {
+        if token_may(url, &token, permissions)? {
             return Ok(token);
         }
     }
@@ -862,10 +890,17 @@ fn keep_token(
     Ok(token)
 }
 
-fn token_may(url: &str, token: &str, permissions: Permissions) -> bool {
-    Client::new(url, Some(token.to_owned()), 2)
-        .whoami()
-        .is_ok_and(|w| w.permissions.contains(permissions))
+/// Whether the cache gives `token` `permissions`; an error when it cannot tell (a
+/// token is never replaced because the network failed).
+fn token_may(url: &str, token: &str, permissions: Permissions) -> Result<bool> {
+    let client = Client::new(url, Some(token.to_owned()), 3);
+    let path = Route::Whoami.to_string();
+    let reply = client.send(Method::Get, &path, None, Body::Empty)?;
+    match reply.status {
+        200 => Ok(client.whoami()?.permissions.contains(permissions)),
+        401 | 403 => Ok(false),
+        status => bail!("GET /{path} answered {status}: is the cache up?"),
+    }
 }
 
 fn read_token_of(dir: &Path, config: &CacheConfig) -> Option<String> {
@@ -886,14 +921,29 @@ fn choose_key(
     let (file, new) = match (given, existing) {
         (Some(file), _) => (absolute(file)?, false),
         (None, Some(file)) => (file.clone(), false),
-        (None, None) => {
+        (None, None) if dir.join(new_file).exists() => {
+            // An earlier run made it and failed before the deployment was saved.
             let file = PathBuf::from(new_file);
-            if dir.join(&file).exists() {
+            let key = read_secret_key(&dir.join(&file)).map_err(|e| anyhow!("{flag}: {e:#}"))?;
+            if key.name() != new_name {
                 bail!(
-                    "{flag}: {} exists but no deployment names it: pass it with {flag}, or move it away",
-                    dir.join(&file).display()
+                    "{flag}: {} holds the key {:?}, not {new_name:?}: pass it with {flag}, or move it away",
+                    dir.join(&file).display(),
+                    key.name()
                 );
             }
+            eprintln!(
+                "using {} (made by an earlier run)",
+                dir.join(&file).display()
+            );
+            return Ok(KeyChoice {
+                file,
+                key,
+                new: false,
+            });
+        }
+        (None, None) => {
+            let file = PathBuf::from(new_file);
             let key = new_secret_key(new_name).map_err(|e| anyhow!("{flag}: {e:#}"))?;
             return Ok(KeyChoice {
                 file,
@@ -928,6 +978,60 @@ fn differences(old: &Deployment, new: &Deployment) -> Vec<String> {
 
 fn write_secret(file: &Path, text: &str) -> Result<()> {
     super::dirs::replace_private(file, &format!("{text}\n"))
+}
+
+/// Creates the deployment directory 0700, or checks an existing one is ours and
+/// private: it holds keys, and wrangler deploys the configuration written there.
+fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let what = "deployment directory";
+    let meta = super::dirs::create_private(dir, what)?;
+    super::dirs::check_owned(dir, &meta, what, "use a directory of your own (--dir)")?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!(
+            "others may use the {what} {}: `chmod 700` it",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Refuses a deployment directory inside the checkout (links and `..` resolved):
+/// keys never go into the repository.
+fn outside_checkout(dir: &Path, checkout: &Path) -> Result<()> {
+    // The nearest part of `dir` that exists, resolved, and the rest appended.
+    let mut existing = dir.to_path_buf();
+    let mut rest = Vec::new();
+    let resolved = loop {
+        if let Ok(real) = existing.canonicalize() {
+            break real;
+        }
+        match (
+            existing.file_name().map(|n| n.to_owned()),
+            existing.parent(),
+        ) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent.to_path_buf();
+            }
+            _ => break existing,
+        }
+    };
+    let resolved = rest
+        .iter()
+        .rev()
+        .fold(resolved, |path, name| path.join(name));
+    let checkout = checkout
+        .canonicalize()
+        .unwrap_or_else(|_| checkout.to_owned());
+    if resolved.starts_with(&checkout) || resolved.components().any(|c| c.as_os_str() == "..") {
+        bail!(
+            "--dir: {} is inside the checkout {}: keys are never written into the repository",
+            dir.display(),
+            checkout.display()
+        );
+    }
+    Ok(())
 }
 
 /// The checkout named, or the current directory: one with nixflare's wrangler.toml.

@@ -165,15 +165,21 @@ impl Wrangler {
     }
 }
 
-/// The URL `wrangler deploy` prints on a line of its own for the worker's route.
+/// The URL `wrangler deploy` prints on a line of its own after "Deployed …", a
+/// workers.dev one first (a custom domain's route is printed without a scheme).
 fn deployed_url(stdout: &str) -> Option<String> {
-    stdout
+    let after_deployed = stdout
         .lines()
+        .skip_while(|line| !line.trim_start().starts_with("Deployed"))
         .map(str::trim)
-        .find(|line| {
+        .filter(|line| {
             (line.starts_with("https://") || line.starts_with("http://"))
                 && !line.contains(char::is_whitespace)
-        })
+        });
+    let urls: Vec<&str> = after_deployed.collect();
+    urls.iter()
+        .find(|url| url.trim_end_matches('/').ends_with(".workers.dev"))
+        .or(urls.first())
         .map(|url| url.trim_end_matches('/').to_owned())
 }
 
