@@ -89,10 +89,22 @@ pub struct Client {
 
 impl Client {
     pub fn new(base: &str, token: Option<String>, attempts: u32) -> Self {
+        Self::with_timeout(base, token, attempts, None)
+    }
+
+    /// A client whose every request gives up after `timeout` in all (uploads take as
+    /// long as they take: `new` sets none), for checks that must not hang.
+    pub fn with_timeout(
+        base: &str,
+        token: Option<String>,
+        attempts: u32,
+        timeout: Option<Duration>,
+    ) -> Self {
         let config = Agent::config_builder()
             // Statuses are answers, handled below; only transport failures are errors.
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(15)))
+            .timeout_global(timeout)
             .user_agent(concat!("nixflare/", env!("CARGO_PKG_VERSION")))
             .max_idle_connections_per_host(64)
             .build();

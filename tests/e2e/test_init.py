@@ -329,3 +329,15 @@ def test_a_private_cache_and_a_settings_change_through_deploy(site: Site, tmp_pa
     settings.write_text(text.replace('READ_ACCESS = "token"', 'READ_ACCESS = "public"'))
     site.cli("deploy", worker, "--wait", "60")
     assert site.calls()[-1][:1] == ["deploy"] and anonymous_status() == "200"
+
+
+def test_init_takes_existing_nix_key_files(site: Site, tmp_path):
+    nix = Nix(nix_env(site.home))
+    secret = tmp_path / "own.sec"
+    secret.write_text(nix("key", "generate-secret", "--key-name", "own.example.org-7").stdout)
+    public = run(["nix", "key", "convert-secret-to-public"], env=nix.env, input=secret.read_text()).stdout.strip()
+    proc = site.cli("init", "--worker", "own-keys", *ANSWERS[2:], "--signing-key", str(secret), "--dry-run")
+    assert f'PUBLIC_KEYS = "{public}"' in proc.stderr
+    assert f'signing-key = "{secret}"' in proc.stderr
+    assert "would make the key own.example.org-7" not in proc.stderr
+    assert "would make the key cache.example.org-token-1" in proc.stderr

@@ -683,9 +683,10 @@ fn deploy_steps(
         write_secret(&config_file, &text)?;
     }
     step("deploy (builds the worker first)");
-    let printed = wrangler
-        .deploy(&config_file)
-        .context("step: wrangler deploy")?;
+    let printed = wrangler.deploy(&config_file).context(
+        "step: wrangler deploy (fix what it says, then run the same command again: nothing \
+         was recorded as deployed)",
+    )?;
     if wrangler.dry_run {
         return Ok(deployment.url.clone().unwrap_or_default());
     }
@@ -701,8 +702,13 @@ fn deploy_steps(
         ),
     };
     step(&format!("check {url}"));
-    check(&url, config, token_key, Duration::from_secs(wait))
-        .with_context(|| format!("step: checking the deployed cache at {url}"))?;
+    check(&url, config, token_key, Duration::from_secs(wait)).with_context(|| {
+        format!(
+            "step: checking the deployed cache at {url} (a new workers.dev route can take \
+             minutes: run `nixflare deploy {}` again, or give it longer with --wait)",
+            deployment.worker
+        )
+    })?;
     Ok(url)
 }
 
@@ -718,8 +724,9 @@ fn check(url: &str, config: &CacheConfig, token_key: &SecretKey, wait: Duration)
         Permissions::READ,
         now_unix()? + 900,
     )?;
-    let with_token = Client::new(url, Some(token), 1);
-    let anonymous = Client::new(url, None, 1);
+    let timeout = Some(Duration::from_secs(20));
+    let with_token = Client::with_timeout(url, Some(token), 1, timeout);
+    let anonymous = Client::with_timeout(url, None, 1, timeout);
     let deadline = Instant::now() + wait;
     loop {
         let outcome = answers_as_configured(config, &with_token, &anonymous, &subject);
