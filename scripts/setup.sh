@@ -11,6 +11,11 @@ WASM_BINDGEN_VERSION=0.2.130
 PYTEST_VERSION=8.3.5
 # ed25519 for tests that sign what Nix 2.8 cannot write (build-trace-v2 realisations).
 CRYPTOGRAPHY_VERSION=44.0.2
+# The landing page's browser tests drive Debian's chromium through Playwright (no
+# browser download: they launch /usr/bin/chromium); the metrics test parses with the
+# Prometheus project's own parser.
+PLAYWRIGHT_VERSION=1.65.3
+PROMETHEUS_CLIENT_VERSION=0.26.0
 # wrk: the load generator of `make bench`.
 APT_PACKAGES=(nix-bin chromium wrk)
 
@@ -53,9 +58,11 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
 fi
 
 if ! .venv/bin/pytest --version 2>/dev/null | grep -qw "$PYTEST_VERSION" \
-  || ! .venv/bin/python -c "import cryptography, sys; sys.exit(cryptography.__version__ != '$CRYPTOGRAPHY_VERSION')" 2>/dev/null; then
-  step "python venv with pytest $PYTEST_VERSION, cryptography $CRYPTOGRAPHY_VERSION"
+  || ! .venv/bin/python -c "import cryptography, sys; sys.exit(cryptography.__version__ != '$CRYPTOGRAPHY_VERSION')" 2>/dev/null \
+  || ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('playwright') != '$PLAYWRIGHT_VERSION' or m.version('prometheus-client') != '$PROMETHEUS_CLIENT_VERSION')" 2>/dev/null; then
+  step "python venv with pytest $PYTEST_VERSION, cryptography $CRYPTOGRAPHY_VERSION, playwright $PLAYWRIGHT_VERSION, prometheus-client $PROMETHEUS_CLIENT_VERSION"
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check "pytest==$PYTEST_VERSION" \
-    "cryptography==$CRYPTOGRAPHY_VERSION"
+    "cryptography==$CRYPTOGRAPHY_VERSION" "playwright==$PLAYWRIGHT_VERSION" \
+    "prometheus-client==$PROMETHEUS_CLIENT_VERSION"
 fi

@@ -240,6 +240,53 @@ pub struct Stats {
     pub gc: Option<GcRun>,
 }
 
+/// `GET /_nixflare/summary`: what the landing page shows, precomputed by the index and
+/// kept in R2 (`SUMMARY_KEY`), so a page view reads one object and never the index. It
+/// names no publisher: it is as public as the cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    /// Unix milliseconds when the index wrote it.
+    pub generated_at: u64,
+    pub paths: u64,
+    /// Sum of NarSize: what the paths take unpacked.
+    pub nar_bytes: u64,
+    /// What the bucket holds for them (FileSize over distinct NAR files).
+    pub stored_bytes: u64,
+    /// References served by an upstream cache instead of this one.
+    pub upstream_paths: u64,
+    pub pins: u64,
+    /// Unix milliseconds of the newest publish, if the cache holds anything.
+    pub last_published_at: Option<u64>,
+    /// Paths published each UTC day of the last [`SUMMARY_DAYS`], oldest first, counting
+    /// those the cache still holds.
+    pub days: Vec<DayPublishes>,
+    /// `RETAIN_DAYS` and `MAX_CACHE_BYTES` as configured (none: unset).
+    pub retain_days: Option<u64>,
+    pub budget_bytes: Option<u64>,
+    /// The last or current GC pass.
+    pub gc: Option<GcRun>,
+    /// When the reconcile pass last completed a lap.
+    pub reconcile_last_pass_at: Option<u64>,
+}
+
+/// Days a [`Summary`] charts.
+pub const SUMMARY_DAYS: u64 = 30;
+
+/// Where the index keeps the [`Summary`] in the bucket: not a store file, so no GC or
+/// reconcile pass ever takes it for one.
+pub const SUMMARY_KEY: &str = "_nixflare/summary.json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DayPublishes {
+    /// Unix milliseconds of the day's start (00:00 UTC).
+    pub day: u64,
+    pub paths: u64,
+    /// FileSize of those paths.
+    pub bytes: u64,
+}
+
 /// One publish, as the index recorded it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

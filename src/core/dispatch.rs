@@ -212,9 +212,12 @@ fn allowed_methods(route: &Route) -> &'static str {
         | Route::Realisation { .. }
         | Route::BuildTrace { .. }
         | Route::DebugInfo(_) => "GET, HEAD, PUT",
-        Route::LandingPage | Route::PublicKeys | Route::Info | Route::Whoami | Route::Stats => {
-            "GET, HEAD"
-        }
+        Route::LandingPage
+        | Route::PublicKeys
+        | Route::Info
+        | Route::Whoami
+        | Route::Stats
+        | Route::Summary => "GET, HEAD",
         Route::Missing | Route::Narinfos | Route::Reconcile | Route::Roots => "POST",
         Route::Gc => "GET, HEAD, POST",
         Route::Pins => "GET, HEAD",
@@ -429,5 +432,26 @@ mod tests {
             super::plan(Method::Get, &Route::CacheInfo, ReadAccess::Token, Vec::new),
             Ok(Plan::Private(Public::Render))
         );
+    }
+
+    /// The landing page's summary is a stored file anyone may read (a reader of a
+    /// private cache), and nobody may write: the index writes it straight to R2.
+    #[test]
+    fn the_summary_is_read_like_a_stored_file_and_never_written() {
+        use super::{plan, Plan, Public, ReadAccess, Refusal};
+        assert_eq!(
+            plan(Method::Get, &Route::Summary, ReadAccess::Public, Vec::new),
+            Ok(Plan::Public(Public::Serve))
+        );
+        assert_eq!(
+            plan(Method::Head, &Route::Summary, ReadAccess::Token, Vec::new),
+            Ok(Plan::Private(Public::Serve))
+        );
+        for method in [Method::Put, Method::Post, Method::Delete] {
+            assert_eq!(
+                plan(method, &Route::Summary, ReadAccess::Public, Vec::new),
+                Err(Refusal::MethodNotAllowed { allow: "GET, HEAD" })
+            );
+        }
     }
 }

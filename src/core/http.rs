@@ -177,8 +177,49 @@ pub fn origin(url: &str) -> Option<&str> {
     (end > after_scheme).then(|| &url[..end])
 }
 
+/// An HTTP date (RFC 9110 IMF-fixdate, always GMT) of Unix milliseconds: a stored
+/// object's `Last-Modified`, which the landing page shows as when a path was pushed.
+pub fn http_date(unix_ms: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = unix_ms / 1000;
+    let days = secs / 86_400;
+    let (hour, minute, second) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's days_from_civil, inverted).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{}, {day:02} {} {year} {hour:02}:{minute:02}:{second:02} GMT",
+        DAYS[(days % 7) as usize],
+        MONTHS[(month - 1) as usize]
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn http_dates() {
+        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(http_date(951_782_400_000), "Tue, 29 Feb 2000 00:00:00 GMT");
+        assert_eq!(
+            http_date(1_796_583_956_999),
+            "Sun, 06 Dec 2026 19:05:56 GMT"
+        );
+        assert_eq!(
+            http_date(4_102_444_799_000),
+            "Thu, 31 Dec 2099 23:59:59 GMT"
+        );
+    }
+
     use super::*;
 
     #[test]

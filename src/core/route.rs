@@ -93,6 +93,9 @@ pub enum Route {
     /// `_nixflare/uploads/nar/<filehash>.nar[.ext]`: a multipart NAR upload
     /// (`crate::core::multipart`); its storage key is the never-served staging object.
     Upload(NarFile),
+    /// `_nixflare/summary.json`: what the landing page shows, written by the index
+    /// (`crate::core::api::Summary`) and served from R2 like a stored file.
+    Summary,
     /// `_nixflare/info`: JSON for clients (limits, keys). Not a Nix file.
     Info,
     /// `_nixflare/whoami`: what the worker makes of the request's token.
@@ -134,6 +137,8 @@ pub enum Kind {
     Internal,
     /// JSON answers for the `nixflare` client, computed per request.
     Api,
+    /// The landing page's summary: stored, but rewritten after every publish.
+    Summary,
 }
 
 impl Kind {
@@ -144,7 +149,7 @@ impl Kind {
             Kind::PublicKeys => "text/plain; charset=utf-8",
             Kind::Narinfo => "text/x-nix-narinfo",
             Kind::Nar => "application/x-nix-nar",
-            Kind::Json | Kind::Api => "application/json",
+            Kind::Json | Kind::Api | Kind::Summary => "application/json",
             Kind::Log | Kind::Internal => "text/plain; charset=utf-8",
         }
     }
@@ -163,6 +168,8 @@ impl Kind {
             // Configuration: picked up within minutes of a redeploy.
             Kind::Page | Kind::CacheInfo | Kind::PublicKeys => "public, max-age=300",
             Kind::Internal | Kind::Api => "no-store",
+            // Follows publishes within seconds: a minute at the edge is stale enough.
+            Kind::Summary => "public, max-age=60",
         }
     }
 }
@@ -213,6 +220,7 @@ impl Route {
             [file] => Self::parse_top_level(file),
             [top, file] if top == "_nixflare" => match file.as_str() {
                 "info" => Some(Route::Info),
+                "summary.json" => Some(Route::Summary),
                 "whoami" => Some(Route::Whoami),
                 "missing" => Some(Route::Missing),
                 "narinfos" => Some(Route::Narinfos),
@@ -292,6 +300,7 @@ impl Route {
             | Route::DebugInfo(_) => Kind::Json,
             Route::Log(_) => Kind::Log,
             Route::Revocation(_) | Route::Upload(_) => Kind::Internal,
+            Route::Summary => Kind::Summary,
             Route::Info
             | Route::Whoami
             | Route::Missing
@@ -330,6 +339,7 @@ impl fmt::Display for Route {
             Route::Revocation(id) => write!(f, "_nixflare/revocations/{id}"),
             Route::Upload(file) => write!(f, "{UPLOADS_PREFIX}{}{file}", NarFile::DIR),
             Route::Info => f.write_str("_nixflare/info"),
+            Route::Summary => f.write_str(crate::core::api::SUMMARY_KEY),
             Route::Whoami => f.write_str("_nixflare/whoami"),
             Route::Missing => f.write_str("_nixflare/missing"),
             Route::Narinfos => f.write_str("_nixflare/narinfos"),
@@ -433,6 +443,9 @@ mod tests {
             Kind::Internal
         );
         assert_eq!(round_trip("/_nixflare/info"), Route::Info);
+        assert_eq!(round_trip("/_nixflare/summary.json"), Route::Summary);
+        assert_eq!(Route::Summary.to_string(), crate::core::api::SUMMARY_KEY);
+        assert_eq!(Route::Summary.kind(), Kind::Summary);
         assert_eq!(round_trip("/_nixflare/missing"), Route::Missing);
         assert_eq!(round_trip("/_nixflare/narinfos"), Route::Narinfos);
         assert_eq!(round_trip("/_nixflare/stats"), Route::Stats);

@@ -2,6 +2,11 @@
 //! SQLite storage. Everything it decides is the core's (`crate::core::index`): this
 //! binds its SQL interface to the object's `SqlStorage`, serves the operations, and runs
 //! the upkeep (reconcile laps, GC passes) on the cron's `tick` and on its own alarm.
+//! It also keeps the landing page's summary in R2 (`api::SUMMARY_KEY`): rewritten on
+//! every cron tick, and by the alarm a few seconds after a publish, a delete or a pin
+//! changed what the cache holds, so page views read one object and never the index.
+
+use std::cell::Cell;
 
 use serde::de::DeserializeOwned;
 use worker::{
@@ -16,11 +21,33 @@ use crate::core::index::ops::{self, Op, ReconcileStepOp, TickOp};
 use crate::core::index::passes::upkeep::{upkeep, Caller, ObjectLaps};
 use crate::core::index::passes::{gc::Laps, Budget, PassError};
 use crate::core::index::sql::{Sql, SqlError, Value};
-use crate::core::index::{IndexError, Ticked, R2_OPS_PER_INVOCATION};
+use crate::core::index::{IndexError, SummaryRequest, Ticked, R2_OPS_PER_INVOCATION};
 
 /// How soon the alarm comes back while a lap or a pass is under way: one invocation
 /// (45 R2 operations) a second, about 160,000 narinfos an hour on a first lap.
 const ALARM_DELAY_MS: i64 = 1000;
+/// How soon after a change the summary is rewritten: changes in between share one write.
+const SUMMARY_DELAY_MS: i64 = 5000;
+/// While a pass keeps the alarm coming back every second, the summary is rewritten at
+/// most this often (and when the pass ends).
+const SUMMARY_EVERY_MS: u64 = 60_000;
+
+/// Operations after which the summary is stale.
+fn changes_summary(op: &str) -> bool {
+    use crate::core::index::ops::{
+        AdoptOp, CommitOp, FinishBatchOp, ForgetDoneOp, RemovePinOp, SetPinOp,
+    };
+    [
+        <CommitOp as Op>::NAME,
+        <FinishBatchOp as Op>::NAME,
+        <ForgetDoneOp as Op>::NAME,
+        <AdoptOp as Op>::NAME,
+        <SetPinOp as Op>::NAME,
+        <RemovePinOp as Op>::NAME,
+        <ReconcileStepOp as Op>::NAME,
+    ]
+    .contains(&op)
+}
 
 /// The object's `SqlStorage` as the core's SQL interface.
 struct ObjectSql(SqlStorage);
@@ -58,13 +85,23 @@ pub struct Index {
     index: crate::core::index::Index<ObjectSql>,
     state: State,
     env: Env,
+    /// Something changed since the summary was last written (lost with the instance:
+    /// a fresh one writes at its first alarm anyway).
+    summary_stale: Cell<bool>,
+    summary_written_at: Cell<Option<u64>>,
 }
 
 impl DurableObject for Index {
     fn new(state: State, env: Env) -> Self {
         // Migrations run here; a failure is kept and every request answers with it.
         let index = crate::core::index::Index::open(ObjectSql(state.storage().sql()));
-        Self { index, state, env }
+        Self {
+            index,
+            state,
+            env,
+            summary_stale: Cell::new(false),
+            summary_written_at: Cell::new(None),
+        }
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
@@ -79,6 +116,16 @@ impl DurableObject for Index {
                 _ => Err(IndexError::UnknownOperation(op.to_owned())),
             },
         };
+        if answer.is_ok() && changes_summary(op) {
+            self.summary_stale.set(true);
+            // An alarm already set (a pass under way, an earlier change) will do.
+            let storage = self.state.storage();
+            if matches!(storage.get_alarm().await, Ok(None)) {
+                if let Err(err) = storage.set_alarm(SUMMARY_DELAY_MS).await {
+                    console_error!("index: setting the summary alarm failed: {err}");
+                }
+            }
+        }
         match answer {
             Ok(text) => Response::ok(text),
             Err(err) => Response::error(err.to_string(), 500),
@@ -86,7 +133,10 @@ impl DurableObject for Index {
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
-        match self.upkeep(Caller::Alarm, None).await {
+        let upkeep = self.upkeep(Caller::Alarm, None).await;
+        // The last alarm of a pass: what it removed shows at once.
+        let done = matches!(&upkeep, Ok(ticked) if !ticked.more);
+        match upkeep {
             Ok(ticked) => console_log!(
                 "index alarm: {} reconcile steps, gc {:?}, more: {}",
                 ticked.reconcile_steps,
@@ -95,6 +145,7 @@ impl DurableObject for Index {
             ),
             Err(err) => console_error!("index alarm: {err}"),
         }
+        self.write_summary(done).await;
         Response::ok("")
     }
 }
@@ -139,7 +190,42 @@ impl Index {
     async fn tick(&self, body: &[u8]) -> Result<String, IndexError> {
         let at = Self::request::<TickOp>(body)?;
         let ticked = self.upkeep(Caller::Cron, Some(at.now)).await?;
+        self.write_summary(true).await;
         Ok(api::render(&ticked))
+    }
+
+    /// Rewrites the summary in R2 if something changed, if it is older than
+    /// [`SUMMARY_EVERY_MS`] or was never written by this instance, or if `always`.
+    /// Failures are logged: the page shows the previous summary meanwhile.
+    async fn write_summary(&self, always: bool) {
+        let result = async {
+            let config = self.config()?;
+            let now = config.clock_ms(worker::Date::now().as_millis());
+            let due = self
+                .summary_written_at
+                .get()
+                .is_none_or(|at| now.saturating_sub(at) >= SUMMARY_EVERY_MS);
+            if !(always || due || self.summary_stale.get()) {
+                return Ok(());
+            }
+            self.summary_stale.set(false);
+            let summary = self.index.summary(SummaryRequest {
+                now,
+                retain_days: config.retain_days,
+                budget_bytes: config.max_cache_bytes,
+            })?;
+            self.bucket()?
+                .put(api::SUMMARY_KEY, api::render(&summary).into_bytes())
+                .execute()
+                .await
+                .map_err(|err| IndexError::Unavailable(format!("writing the summary: {err}")))?;
+            self.summary_written_at.set(Some(now));
+            Ok::<(), IndexError>(())
+        };
+        if let Err(err) = result.await {
+            self.summary_stale.set(true);
+            console_error!("index: {err}");
+        }
     }
 
     async fn upkeep(&self, caller: Caller, now: Option<u64>) -> Result<Ticked, IndexError> {

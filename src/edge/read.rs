@@ -10,7 +10,9 @@ use super::private::{Place, PrivateCopies};
 use super::response::generated;
 use crate::core::api;
 use crate::core::config::CacheConfig;
-use crate::core::http::{content_range, if_none_match_matches, unsatisfied_range, RangeRequest};
+use crate::core::http::{
+    content_range, http_date, if_none_match_matches, unsatisfied_range, RangeRequest,
+};
 use crate::core::route::{Kind, Route};
 
 /// The landing page. Built in rather than served as a static asset: with `[assets]`,
@@ -56,11 +58,13 @@ pub async fn serve(
             .ok_or(EdgeError::NotFound)?;
         let headers = object_headers(route.kind(), &key, &object.http_etag())?;
         headers.set("Content-Length", &object.size().to_string())?;
+        headers.set("Last-Modified", &http_date(object.uploaded().as_millis()))?;
         return stream(object, headers, 200);
     }
     let meta = bucket.head(&key).await?.ok_or(EdgeError::NotFound)?;
     let (size, etag) = (meta.size(), meta.http_etag());
     let headers = object_headers(route.kind(), &key, &etag)?;
+    headers.set("Last-Modified", &http_date(meta.uploaded().as_millis()))?;
     if if_none_match.is_some_and(|header| if_none_match_matches(&header, &etag)) {
         return Ok(Response::empty()?.with_status(304).with_headers(headers));
     }

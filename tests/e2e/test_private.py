@@ -280,6 +280,9 @@ def test_landing_page_of_a_private_cache_shows_access_and_nothing_else(private: 
     assert keys.public.split(":")[0] not in dom, "the page shows the cache's key"
     assert "(loading…)" not in dom and "could not load" not in dom
     assert 'id="public-use"' not in dom and "Anyone can download" not in dom
+    # No lookup and no stats: nothing of the contents without a token.
+    assert 'id="lookup"' not in dom and 'id="stats"' not in dom
+    assert request(private, "GET", "/_nixflare/summary.json")[0] == 401
 
 
 def test_switching_access_is_a_config_change(nix: Nix, keys: Keys, tokens: Tokens, tmp_path):

@@ -420,3 +420,13 @@ pub struct Ticked {
     pub gc: Option<GcRun>,
     pub more: bool,
 }
+
+/// `summary`: the landing page's [`crate::core::api::Summary`] as of `now`, with the
+/// retention settings the worker holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SummaryRequest {
+    pub now: u64,
+    pub retain_days: Option<u64>,
+    pub budget_bytes: Option<u64>,
+}

@@ -13,6 +13,7 @@
 //! - [`schema`]: numbered migrations;
 //! - [`store`]: [`Index`], the object's state and one atomic handler per operation
 //!   (publishing, deleting, queries, stats); `laps.rs`: the reconcile lap's handlers;
+//!   `summary.rs`: the landing page's summary;
 //! - `gc_store`: the GC's handlers (roots, pins, the steps of a pass); `orphans.rs`:
 //!   its orphan step;
 //! - [`passes`]: the multi-step procedures that read and delete in the bucket
@@ -37,8 +38,9 @@ pub mod passes;
 pub mod schema;
 pub mod sql;
 pub mod store;
+mod summary;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use messages::*;
 pub use store::Index;

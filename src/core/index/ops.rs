@@ -10,9 +10,12 @@ use super::sql::Sql;
 use super::{
     Adopt, Advance, At, Begin, BeginBatch, Begun, BegunBatch, Cursor, Finish, FinishBatch, Forget,
     Forgot, GcStep, GcWork, Index, IndexError, OrphanPage, Orphans, OwnLog, PageChecked,
-    PinRemoved, PinSet, Query, ReconcilePage, Refresh, RemovePin, SetPin, Swept, Ticked,
+    PinRemoved, PinSet, Query, ReconcilePage, Refresh, RemovePin, SetPin, SummaryRequest, Swept,
+    Ticked,
 };
-use crate::core::api::{self, PathQueryAnswer, Pins, ReconcileStep, RootsRefreshed, Stats};
+use crate::core::api::{
+    self, PathQueryAnswer, Pins, ReconcileStep, RootsRefreshed, Stats, Summary,
+};
 
 /// One operation: `NAME` is its path on the object (`https://index/<NAME>`).
 pub trait Op {
@@ -116,6 +119,8 @@ operations! {
     ForgetDoneOp "forget/done" (Forget) -> api::True = forget_done;
     QueryOp "query" (Query) -> PathQueryAnswer = query;
     StatsOp "stats" (api::True) -> Stats = stats;
+    /// What the landing page shows (written to R2 by the object, read from there).
+    SummaryOp "summary" (SummaryRequest) -> Summary = summary;
     CursorOp "reconcile/cursor" (api::True) -> Cursor = cursor;
     PageOp "reconcile/page" (ReconcilePage) -> PageChecked = reconcile_page;
     AdvanceOp "reconcile/advance" (Advance) -> Cursor = advance;

@@ -4,4 +4,4 @@
 
 mod messages;
 mod model;
-mod sqlite;
+pub(super) mod sqlite;
