@@ -145,7 +145,7 @@ enum TokenCommand {
         /// Who the token is for; shown in the worker's logs.
         #[arg(long)]
         subject: String,
-        /// Comma-separated: read, write, overwrite, delete, revoke, pin.
+        /// Comma-separated: read, write, overwrite, delete, revoke, pin, metrics.
         #[arg(long, default_value = "read,write")]
         permissions: String,
         /// Lifetime: a number with s, m, h or d (e.g. 90d).

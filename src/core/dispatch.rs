@@ -61,6 +61,8 @@ pub enum Operation {
     PublishBatch,
     /// GET/HEAD `_nixflare/stats` (any valid token).
     Stats,
+    /// GET/HEAD `_nixflare/metrics`: Prometheus text.
+    Metrics,
     /// POST `_nixflare/reconcile`: one step of the reconcile pass.
     Reconcile,
     /// GET/HEAD `_nixflare/gc`: what a GC pass would remove, and why.
@@ -145,6 +147,7 @@ fn public_plan(
         }
         (_, Route::Whoami) if read => guarded(Operation::Whoami, Permissions::NONE),
         (_, Route::Stats) if read => guarded(Operation::Stats, Permissions::NONE),
+        (_, Route::Metrics) if read => guarded(Operation::Metrics, Permissions::METRICS),
         (Method::Post, Route::Missing) => guarded(Operation::QueryMissing, Permissions::NONE),
         (Method::Post, Route::Narinfos) => guarded(Operation::PublishBatch, Permissions::WRITE),
         (Method::Post, Route::Reconcile) => guarded(Operation::Reconcile, Permissions::WRITE),
@@ -167,7 +170,8 @@ fn public_plan(
             | Route::Gc
             | Route::Pins
             | Route::Pin(_)
-            | Route::Roots,
+            | Route::Roots
+            | Route::Metrics,
         ) => Err(not_allowed(route)),
         (_, Route::Revocation(_) | Route::Upload(_)) if read => Err(not_allowed(route)),
         (_, _) if read => Ok(Plan::Public(Public::Serve)),
@@ -217,7 +221,8 @@ fn allowed_methods(route: &Route) -> &'static str {
         | Route::Info
         | Route::Whoami
         | Route::Stats
-        | Route::Summary => "GET, HEAD",
+        | Route::Summary
+        | Route::Metrics => "GET, HEAD",
         Route::Missing | Route::Narinfos | Route::Reconcile | Route::Roots => "POST",
         Route::Gc => "GET, HEAD, POST",
         Route::Pins => "GET, HEAD",

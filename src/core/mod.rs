@@ -52,6 +52,7 @@ pub mod json_read;
 pub mod json_serde;
 pub mod json_write;
 pub mod lower_hex;
+pub mod metrics;
 pub mod multipart;
 pub mod nix;
 pub mod pin_name;

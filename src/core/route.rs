@@ -96,6 +96,8 @@ pub enum Route {
     /// `_nixflare/summary.json`: what the landing page shows, written by the index
     /// (`crate::core::api::Summary`) and served from R2 like a stored file.
     Summary,
+    /// `_nixflare/metrics`: Prometheus text for operators (`crate::core::metrics`).
+    Metrics,
     /// `_nixflare/info`: JSON for clients (limits, keys). Not a Nix file.
     Info,
     /// `_nixflare/whoami`: what the worker makes of the request's token.
@@ -139,6 +141,8 @@ pub enum Kind {
     Api,
     /// The landing page's summary: stored, but rewritten after every publish.
     Summary,
+    /// Prometheus text, computed per scrape.
+    Metrics,
 }
 
 impl Kind {
@@ -150,6 +154,7 @@ impl Kind {
             Kind::Narinfo => "text/x-nix-narinfo",
             Kind::Nar => "application/x-nix-nar",
             Kind::Json | Kind::Api | Kind::Summary => "application/json",
+            Kind::Metrics => crate::core::metrics::CONTENT_TYPE,
             Kind::Log | Kind::Internal => "text/plain; charset=utf-8",
         }
     }
@@ -167,7 +172,7 @@ impl Kind {
             Kind::Narinfo | Kind::Json | Kind::Log => METADATA_CACHE_CONTROL,
             // Configuration: picked up within minutes of a redeploy.
             Kind::Page | Kind::CacheInfo | Kind::PublicKeys => "public, max-age=300",
-            Kind::Internal | Kind::Api => "no-store",
+            Kind::Internal | Kind::Api | Kind::Metrics => "no-store",
             // Follows publishes within seconds: a minute at the edge is stale enough.
             Kind::Summary => "public, max-age=60",
         }
@@ -221,6 +226,7 @@ impl Route {
             [top, file] if top == "_nixflare" => match file.as_str() {
                 "info" => Some(Route::Info),
                 "summary.json" => Some(Route::Summary),
+                "metrics" => Some(Route::Metrics),
                 "whoami" => Some(Route::Whoami),
                 "missing" => Some(Route::Missing),
                 "narinfos" => Some(Route::Narinfos),
@@ -311,6 +317,7 @@ impl Route {
             | Route::Pins
             | Route::Pin(_)
             | Route::Roots => Kind::Api,
+            Route::Metrics => Kind::Metrics,
         }
     }
 }
@@ -340,6 +347,7 @@ impl fmt::Display for Route {
             Route::Upload(file) => write!(f, "{UPLOADS_PREFIX}{}{file}", NarFile::DIR),
             Route::Info => f.write_str("_nixflare/info"),
             Route::Summary => f.write_str(crate::core::api::SUMMARY_KEY),
+            Route::Metrics => f.write_str("_nixflare/metrics"),
             Route::Whoami => f.write_str("_nixflare/whoami"),
             Route::Missing => f.write_str("_nixflare/missing"),
             Route::Narinfos => f.write_str("_nixflare/narinfos"),
@@ -444,6 +452,7 @@ mod tests {
         );
         assert_eq!(round_trip("/_nixflare/info"), Route::Info);
         assert_eq!(round_trip("/_nixflare/summary.json"), Route::Summary);
+        assert_eq!(round_trip("/_nixflare/metrics"), Route::Metrics);
         assert_eq!(Route::Summary.to_string(), crate::core::api::SUMMARY_KEY);
         assert_eq!(Route::Summary.kind(), Kind::Summary);
         assert_eq!(round_trip("/_nixflare/missing"), Route::Missing);

@@ -68,7 +68,7 @@ pub enum TokenError {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("unknown permission {0:?} (read, write, overwrite, delete, revoke)")]
+#[error("unknown permission {0:?} (read, write, overwrite, delete, revoke, pin, metrics)")]
 pub struct UnknownPermission(pub String);
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -91,16 +91,19 @@ impl Permissions {
     pub const REVOKE: Permissions = Permissions(16);
     /// Add, move and remove GC pins (`nixflare pin`).
     pub const PIN: Permissions = Permissions(32);
+    /// Scrape `_nixflare/metrics` (what the index holds and does, as numbers).
+    pub const METRICS: Permissions = Permissions(64);
 
-    const NAMES: [(Permissions, &'static str); 6] = [
+    const NAMES: [(Permissions, &'static str); 7] = [
         (Self::READ, "read"),
         (Self::WRITE, "write"),
         (Self::OVERWRITE, "overwrite"),
         (Self::DELETE, "delete"),
         (Self::REVOKE, "revoke"),
         (Self::PIN, "pin"),
+        (Self::METRICS, "metrics"),
     ];
-    const ALL_BITS: u8 = 63;
+    const ALL_BITS: u8 = 127;
 
     pub fn contains(self, other: Permissions) -> bool {
         self.0 & other.0 == other.0

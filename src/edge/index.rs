@@ -116,6 +116,12 @@ impl DurableObject for Index {
                 _ => Err(IndexError::UnknownOperation(op.to_owned())),
             },
         };
+        // Counted unless the name is unknown (the counters' labels stay a fixed set).
+        if !matches!(answer, Err(IndexError::UnknownOperation(_))) {
+            if let Err(err) = self.index.count_operation(op, answer.is_ok()) {
+                console_error!("index: counting {op}: {err}");
+            }
+        }
         if answer.is_ok() && changes_summary(op) {
             self.summary_stale.set(true);
             // An alarm already set (a pass under way, an earlier change) will do.

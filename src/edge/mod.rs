@@ -125,6 +125,7 @@ async fn handle(
             write::publish_batch(req, &cache, &edge_cache).await
         }
         Operation::Stats => queries::stats(&cache, head_only).await,
+        Operation::Metrics => queries::metrics(&cache, head_only).await,
         Operation::Reconcile => queries::reconcile(&cache).await,
         Operation::GcPlan => gc::plan(&cache, head_only).await,
         Operation::GcRun => {

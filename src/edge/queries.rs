@@ -9,10 +9,12 @@ use super::body::json_body;
 use super::error::EdgeError;
 use super::response;
 use crate::core::api::{self, PathQuery};
-use crate::core::index::ops::{QueryOp, ReconcileStepOp, StatsOp};
+use crate::core::index::ops::{GaugesOp, QueryOp, ReconcileStepOp, StatsOp};
 use crate::core::index::passes::IndexCalls;
 use crate::core::index::{At, Query, MAX_QUERY_HASHES};
+use crate::core::metrics::{render_text, Settings};
 use crate::core::nix::store_path::StorePathHash;
+use crate::core::route::Kind;
 
 /// Largest query body: a thousand quoted 32-character hashes and then some.
 const MAX_QUERY_BYTES: u64 = 64 * 1024;
@@ -54,6 +56,16 @@ pub async fn stats(cache: &Guarded, head_only: bool) -> Result<Response, EdgeErr
         }
     }
     response::json(200, api::render(&stats), head_only)
+}
+
+/// GET/HEAD `_nixflare/metrics`: one call to the index per scrape.
+pub async fn metrics(cache: &Guarded, head_only: bool) -> Result<Response, EdgeError> {
+    let gauges = cache.index()?.call::<GaugesOp>(&api::True).await?;
+    let settings = Settings {
+        retain_days: cache.config.retain_days,
+        budget_bytes: cache.config.max_cache_bytes,
+    };
+    response::generated(Kind::Metrics, render_text(&gauges, &settings), head_only)
 }
 
 /// POST `_nixflare/reconcile`: one step, taken by the index itself; the client calls

@@ -430,3 +430,24 @@ pub struct SummaryRequest {
     pub retain_days: Option<u64>,
     pub budget_bytes: Option<u64>,
 }
+
+/// `gauges`: what `_nixflare/metrics` reports of the index (`crate::core::metrics`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Gauges {
+    pub stats: crate::core::api::Stats,
+    pub pins: u64,
+    /// Publishes under way: reservations holding their references.
+    pub reservations: u64,
+    /// Operations asked of the index since it was created, by name and outcome.
+    pub operations: Vec<OperationCount>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OperationCount {
+    pub op: String,
+    /// `ok` or `error`.
+    pub outcome: String,
+    pub count: u64,
+}

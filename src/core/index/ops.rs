@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::sql::Sql;
 use super::{
     Adopt, Advance, At, Begin, BeginBatch, Begun, BegunBatch, Cursor, Finish, FinishBatch, Forget,
-    Forgot, GcStep, GcWork, Index, IndexError, OrphanPage, Orphans, OwnLog, PageChecked,
+    Forgot, Gauges, GcStep, GcWork, Index, IndexError, OrphanPage, Orphans, OwnLog, PageChecked,
     PinRemoved, PinSet, Query, ReconcilePage, Refresh, RemovePin, SetPin, SummaryRequest, Swept,
     Ticked,
 };
@@ -121,6 +121,8 @@ operations! {
     StatsOp "stats" (api::True) -> Stats = stats;
     /// What the landing page shows (written to R2 by the object, read from there).
     SummaryOp "summary" (SummaryRequest) -> Summary = summary;
+    /// What `_nixflare/metrics` reports.
+    GaugesOp "gauges" (api::True) -> Gauges = gauges;
     CursorOp "reconcile/cursor" (api::True) -> Cursor = cursor;
     PageOp "reconcile/page" (ReconcilePage) -> PageChecked = reconcile_page;
     AdvanceOp "reconcile/advance" (Advance) -> Cursor = advance;

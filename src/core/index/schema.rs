@@ -79,6 +79,11 @@ pub const MIGRATIONS: &[&[&str]] = &[
         "CREATE INDEX reservations_by_nar ON reservations (nar)",
         "ALTER TABLE paths ADD COLUMN signed INTEGER NOT NULL DEFAULT 0",
     ],
+    // `_nixflare/metrics`: how often each operation was asked of the index.
+    &[
+        "CREATE TABLE op_counts (op TEXT NOT NULL, outcome TEXT NOT NULL, n INTEGER NOT NULL, \
+       PRIMARY KEY (op, outcome)) WITHOUT ROWID",
+    ],
 ];
 
 /// The schema version an index is at: 0 when new.

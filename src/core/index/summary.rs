@@ -1,12 +1,13 @@
 //! `summary`: what the landing page shows (`api::Summary`). The object writes it to R2
 //! after publishes and passes (`crate::edge::index`); page views read it from there and
-//! never reach the index.
+//! never reach the index. `gauges` and the operation counters: what `_nixflare/metrics`
+//! reports to an operator's token.
 
 use serde::Deserialize;
 
-use super::sql::integer;
+use super::sql::{integer, text};
 use super::store::{Answer, Index};
-use super::SummaryRequest;
+use super::{Gauges, OperationCount, SummaryRequest};
 use crate::core::api::{self, DayPublishes, Summary, SUMMARY_DAYS};
 use crate::core::gc::DAY_MS;
 
@@ -52,6 +53,45 @@ impl<S: super::sql::Sql> Index<S> {
             gc: stats.gc,
             reconcile_last_pass_at: stats.reconcile.last_pass_at,
         })
+    }
+
+    pub fn gauges(&self, _: api::True) -> Answer<Gauges> {
+        let stats = self.stats(api::True)?;
+        #[derive(Deserialize)]
+        struct CountRow {
+            op: String,
+            outcome: String,
+            n: u64,
+        }
+        let operations = self
+            .rows::<CountRow>(
+                "SELECT op, outcome, n FROM op_counts ORDER BY op, outcome",
+                &[],
+            )?
+            .into_iter()
+            .map(|row| OperationCount {
+                op: row.op,
+                outcome: row.outcome,
+                count: row.n,
+            })
+            .collect();
+        Ok(Gauges {
+            stats,
+            pins: self.number("SELECT COUNT(*) AS n FROM pins", &[])?,
+            reservations: self.number("SELECT COUNT(*) AS n FROM reservations", &[])?,
+            operations,
+        })
+    }
+
+    /// Counts one operation the object was asked (`op` is one of the operations'
+    /// names: the object counts no other).
+    pub fn count_operation(&self, op: &str, ok: bool) -> Answer<()> {
+        self.ready()?;
+        self.exec(
+            "INSERT INTO op_counts (op, outcome, n) VALUES (?1, ?2, 1) \
+             ON CONFLICT (op, outcome) DO UPDATE SET n = n + 1",
+            &[text(op), text(if ok { "ok" } else { "error" })],
+        )
     }
 }
 
