@@ -262,7 +262,10 @@ mod tests {
                 budget_bytes: None,
             },
         );
-        assert!(text.contains("\nnixflare_paths 3\n") || text.starts_with("# HELP nixflare_paths"));
+        assert!(
+            text.contains("# TYPE nixflare_paths gauge\nnixflare_paths 3\n"),
+            "{text}"
+        );
         assert!(
             text.contains("nixflare_gc_phase{phase=\"done\"} 1\n"),
             "{text}"

@@ -28,14 +28,16 @@ use crate::core::index::{IndexError, SummaryRequest, Ticked, R2_OPS_PER_INVOCATI
 const ALARM_DELAY_MS: i64 = 1000;
 /// How soon after a change the summary is rewritten: changes in between share one write.
 const SUMMARY_DELAY_MS: i64 = 5000;
-/// While a pass keeps the alarm coming back every second, the summary is rewritten at
-/// most this often (and when the pass ends).
-const SUMMARY_EVERY_MS: u64 = 60_000;
+/// The least time between two summary writes after changes: each write reads the
+/// index's tables (about two rows per path, billed per row), so the spacing grows by a
+/// second per thousand paths past this (docs/metrics.md).
+const SUMMARY_SPACING_MS: u64 = 60_000;
 
 /// Operations after which the summary is stale.
 fn changes_summary(op: &str) -> bool {
     use crate::core::index::ops::{
-        AdoptOp, CommitOp, FinishBatchOp, ForgetDoneOp, RemovePinOp, SetPinOp,
+        AdoptOp, CommitOp, FinishBatchOp, ForgetDoneOp, GcStepOp, OrphansOp, RemovePinOp, SetPinOp,
+        SweptOp,
     };
     [
         <CommitOp as Op>::NAME,
@@ -45,6 +47,9 @@ fn changes_summary(op: &str) -> bool {
         <SetPinOp as Op>::NAME,
         <RemovePinOp as Op>::NAME,
         <ReconcileStepOp as Op>::NAME,
+        <GcStepOp as Op>::NAME,
+        <SweptOp as Op>::NAME,
+        <OrphansOp as Op>::NAME,
     ]
     .contains(&op)
 }
@@ -89,6 +94,8 @@ pub struct Index {
     /// a fresh one writes at its first alarm anyway).
     summary_stale: Cell<bool>,
     summary_written_at: Cell<Option<u64>>,
+    /// Paths the last summary counted: sets the spacing of the next write.
+    summary_paths: Cell<u64>,
 }
 
 impl DurableObject for Index {
@@ -101,6 +108,7 @@ impl DurableObject for Index {
             env,
             summary_stale: Cell::new(false),
             summary_written_at: Cell::new(None),
+            summary_paths: Cell::new(0),
         }
     }
 
@@ -200,19 +208,29 @@ impl Index {
         Ok(api::render(&ticked))
     }
 
-    /// Rewrites the summary in R2 if something changed, if it is older than
-    /// [`SUMMARY_EVERY_MS`] or was never written by this instance, or if `always`.
-    /// Failures are logged: the page shows the previous summary meanwhile.
+    /// Rewrites the summary in R2 if `always` (a cron tick, the end of a pass), or if
+    /// something changed and the last write is far enough back (else the alarm comes
+    /// back when it is). Failures are logged: the page shows the previous summary.
     async fn write_summary(&self, always: bool) {
         let result = async {
             let config = self.config()?;
             let now = config.clock_ms(worker::Date::now().as_millis());
-            let due = self
-                .summary_written_at
-                .get()
-                .is_none_or(|at| now.saturating_sub(at) >= SUMMARY_EVERY_MS);
-            if !(always || due || self.summary_stale.get()) {
-                return Ok(());
+            if !always {
+                if !self.summary_stale.get() {
+                    return Ok(());
+                }
+                let spacing = SUMMARY_SPACING_MS.max(self.summary_paths.get());
+                let next = self.summary_written_at.get().map_or(0, |at| at + spacing);
+                if now < next {
+                    let storage = self.state.storage();
+                    if matches!(storage.get_alarm().await, Ok(None)) {
+                        let wait = i64::try_from(next - now).unwrap_or(i64::MAX);
+                        storage.set_alarm(wait).await.map_err(|err| {
+                            IndexError::Unavailable(format!("setting the summary alarm: {err}"))
+                        })?;
+                    }
+                    return Ok(());
+                }
             }
             self.summary_stale.set(false);
             let summary = self.index.summary(SummaryRequest {
@@ -226,6 +244,7 @@ impl Index {
                 .await
                 .map_err(|err| IndexError::Unavailable(format!("writing the summary: {err}")))?;
             self.summary_written_at.set(Some(now));
+            self.summary_paths.set(summary.paths);
             Ok::<(), IndexError>(())
         };
         if let Err(err) = result.await {

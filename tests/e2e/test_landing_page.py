@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLI, REPO, Closure, Keys, Nix, Tokens, Worker, build_closure, request, run, running_worker
+from conftest import (CLI, REPO, Closure, Keys, Nix, Tokens, Worker, bearer, build_closure, request, run,
+                      running_worker)
 
 
 def rendered_dom(url: str, profile) -> str:
@@ -76,15 +77,17 @@ def look_up(page, text: str) -> str:
     return page.inner_text("#lookup-result")
 
 
-def test_lookup_finds_a_path_and_says_so_of_a_missing_one_and_of_garbage(page, worker: Worker, closure: Closure):
+def test_lookup_finds_a_path_and_says_so_of_a_missing_one_and_of_garbage(page, worker: Worker, closure: Closure,
+                                                                         keys: Keys):
     page.goto(worker.url + "/")
     found = look_up(page, closure.top)
     assert "In this cache." in found and closure.top in found
     refs = len(closure.paths) - 1
-    assert f"all {refs} paths it refers to are here too" in found, found
+    assert f"Complete here: all {refs} paths it refers to are here too." in found, found
     assert f"nix copy --from {worker.url} {closure.top}" in found
     assert re.search(r"Pushed\s+(just now|\d+ (second|minute|hour|day)s? ago)", found), found
-    assert "Signed by" in found and "unpacked" in found
+    assert re.search(rf"Signed by\s+{re.escape(keys.public.split(':')[0])}\n", found), found
+    assert "unpacked" in found
     # A line of `nix build` output names it as well as the bare hash does.
     line = f"copying path '{closure.top}' from 'https://cache.nixos.org'..."
     assert "In this cache." in look_up(page, line)
@@ -140,6 +143,11 @@ def test_the_chart_and_numbers_come_from_the_summary_after_a_push(page, nix: Nix
             time.sleep(1)
         summary = json.loads(body)
         assert headers["cache-control"] == "public, max-age=60"
+        # Only the index writes it: no token may replace or remove it.
+        operator = bearer(tokens.mint("read,write,overwrite,delete"))
+        for method in ("PUT", "POST", "DELETE"):
+            assert request(cache, method, "/_nixflare/summary.json", operator, b"{}")[0] == 405
+        assert request(cache, "GET", "/_nixflare/summary.json")[2] == body
         assert summary["days"][-1]["paths"] == len(closure.paths) and "e2e" not in body.decode()
         page.goto(cache.url + "/")
         page.wait_for_selector("svg.chart")

@@ -144,8 +144,7 @@ const OPERATOR: Permissions = Permissions::READ
     .union(Permissions::OVERWRITE)
     .union(Permissions::DELETE)
     .union(Permissions::PIN)
-    .union(Permissions::REVOKE)
-    .union(Permissions::METRICS);
+    .union(Permissions::REVOKE);
 const PUSHER: Permissions = Permissions::READ.union(Permissions::WRITE);
 
 /// A key the deployment uses: its file (as `deployment.toml` names it), and whether
@@ -414,7 +413,7 @@ pub fn init(args: InitArgs) -> Result<()> {
         dir.join(PUSH_TOKEN).display()
     );
     eprintln!(
-        "  operator token:   {} (read, write, overwrite, delete, pin, revoke, metrics)",
+        "  operator token:   {} (read, write, overwrite, delete, pin, revoke)",
         dir.join(OPERATOR_TOKEN).display()
     );
     if read_token.is_some() {

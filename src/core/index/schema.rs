@@ -79,11 +79,15 @@ pub const MIGRATIONS: &[&[&str]] = &[
         "CREATE INDEX reservations_by_nar ON reservations (nar)",
         "ALTER TABLE paths ADD COLUMN signed INTEGER NOT NULL DEFAULT 0",
     ],
+];
+
+/// Tables no decision rests on, made if missing rather than by a numbered migration: a
+/// worker rolled back to a version without them still opens the index (it would refuse
+/// a schema newer than it knows).
+pub const AUXILIARY: &[&str] = &[
     // `_nixflare/metrics`: how often each operation was asked of the index.
-    &[
-        "CREATE TABLE op_counts (op TEXT NOT NULL, outcome TEXT NOT NULL, n INTEGER NOT NULL, \
-       PRIMARY KEY (op, outcome)) WITHOUT ROWID",
-    ],
+    "CREATE TABLE IF NOT EXISTS op_counts (op TEXT NOT NULL, outcome TEXT NOT NULL, \
+     n INTEGER NOT NULL, PRIMARY KEY (op, outcome)) WITHOUT ROWID",
 ];
 
 /// The schema version an index is at: 0 when new.

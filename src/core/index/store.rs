@@ -77,7 +77,13 @@ impl<S: Sql> Index<S> {
     /// Opens the index, bringing its schema up to date. A failure is kept: every
     /// request then answers with it.
     pub fn open(sql: S) -> Self {
-        let schema = schema::migrate(&sql).map(drop).map_err(|err| err.0);
+        let schema = schema::migrate(&sql)
+            .and_then(|_| {
+                schema::AUXILIARY
+                    .iter()
+                    .try_for_each(|statement| sql.exec(statement, &[]))
+            })
+            .map_err(|err| err.0);
         Index { sql, schema }
     }
 
