@@ -26,6 +26,9 @@ use crate::core::index::{IndexError, SummaryRequest, Ticked, R2_OPS_PER_INVOCATI
 /// How soon the alarm comes back while a lap or a pass is under way: one invocation
 /// (45 R2 operations) a second, about 160,000 narinfos an hour on a first lap.
 const ALARM_DELAY_MS: i64 = 1000;
+/// Set (in the object's key-value storage, which outlives the instance) while upkeep
+/// wants its alarm: the alarm that also rewrites the summary runs upkeep only then.
+const UPKEEP_ALARM_KEY: &str = "upkeep-alarm";
 /// How soon after a change the summary is rewritten: changes in between share one write.
 const SUMMARY_DELAY_MS: i64 = 5000;
 /// The least time between two summary writes after changes: each write reads the
@@ -147,17 +150,27 @@ impl DurableObject for Index {
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
-        let upkeep = self.upkeep(Caller::Alarm, None).await;
-        // The last alarm of a pass: what it removed shows at once.
-        let done = matches!(&upkeep, Ok(ticked) if !ticked.more);
-        match upkeep {
-            Ok(ticked) => console_log!(
-                "index alarm: {} reconcile steps, gc {:?}, more: {}",
-                ticked.reconcile_steps,
-                ticked.gc.map(|run| run.phase),
-                ticked.more
-            ),
-            Err(err) => console_error!("index alarm: {err}"),
+        // One alarm serves two purposes; upkeep goes on only when upkeep asked for it (a
+        // summary's alarm must not carry a pass forward that nothing else would).
+        let storage = self.state.storage();
+        let upkeep_wanted = matches!(storage.get::<bool>(UPKEEP_ALARM_KEY).await, Ok(Some(true)));
+        let mut done = false;
+        if upkeep_wanted {
+            if let Err(err) = storage.delete(UPKEEP_ALARM_KEY).await {
+                console_error!("index alarm: {err}");
+            }
+            let upkeep = self.upkeep(Caller::Alarm, None).await;
+            // The last alarm of a pass: what it removed shows at once.
+            done = matches!(&upkeep, Ok(ticked) if !ticked.more);
+            match upkeep {
+                Ok(ticked) => console_log!(
+                    "index alarm: {} reconcile steps, gc {:?}, more: {}",
+                    ticked.reconcile_steps,
+                    ticked.gc.map(|run| run.phase),
+                    ticked.more
+                ),
+                Err(err) => console_error!("index alarm: {err}"),
+            }
         }
         self.write_summary(done).await;
         Response::ok("")
@@ -269,8 +282,11 @@ impl Index {
         .await
         .map_err(pass_error)?;
         if ticked.more {
+            let storage = self.state.storage();
+            // Marked first: the alarm goes on with upkeep only when this asked for it.
+            let marked = storage.put(UPKEEP_ALARM_KEY, true).await;
             // An offset from now.
-            if let Err(err) = self.state.storage().set_alarm(ALARM_DELAY_MS).await {
+            if let Err(err) = marked.and(storage.set_alarm(ALARM_DELAY_MS).await) {
                 console_error!("index: setting the alarm failed: {err}");
             }
         }

@@ -39,15 +39,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def stop_dev(name: str) -> None:
-    pid_file = STATE / f"{name}.pid"
-    if pid_file.exists():
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
         try:
-            os.killpg(int(pid_file.read_text()), signal.SIGTERM)
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def stop_dev(name: str) -> None:
+    """Stops the previous "deployment" and waits until its port is free again (workerd
+    can hold it a moment after SIGTERM; the redeploy binds the same port)."""
+    pid_file = STATE / f"{name}.pid"
+    port_file = STATE / f"{name}.port"
+    if not pid_file.exists():
+        return
+    pgid = int(pid_file.read_text())
+    pid_file.unlink()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
         except ProcessLookupError:
             pass
-        pid_file.unlink()
-        time.sleep(1)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if not port_file.exists() or port_free(int(port_file.read_text())):
+                return
+            time.sleep(0.2)
 
 
 def deploy(config: str) -> int:
