@@ -8,7 +8,7 @@ scripts/setup-fuzz.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
 SECONDS_EACH=${FUZZ_SECONDS:-60}
-TARGETS=(narinfo content_address realisation side_file json token range route multipart)
+TARGETS=(narinfo content_address realisation side_file json token range route multipart oidc)
 DATA=src/core/nix/testdata
 
 seed() { # target, files…
@@ -21,6 +21,9 @@ seed realisation $(find "$DATA" -name '*.doi')
 seed side_file $(find "$DATA" -name '*.ls') $(find "$DATA" -path '*/debuginfo/*' -type f)
 seed json $(find "$DATA" -name '*.ls' -o -name '*.doi')
 seed content_address <(grep -rh '^CA: ' "$DATA" | head -1 | cut -c5-)
+# A GitHub-shaped ID token (fake signature) and an OIDC rule list.
+seed oidc <(printf '%s' 'eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJpc3MiOiJodHRwczovL3Rva2VuLmFjdGlvbnMuZ2l0aHVidXNlcmNvbnRlbnQuY29tIiwiYXVkIjoiaHR0cHM6Ly9jYWNoZS5leGFtcGxlLm9yZyIsInN1YiI6InJlcG86b3duZXIvcmVwbyIsImV4cCI6MjAwMCwicmVwb3NpdG9yeSI6Im93bmVyL3JlcG8iLCJyZWYiOiJyZWZzL2hlYWRzL21haW4ifQ.'"$(head -c 256 /dev/zero | base64 -w0 | tr '+/' '-_' | tr -d '=')") \
+  <(printf '%s' '[{"issuer":"https://token.actions.githubusercontent.com","audience":"https://cache.example.org","claims":{"repository":"owner/repo"},"permissions":"read,write"}]')
 
 failed=0
 for t in "${TARGETS[@]}"; do

@@ -55,6 +55,7 @@ pub mod lower_hex;
 pub mod metrics;
 pub mod multipart;
 pub mod nix;
+pub mod oidc;
 pub mod pin_name;
 mod properties;
 pub mod publish;

@@ -1,0 +1,226 @@
+//! The issuer's signing keys: its discovery document (`ISSUER/.well-known/openid-
+//! configuration`, whose `issuer` must be the issuer exactly and whose `jwks_uri` must be
+//! https), its JWKS, and when to fetch them again ([`KeyCache`]). Keys are kept at most
+//! [`MAX_AGE_MS`]; a `kid` the cache lacks fetches the JWKS again, at most once per
+//! [`MIN_REFRESH_MS`] per issuer, so tokens naming made-up keys cannot make the worker
+//! hammer the issuer.
+
+use std::collections::HashMap;
+
+use thiserror::Error;
+
+use super::jwt::Alg;
+use crate::core::json_read::{self, Value};
+
+/// Longest a fetched JWKS is trusted without fetching it again.
+pub const MAX_AGE_MS: u64 = 3_600_000;
+/// Least time between two fetches of one issuer's keys.
+pub const MIN_REFRESH_MS: u64 = 60_000;
+/// Most keys kept per issuer (GitHub publishes a handful).
+pub const MAX_KEYS: usize = 32;
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum JwksError {
+    #[error("the discovery document is not a JSON object")]
+    Discovery,
+    #[error("the discovery document names issuer {0:?}, not the one configured")]
+    IssuerMismatch(String),
+    #[error("the discovery document's jwks_uri is not an https URL")]
+    JwksUri,
+    #[error("the JWKS is not a JSON object with a keys array")]
+    Jwks,
+}
+
+/// One usable key: its id, algorithm, and the JWK members WebCrypto imports it from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key {
+    pub kid: String,
+    pub alg: Alg,
+    /// `(member, value)`: `n`/`e` for RSA, `crv`/`x`/`y` for P-256 (base64url text).
+    pub members: Vec<(&'static str, String)>,
+}
+
+/// `jwks_uri` from the discovery document of `issuer`.
+pub fn jwks_uri(discovery: &[u8], issuer: &str) -> Result<String, JwksError> {
+    let doc = json_read::parse(discovery).map_err(|_| JwksError::Discovery)?;
+    doc.as_object().ok_or(JwksError::Discovery)?;
+    let named = doc
+        .get("issuer")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if named != issuer {
+        return Err(JwksError::IssuerMismatch(named.chars().take(100).collect()));
+    }
+    doc.get("jwks_uri")
+        .and_then(Value::as_str)
+        .filter(|uri| uri.starts_with("https://") && !uri.contains(char::is_whitespace))
+        .map(str::to_owned)
+        .ok_or(JwksError::JwksUri)
+}
+
+/// The signing keys of a JWKS that RS256 or ES256 can use; others are skipped.
+pub fn parse_jwks(bytes: &[u8]) -> Result<Vec<Key>, JwksError> {
+    let doc = json_read::parse(bytes).map_err(|_| JwksError::Jwks)?;
+    let Some(Value::Array(keys)) = doc.get("keys") else {
+        return Err(JwksError::Jwks);
+    };
+    Ok(keys.iter().filter_map(key).take(MAX_KEYS).collect())
+}
+
+fn key(jwk: &Value) -> Option<Key> {
+    let text = |name: &str| jwk.get(name).and_then(Value::as_str);
+    if text("use").is_some_and(|u| u != "sig") {
+        return None;
+    }
+    let kid = text("kid").filter(|k| !k.is_empty())?.to_owned();
+    let (alg, members) = match text("kty")? {
+        "RSA" => (
+            Alg::Rs256,
+            vec![("n", text("n")?.to_owned()), ("e", text("e")?.to_owned())],
+        ),
+        "EC" if text("crv") == Some("P-256") => (
+            Alg::Es256,
+            vec![
+                ("crv", "P-256".to_owned()),
+                ("x", text("x")?.to_owned()),
+                ("y", text("y")?.to_owned()),
+            ],
+        ),
+        _ => return None,
+    };
+    // A key that names its algorithm is used with that algorithm only.
+    if text("alg").is_some_and(|named| named != alg.name()) {
+        return None;
+    }
+    Some(Key { kid, alg, members })
+}
+
+#[derive(Debug, Default)]
+struct Issuer {
+    keys: Vec<Key>,
+    fetched_at: Option<u64>,
+    last_attempt: Option<u64>,
+}
+
+/// What to do about a token's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// Verify with this key.
+    Use(Key),
+    /// Fetch the issuer's keys (then look again).
+    Fetch,
+    /// Refuse: the key is unknown, and the keys were fetched less than a minute ago.
+    Unknown,
+}
+
+/// What one isolate knows of each issuer's keys.
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    issuers: HashMap<String, Issuer>,
+}
+
+impl KeyCache {
+    pub fn lookup(&self, issuer: &str, kid: &str, now: u64) -> Lookup {
+        let known = self.issuers.get(issuer);
+        let fresh = known
+            .and_then(|i| i.fetched_at)
+            .is_some_and(|at| now.saturating_sub(at) < MAX_AGE_MS);
+        if fresh {
+            if let Some(key) = known.and_then(|i| i.keys.iter().find(|k| k.kid == kid)) {
+                return Lookup::Use(key.clone());
+            }
+        }
+        let may_fetch = known
+            .and_then(|i| i.last_attempt)
+            .is_none_or(|at| now.saturating_sub(at) >= MIN_REFRESH_MS);
+        if may_fetch {
+            Lookup::Fetch
+        } else {
+            Lookup::Unknown
+        }
+    }
+
+    /// A fetch is starting (counted whatever its outcome, so failures are bounded too).
+    pub fn fetching(&mut self, issuer: &str, now: u64) {
+        self.issuers
+            .entry(issuer.to_owned())
+            .or_default()
+            .last_attempt = Some(now);
+    }
+
+    pub fn fetched(&mut self, issuer: &str, keys: Vec<Key>, now: u64) {
+        let entry = self.issuers.entry(issuer.to_owned()).or_default();
+        entry.keys = keys;
+        entry.fetched_at = Some(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JWKS: &str = r#"{"keys":[
+      {"kty":"RSA","kid":"r1","use":"sig","alg":"RS256","n":"AQAB","e":"AQAB"},
+      {"kty":"EC","kid":"e1","crv":"P-256","x":"AA","y":"BB"},
+      {"kty":"RSA","kid":"enc","use":"enc","n":"AQAB","e":"AQAB"},
+      {"kty":"oct","kid":"h1","k":"c2VjcmV0"},
+      {"kty":"RSA","kid":"mismatch","alg":"ES256","n":"AQAB","e":"AQAB"},
+      {"kty":"EC","kid":"p384","crv":"P-384","x":"AA","y":"BB"}
+    ]}"#;
+
+    #[test]
+    fn keeps_only_signing_keys_rs256_and_es256_can_use() {
+        let keys = parse_jwks(JWKS.as_bytes()).unwrap();
+        let kids: Vec<&str> = keys.iter().map(|k| k.kid.as_str()).collect();
+        assert_eq!(kids, ["r1", "e1"]);
+        assert_eq!(keys[1].alg, Alg::Es256);
+        assert_eq!(parse_jwks(b"[]"), Err(JwksError::Jwks));
+    }
+
+    #[test]
+    fn discovery_must_name_the_issuer_exactly() {
+        let doc = br#"{"issuer":"https://token.actions.githubusercontent.com","jwks_uri":"https://token.actions.githubusercontent.com/.well-known/jwks"}"#;
+        let issuer = "https://token.actions.githubusercontent.com";
+        assert!(jwks_uri(doc, issuer).unwrap().ends_with("/jwks"));
+        assert!(matches!(
+            jwks_uri(doc, "https://evil.example.org"),
+            Err(JwksError::IssuerMismatch(_))
+        ));
+        let http = br#"{"issuer":"https://i","jwks_uri":"http://i/jwks"}"#;
+        assert_eq!(jwks_uri(http, "https://i"), Err(JwksError::JwksUri));
+    }
+
+    /// The refresh bound: an unknown kid fetches at most once a minute per issuer;
+    /// keys expire after an hour even when every kid is known.
+    #[test]
+    fn unknown_keys_fetch_at_most_once_a_minute_and_keys_expire() {
+        let issuer = "https://i";
+        let keys = parse_jwks(JWKS.as_bytes()).unwrap();
+        let mut cache = KeyCache::default();
+        assert_eq!(cache.lookup(issuer, "r1", 0), Lookup::Fetch);
+        cache.fetching(issuer, 0);
+        cache.fetched(issuer, keys.clone(), 0);
+        assert!(matches!(cache.lookup(issuer, "r1", 1_000), Lookup::Use(k) if k.kid == "r1"));
+        // Made-up kids: one fetch a minute, however many tokens name them.
+        let mut fetches = 0;
+        for second in 0..600u64 {
+            if cache.lookup(issuer, &format!("made-up-{second}"), second * 1000) == Lookup::Fetch {
+                fetches += 1;
+                cache.fetching(issuer, second * 1000);
+                cache.fetched(issuer, keys.clone(), second * 1000);
+            }
+        }
+        // Ten minutes after the first fetch: one a minute (at 60, 120, ..., 540 s).
+        assert_eq!(fetches, 9);
+        // A failed fetch counts too.
+        let mut failing = KeyCache::default();
+        failing.fetching(issuer, 0);
+        assert_eq!(failing.lookup(issuer, "r1", 59_999), Lookup::Unknown);
+        assert_eq!(failing.lookup(issuer, "r1", 60_000), Lookup::Fetch);
+        // An hour after the fetch, known keys are fetched again before use.
+        let mut aged = KeyCache::default();
+        aged.fetching(issuer, 0);
+        aged.fetched(issuer, keys, 0);
+        assert_eq!(aged.lookup(issuer, "r1", MAX_AGE_MS), Lookup::Fetch);
+    }
+}
