@@ -25,14 +25,15 @@ def verdict(ratio: float, higher_is_better: bool, target: float | None) -> tuple
     return f"{'≥' if higher_is_better else '≤'} {target}: {'met' if ok else 'MISSED'}", ok
 
 
-def bench_keys(work: Path) -> dict:
-    """A signing key, a token key and a day's token, made with the release CLI."""
+def bench_keys(work: Path, permissions: str = "read,write") -> dict:
+    """A signing key, a token key and a day's token with `permissions`, made with the
+    release CLI."""
     sk = work / "sign.sec"
     public = run([str(CLI_RELEASE), "keygen", "bench-1", "--out", str(sk)]).stdout.strip()
     admin = work / "admin.sec"
     token_public = run([str(CLI_RELEASE), "keygen", "bench-tokens-1", "--out", str(admin)]).stdout.strip()
     token = run([str(CLI_RELEASE), "token", "mint", "--key", str(admin), "--subject", "bench",
-                 "--expires-in", "1d"]).stdout.strip()
+                 "--permissions", permissions, "--expires-in", "1d"]).stdout.strip()
     return {"secret_file": sk, "public": public, "token_public": token_public, "token": token, "admin": admin}
 
 

@@ -13,7 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from common import CLI_RELEASE, Section, run, start_worker, stop_worker, verdict
+from common import Section, bench_keys, run, start_worker, stop_worker, verdict
 from worker_vs_baseline import BASELINE_CONFIG, Figures, load_data, wrk
 
 ROUNDS = 3
@@ -55,10 +55,8 @@ def bench() -> Section:
     figures = {"narinfo": Figures(), "summary": Figures(), "page": Figures()}
     try:
         run(["cargo", "build", "--quiet", "--release", "--bin", "nixflare"])
-        admin = work / "admin.sec"
-        token_public = run([str(CLI_RELEASE), "keygen", "bench-tokens-1", "--out", str(admin)]).stdout.strip()
-        token = run([str(CLI_RELEASE), "token", "mint", "--key", str(admin), "--subject", "bench",
-                     "--permissions", "read,write,metrics", "--expires-in", "1d"]).stdout.strip()
+        keys = bench_keys(work, "read,write,metrics")
+        token_public, token = keys["token_public"], keys["token"]
         proc, url = start_worker(persist, {}, config=BASELINE_CONFIG, ready_path="/")
         try:
             data = load_data(url, work, nar_sizes=())

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{bail, Context as _, Result};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 
-use super::client::{Body, Client, HttpError};
+use super::client::{Body, Client, HttpError, Reply};
 use crate::core::api::{
     CacheInfo, GcProgress, GcRequest, NarinfoBatch, NarinfoResult, NarinfosPublished, PartUploaded,
     PathQuery, PathQueryAnswer, Pin, PinRequest, Pins, ReconcileStep, RootsRefreshed, Stats,
@@ -66,14 +66,37 @@ impl Client {
 
     /// `GET /_nixflare/whoami`: what the cache makes of our token.
     pub fn whoami(&self) -> Result<Whoami> {
+        let (reply, answer) = self.whoami_answer()?;
+        match answer {
+            Some(whoami) => Ok(whoami),
+            None => {
+                let path = Route::Whoami.to_string();
+                let refusal = HttpError::new(Method::Get, &path, &reply);
+                bail!("the cache refused the upload token: {}", refusal.reason)
+            }
+        }
+    }
+
+    /// [`Self::whoami`], with a refusal (401, 403) as `None` rather than an error:
+    /// whether a token still works, where the network failing is a different matter.
+    pub fn whoami_if_accepted(&self) -> Result<Option<Whoami>> {
+        let (reply, answer) = self.whoami_answer()?;
+        match (reply.status, answer) {
+            (_, Some(whoami)) => Ok(Some(whoami)),
+            (401 | 403, None) => Ok(None),
+            (status, None) => bail!("GET /{} answered {status}", Route::Whoami),
+        }
+    }
+
+    fn whoami_answer(&self) -> Result<(Reply, Option<Whoami>)> {
         let path = Route::Whoami.to_string();
         let reply = self.send(Method::Get, &path, None, Body::Empty)?;
         if reply.status != 200 {
-            let refusal = HttpError::new(Method::Get, &path, &reply);
-            bail!("the cache refused the upload token: {}", refusal.reason);
+            return Ok((reply, None));
         }
-        parse(&reply.body)
-            .with_context(|| format!("the cache's /{path} is not what nixflare sends"))
+        let whoami = parse(&reply.body)
+            .with_context(|| format!("the cache's /{path} is not what nixflare sends"))?;
+        Ok((reply, Some(whoami)))
     }
 
     pub fn has_narinfo(&self, hash: &StorePathHash) -> Result<bool> {

@@ -156,9 +156,6 @@ impl DurableObject for Index {
         let upkeep_wanted = matches!(storage.get::<bool>(UPKEEP_ALARM_KEY).await, Ok(Some(true)));
         let mut done = false;
         if upkeep_wanted {
-            if let Err(err) = storage.delete(UPKEEP_ALARM_KEY).await {
-                console_error!("index alarm: {err}");
-            }
             let upkeep = self.upkeep(Caller::Alarm, None).await;
             // The last alarm of a pass: what it removed shows at once.
             done = matches!(&upkeep, Ok(ticked) if !ticked.more);
@@ -281,14 +278,18 @@ impl Index {
         )
         .await
         .map_err(pass_error)?;
+        let storage = self.state.storage();
         if ticked.more {
-            let storage = self.state.storage();
             // Marked first: the alarm goes on with upkeep only when this asked for it.
             let marked = storage.put(UPKEEP_ALARM_KEY, true).await;
             // An offset from now.
             if let Err(err) = marked.and(storage.set_alarm(ALARM_DELAY_MS).await) {
                 console_error!("index: setting the alarm failed: {err}");
             }
+        } else if let Err(err) = storage.delete(UPKEEP_ALARM_KEY).await {
+            // Cleared only once nothing is under way, never before a step: an instance
+            // that dies mid-step leaves it set for the next alarm.
+            console_error!("index: clearing the upkeep mark failed: {err}");
         }
         Ok(ticked)
     }

@@ -900,14 +900,10 @@ fn keep_token(
 /// Whether the cache gives `token` `permissions`; an error when it cannot tell (a
 /// token is never replaced because the network failed).
 fn token_may(url: &str, token: &str, permissions: Permissions) -> Result<bool> {
-    let client = Client::new(url, Some(token.to_owned()), 3);
-    let path = Route::Whoami.to_string();
-    let reply = client.send(Method::Get, &path, None, Body::Empty)?;
-    match reply.status {
-        200 => Ok(client.whoami()?.permissions.contains(permissions)),
-        401 | 403 => Ok(false),
-        status => bail!("GET /{path} answered {status}: is the cache up?"),
-    }
+    let answer = Client::new(url, Some(token.to_owned()), 3)
+        .whoami_if_accepted()
+        .context("is the cache up?")?;
+    Ok(answer.is_some_and(|whoami| whoami.permissions.contains(permissions)))
 }
 
 fn read_token_of(dir: &Path, config: &CacheConfig) -> Option<String> {
