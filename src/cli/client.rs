@@ -1,4 +1,4 @@
-//! HTTP to a nixflare cache: one connection pool, the token, retries with backoff for
+//! HTTP to a nixflare cache: one connection pool, the credential, retries with backoff for
 //! what is worth retrying, and an optional upload rate limit. The typed endpoints built
 //! on this are in `endpoints.rs`.
 
@@ -11,6 +11,7 @@ use anyhow::{anyhow, Context as _, Result};
 use ureq::http::Uri;
 use ureq::{Agent, SendBody};
 
+use crate::cli::id_token::IdTokens;
 use crate::core::http::Method;
 
 /// A refusal or failure reported by the cache: status and its one-line reason.
@@ -76,11 +77,28 @@ impl Body<'_> {
     }
 }
 
+/// What the client proves who it is with, sent as `Authorization: Bearer`; never printed.
+#[derive(Clone)]
+pub enum Credential {
+    /// A nixflare token (or an ID token the CI put in the environment, as GitLab does).
+    Token(String),
+    /// The CI job's own ID tokens, asked for again as they age (GitHub Actions).
+    IdTokens(Arc<IdTokens>),
+}
+
+impl Credential {
+    fn text(&self) -> Result<String> {
+        match self {
+            Credential::Token(token) => Ok(token.clone()),
+            Credential::IdTokens(tokens) => tokens.token(crate::cli::token::now_unix()?),
+        }
+    }
+}
+
 pub struct Client {
     base: String,
     agent: Agent,
-    /// Sent as `Authorization: Bearer`; never printed.
-    token: Option<String>,
+    credential: Option<Credential>,
     attempts: u32,
     limiter: Option<Arc<RateLimiter>>,
     /// Called with each chunk of file (NAR) bytes sent, for progress.
@@ -90,6 +108,12 @@ pub struct Client {
 impl Client {
     pub fn new(base: &str, token: Option<String>, attempts: u32) -> Self {
         Self::with_timeout(base, token, attempts, None)
+    }
+
+    pub fn with_credential(base: &str, credential: Option<Credential>, attempts: u32) -> Self {
+        let mut client = Self::new(base, None, attempts);
+        client.credential = credential;
+        client
     }
 
     /// A client whose every request gives up after `timeout` in all (uploads take as
@@ -111,7 +135,7 @@ impl Client {
         Self {
             base: base.trim_end_matches('/').to_owned(),
             agent: Agent::new_with_config(config),
-            token,
+            credential: token.map(Credential::Token),
             attempts: attempts.max(1),
             limiter: None,
             on_sent: None,
@@ -144,7 +168,9 @@ impl Client {
         let mut delay = Duration::from_millis(250);
         for attempt in 1..=self.attempts {
             let last = attempt == self.attempts;
-            match self.attempt(method, &url, content_type, &body) {
+            // Per attempt: an ID token is renewed when it ages.
+            let authorization = self.credential.as_ref().map(Credential::text).transpose()?;
+            match self.attempt(method, &url, authorization.as_deref(), content_type, &body) {
                 Ok(reply) if retryable_status(reply.status) && !last => {}
                 Ok(reply) => return Ok(reply),
                 Err(err) if last || !retryable_transport(&err) => {
@@ -188,13 +214,14 @@ impl Client {
         &self,
         method: Method,
         url: &str,
+        authorization: Option<&str>,
         content_type: Option<&str>,
         body: &Body<'_>,
     ) -> Result<Reply, ureq::Error> {
         let mut builder = ureq::http::Request::builder()
             .method(method.as_str())
             .uri(url);
-        if let Some(token) = &self.token {
+        if let Some(token) = authorization {
             builder = builder.header("Authorization", format!("Bearer {token}"));
         }
         if let Some(content_type) = content_type {

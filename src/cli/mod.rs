@@ -8,6 +8,7 @@ mod deploy;
 mod dirs;
 mod endpoints;
 mod hook;
+mod id_token;
 mod inventory;
 mod keygen;
 mod login;
@@ -251,11 +252,23 @@ impl Remote {
 
     fn client(&self) -> Result<client::Client> {
         let target = self.target()?;
-        Ok(client::Client::new(
+        Ok(client::Client::with_credential(
             &target.url,
-            Some(self.token(&target)?),
+            Some(self.credential(&target)?),
             self.attempts,
         ))
+    }
+
+    /// A token from the places [`auth::find_token`] looks; failing that, in a GitHub
+    /// Actions job allowed to ask for one, the job's own ID token.
+    fn credential(&self, target: &Target) -> Result<client::Credential> {
+        match self.token(target) {
+            Ok(token) => Ok(client::Credential::Token(token)),
+            Err(err) => match id_token::IdTokens::from_env(&target.url) {
+                Some(tokens) => Ok(client::Credential::IdTokens(std::sync::Arc::new(tokens))),
+                None => Err(err),
+            },
+        }
     }
 
     fn token(&self, target: &Target) -> Result<String> {
@@ -350,7 +363,7 @@ impl PushFlags {
             .compression_threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
         Ok(push::PushOptions {
-            token: remote.token(&target)?,
+            credential: remote.credential(&target)?,
             cache: target.url,
             key: keygen::read_secret_key(&key_file)?,
             paths,

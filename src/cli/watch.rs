@@ -414,7 +414,7 @@ mod tests {
         PushOptions {
             cache: "http://cache.invalid".into(),
             key: KEY.parse().unwrap(),
-            token: "t".into(),
+            credential: crate::cli::client::Credential::Token("t".into()),
             paths: Vec::new(),
             jobs: 1,
             codec: super::super::nar::Codec {

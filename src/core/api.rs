@@ -32,11 +32,12 @@
 use serde::{Deserialize, Serialize};
 
 use crate::core::config::{CacheConfig, ReadAccess};
+use crate::core::credential::Credential;
 use crate::core::multipart::{UploadId, MAX_OBJECT_BYTES, MAX_PARTS, MIN_PART_BYTES};
 use crate::core::nix::keys::PublicKey;
 use crate::core::nix::store_path::{StorePathBaseName, StorePathHash};
 use crate::core::pin_name::PinName;
-use crate::core::token::{Permissions, TokenId, VerifiedToken};
+use crate::core::token::{Permissions, TokenId};
 
 /// `GET /_nixflare/info`: what a client needs to know before it uploads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,24 +87,25 @@ impl CacheInfo {
     }
 }
 
-/// `GET /_nixflare/whoami`: what the cache makes of the request's token.
+/// `GET /_nixflare/whoami`: what the cache makes of the request's credential.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Whoami {
     pub subject: String,
-    pub token_id: TokenId,
+    /// Null for a CI's ID token (nothing to revoke: its rules admit it).
+    pub token_id: Option<TokenId>,
     pub permissions: Permissions,
     /// Unix seconds.
     pub expires_at: u64,
 }
 
 impl Whoami {
-    pub fn of(token: &VerifiedToken) -> Self {
+    pub fn of(credential: &Credential) -> Self {
         Self {
-            subject: token.subject.clone(),
-            token_id: token.id,
-            permissions: token.permissions,
-            expires_at: token.expires_at,
+            subject: credential.subject.clone(),
+            token_id: credential.token_id,
+            permissions: credential.permissions,
+            expires_at: credential.expires_at,
         }
     }
 }
@@ -593,11 +595,23 @@ mod tests {
         let token = claims.mint(&admin).unwrap();
         let verified =
             crate::core::token::verify(&token, &[admin.public_key()], 1_000_000_000).unwrap();
-        let text = round_trip(Whoami::of(&verified));
+        let text = round_trip(Whoami::of(&Credential::from(&verified)));
         assert_eq!(
             text,
             "{\"subject\":\"ci \\\"quoted\\\"\",\"tokenId\":\"07070707070707070707070707070707\",\
              \"permissions\":\"read,write\",\"expiresAt\":2000000000}"
+        );
+        // A CI identity has no token id to revoke.
+        let ci = Credential {
+            subject: "github:owner/repo@refs/heads/main".into(),
+            permissions: Permissions::WRITE,
+            expires_at: 5,
+            token_id: None,
+        };
+        assert_eq!(
+            round_trip(Whoami::of(&ci)),
+            "{\"subject\":\"github:owner/repo@refs/heads/main\",\"tokenId\":null,\
+             \"permissions\":\"write\",\"expiresAt\":5}"
         );
     }
 

@@ -4,6 +4,8 @@
 use thiserror::Error;
 
 use crate::core::nix::keys::{KeyError, PublicKey};
+use crate::core::oidc::rules::{parse_rules, Rule, RuleError};
+use crate::core::token::Permissions;
 
 /// Variable names, in one place for the worker, wrangler.toml and the dev script.
 pub mod var {
@@ -43,6 +45,9 @@ pub mod var {
     /// A private cache looks up a read token's revocation at most this often per token
     /// and isolate (default 60, 0 to 3600): how long a revoked read token may still read.
     pub const REVOCATION_CHECK_SECONDS: &str = "REVOCATION_CHECK_SECONDS";
+    /// CI identities admitted by their OIDC ID tokens: a JSON array of rules (issuer,
+    /// audience, claim patterns, permissions; `crate::core::oidc::rules`). Unset: none.
+    pub const OIDC_RULES: &str = "OIDC_RULES";
     /// Tests only: seconds added to the time the cron sees (never to token expiry), so a
     /// test can age what the cron cleans up. Unset in a deployment.
     pub const TEST_CLOCK_OFFSET_SECONDS: &str = "TEST_CLOCK_OFFSET_SECONDS";
@@ -74,10 +79,12 @@ pub enum ConfigError {
     TooManyUpstreams { name: &'static str },
     #[error("{name} must be public or token")]
     ReadAccess { name: &'static str },
-    #[error("READ_ACCESS=token needs TOKEN_PUBLIC_KEYS: without a token key no reader could ever be admitted")]
+    #[error("READ_ACCESS=token needs TOKEN_PUBLIC_KEYS or an OIDC rule with read: otherwise no reader could ever be admitted")]
     PrivateWithoutTokenKeys,
     #[error("PUBLIC_KEYS and TOKEN_PUBLIC_KEYS share the key {key:?}: a narinfo signature could pass as a token signature's key and the reverse; use separate keys")]
     SharedKey { key: String },
+    #[error(transparent)]
+    OidcRules(#[from] RuleError),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +114,8 @@ pub struct CacheConfig {
     pub read_access: ReadAccess,
     /// `REVOCATION_CHECK_SECONDS`, in milliseconds.
     pub revocation_check_ms: u64,
+    /// `OIDC_RULES`: which CI identities may do what.
+    pub oidc_rules: Vec<Rule>,
 }
 
 /// Who may read the cache's files (`READ_ACCESS`).
@@ -197,6 +206,7 @@ impl Default for CacheConfig {
             gc_grace_hours: DEFAULT_GC_GRACE_HOURS,
             read_access: ReadAccess::Public,
             revocation_check_ms: DEFAULT_REVOCATION_CHECK_SECONDS * 1000,
+            oidc_rules: Vec::new(),
         }
     }
 }
@@ -364,7 +374,12 @@ impl CacheConfig {
                 key: shared.to_string(),
             });
         }
-        if config.read_access == ReadAccess::Token && config.token_keys.is_empty() {
+        config.oidc_rules = parse_rules(&get(var::OIDC_RULES).unwrap_or_default())?;
+        let oidc_reads = config
+            .oidc_rules
+            .iter()
+            .any(|rule| rule.permissions.contains(Permissions::READ));
+        if config.read_access == ReadAccess::Token && config.token_keys.is_empty() && !oidc_reads {
             return Err(ConfigError::PrivateWithoutTokenKeys);
         }
         Ok(config)
@@ -623,5 +638,32 @@ mod tests {
         assert!(
             err(&[(var::REVOCATION_CHECK_SECONDS, "1m")]).starts_with("REVOCATION_CHECK_SECONDS")
         );
+    }
+
+    #[test]
+    fn oidc_rules_are_parsed_and_a_private_cache_may_admit_readers_by_them_alone() {
+        let rule = |permissions: &str| {
+            format!(
+                r#"[{{"issuer": "https://token.actions.githubusercontent.com",
+                  "audience": "https://cache.example.org",
+                  "claims": {{"repository": "owner/repo"}}, "permissions": "{permissions}"}}]"#
+            )
+        };
+        let config = from(&[(var::OIDC_RULES, &rule("read,write"))]).unwrap();
+        assert_eq!(config.oidc_rules.len(), 1);
+        assert!(from(&[]).unwrap().oidc_rules.is_empty());
+        let private = |permissions: &str| {
+            from(&[
+                (var::READ_ACCESS, "token"),
+                (var::OIDC_RULES, &rule(permissions)),
+            ])
+        };
+        assert!(private("read").is_ok());
+        assert_eq!(
+            private("write").unwrap_err(),
+            ConfigError::PrivateWithoutTokenKeys
+        );
+        let bad = from(&[(var::OIDC_RULES, "[{\"issuer\": \"http://x\"}]")]).unwrap_err();
+        assert!(bad.to_string().starts_with("OIDC_RULES rule 0:"), "{bad}");
     }
 }

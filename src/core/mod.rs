@@ -11,7 +11,8 @@
 //! - [`route`]: request paths as typed values; their canonical form is the storage key.
 //! - [`http`]: Range, If-None-Match and query strings.
 //! - [`config`]: the worker's variables.
-//! - [`token`]: upload tokens.
+//! - [`token`]: upload tokens; [`oidc`]: CI providers' ID tokens; [`credential`]: who a
+//!   request is, whichever of the two it carried.
 //! - [`reader`]: who may read a private cache, and what an isolate remembers of it.
 //! - [`publish`]: what an upload must prove before it is published.
 //! - [`multipart`]: the rules of multipart NAR uploads.
@@ -44,6 +45,7 @@ pub(crate) use serde_via_text;
 pub mod api;
 pub mod config;
 mod corpus;
+pub mod credential;
 pub mod dispatch;
 pub mod gc;
 pub mod http;

@@ -24,6 +24,7 @@ use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 
 use crate::core::nix::keys::PublicKey;
+use crate::core::oidc::OidcRefusal;
 use crate::core::token::{self, Permissions, TokenError, TokenId, VerifiedToken};
 
 /// Most tokens one isolate remembers.
@@ -54,12 +55,18 @@ pub enum TokenRefusal {
     Revoked(TokenId),
     #[error("token for {subject:?} lacks {needs} permission")]
     Lacks { subject: String, needs: Permissions },
+    /// A CI provider's ID token, refused (`crate::core::oidc`).
+    #[error(transparent)]
+    Oidc(#[from] OidcRefusal),
 }
 
 impl TokenRefusal {
     /// 403 rather than 401: the token is valid, it may just not do this.
     pub fn is_forbidden(&self) -> bool {
-        matches!(self, TokenRefusal::Lacks { .. })
+        matches!(
+            self,
+            TokenRefusal::Lacks { .. } | TokenRefusal::Oidc(OidcRefusal::NoRule(_))
+        )
     }
 }
 

@@ -1,7 +1,10 @@
-//! Tokens at the edge: the core parses and verifies them (`crate::core::token`); the edge
-//! adds the one thing that needs storage, the revocation check. Readers of a private
-//! cache go through [`admit_reader`], which remembers admitted tokens per isolate
-//! (`crate::core::reader`); guarded operations check everything on every request.
+//! Credentials at the edge. A nixflare token: the core parses and verifies it
+//! (`crate::core::token`); the edge adds the one thing that needs storage, the
+//! revocation check. A CI provider's ID token (a JWT, told apart by its shape):
+//! [`super::oidc`] checks it against the issuer's keys and `OIDC_RULES`; it has no
+//! revocation (it lives minutes; changing the rules revokes). Readers of a private
+//! cache go through [`admit_reader`], which remembers admitted nixflare tokens per
+//! isolate (`crate::core::reader`); guarded operations check everything on every request.
 
 use std::cell::RefCell;
 
@@ -10,16 +13,19 @@ use worker::{Bucket, Env, Request};
 use super::error::EdgeError;
 use super::index_client::IndexClient;
 use crate::core::config::CacheConfig;
+use crate::core::credential::Credential;
+use crate::core::oidc::jwt::looks_like_jwt;
+use crate::core::oidc::OidcRefusal;
 use crate::core::reader::{self, Lookup, ReadTokens, TokenRefusal};
 use crate::core::route::Route;
-use crate::core::token::{Permissions, VerifiedToken};
+use crate::core::token::Permissions;
 
-/// What a guarded operation works with: the configuration, the bucket, and a token that
-/// passed every check for the permission the operation needs.
+/// What a guarded operation works with: the configuration, the bucket, and a credential
+/// that passed every check for the permission the operation needs.
 pub struct Guarded {
     pub config: CacheConfig,
     pub bucket: Bucket,
-    pub token: VerifiedToken,
+    pub token: Credential,
     env: Env,
 }
 
@@ -54,23 +60,46 @@ impl Guarded {
     }
 }
 
-/// Checks the token: present, well-formed, signed by a token key, unexpired, carrying
-/// `needs`, and not revoked (one R2 HEAD).
+/// Checks the credential: a nixflare token present, well-formed, signed by a token key,
+/// unexpired, carrying `needs`, and not revoked (one R2 HEAD); or an ID token that
+/// [`super::oidc::verify`] admits with `needs`.
 async fn authorize(
     req: &Request,
     config: &CacheConfig,
     bucket: &Bucket,
     needs: Permissions,
-) -> Result<VerifiedToken, EdgeError> {
+) -> Result<Credential, EdgeError> {
     let header = req.headers().get("Authorization")?;
     let text = reader::token_text(header.as_deref()).map_err(refused)?;
     let now_ms = worker::Date::now().as_millis();
+    if looks_like_jwt(text.trim()) {
+        return ci_identity(config, &text, now_ms, needs).await;
+    }
     let token = reader::check(&text, &config.token_keys, now_ms, needs).map_err(refused)?;
     let revocation = Route::Revocation(token.id).to_string();
     if bucket.head(&revocation).await?.is_some() {
         return Err(refused(TokenRefusal::Revoked(token.id)));
     }
-    Ok(token)
+    Ok(Credential::from(&token))
+}
+
+/// An ID token's identity, if it carries `needs`.
+async fn ci_identity(
+    config: &CacheConfig,
+    text: &str,
+    now_ms: u64,
+    needs: Permissions,
+) -> Result<Credential, EdgeError> {
+    let credential = super::oidc::verify(&config.oidc_rules, text, now_ms)
+        .await
+        .map_err(|refusal| refused(refusal.into()))?;
+    if !credential.permissions.contains(needs) {
+        return Err(refused(TokenRefusal::Lacks {
+            subject: credential.subject,
+            needs,
+        }));
+    }
+    Ok(credential)
 }
 
 thread_local! {
@@ -86,8 +115,15 @@ thread_local! {
 pub async fn admit_reader(req: &Request, env: &Env) -> Result<(), EdgeError> {
     let header = req.headers().get("Authorization")?;
     let text = reader::token_text(header.as_deref()).map_err(refused)?;
-    let digest = reader::digest(&text);
     let now_ms = worker::Date::now().as_millis();
+    if looks_like_jwt(text.trim()) {
+        // Checked whole each time (a WebCrypto verify; keys are kept per isolate).
+        let config = super::config(env)?;
+        return ci_identity(&config, &text, now_ms, Permissions::READ)
+            .await
+            .map(drop);
+    }
+    let digest = reader::digest(&text);
     let looked_up = READ_TOKENS.with(|tokens| tokens.borrow_mut().lookup(&digest, now_ms));
     let (token, recheck_ms) = match looked_up.map_err(refused)? {
         Lookup::Admitted => return Ok(()),
@@ -111,6 +147,9 @@ pub async fn admit_reader(req: &Request, env: &Env) -> Result<(), EdgeError> {
 }
 
 fn refused(refusal: TokenRefusal) -> EdgeError {
+    if let TokenRefusal::Oidc(OidcRefusal::KeysUnavailable(_)) = &refusal {
+        return EdgeError::Busy(refusal.to_string());
+    }
     if refusal.is_forbidden() {
         EdgeError::Forbidden(refusal.to_string())
     } else {

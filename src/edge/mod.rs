@@ -15,6 +15,7 @@ mod gc;
 mod index;
 mod index_client;
 mod multipart;
+mod oidc;
 mod private;
 mod purge;
 mod queries;

@@ -10,8 +10,9 @@ use worker::{Bucket, Conditional, Data, Object};
 
 use super::error::EdgeError;
 use super::response::Stored;
+use crate::core::credential::Credential;
 use crate::core::publish::OnExisting;
-use crate::core::token::{Permissions, VerifiedToken};
+use crate::core::token::Permissions;
 
 /// Only if no object is there.
 pub fn absent() -> Conditional {
@@ -50,7 +51,7 @@ pub async fn put_small(
     bucket: &Bucket,
     key: &str,
     bytes: Vec<u8>,
-    token: &VerifiedToken,
+    token: &Credential,
     supersedes: impl Fn(&[u8]) -> bool,
 ) -> Result<Stored, EdgeError> {
     let created = bucket
@@ -95,7 +96,7 @@ pub async fn put_stream(
     bucket: &Bucket,
     key: &str,
     body: web_sys::ReadableStream,
-    token: &VerifiedToken,
+    token: &Credential,
 ) -> Result<Stored, EdgeError> {
     let Some(existing) = bucket.head(key).await? else {
         let created = bucket

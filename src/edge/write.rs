@@ -14,6 +14,7 @@ use super::response::{self, Stored};
 use super::store;
 use super::upstream::Http;
 use crate::core::api::{self, NarinfoBatch, NarinfoOutcome, NarinfoResult, NarinfosPublished};
+use crate::core::credential::Credential;
 use crate::core::index::ops::OwnLogOp;
 use crate::core::index::passes::publish::BatchItem;
 use crate::core::index::passes::{self, publish::Sources, EdgePurge, IndexCalls};
@@ -24,7 +25,7 @@ use crate::core::publish::{
     self, CheckedNarinfo, SideFile, MAX_BATCH_BYTES, MAX_BATCH_REFERENCES, MAX_NARINFO_BYTES,
 };
 use crate::core::route::Route;
-use crate::core::token::{TokenId, VerifiedToken};
+use crate::core::token::TokenId;
 
 /// PUT of a protocol file (the core planned `Operation::Store` for this route).
 pub async fn store(
@@ -379,6 +380,6 @@ pub async fn delete(
 }
 
 /// Subject and path only: the token itself never reaches a log.
-fn log_write(method: &str, route: &Route, token: &VerifiedToken, outcome: &Stored) {
+fn log_write(method: &str, route: &Route, token: &Credential, outcome: &Stored) {
     console_log!("{method} /{route} by {}: {outcome:?}", token.subject);
 }

@@ -291,11 +291,13 @@ DECOY_KEYS = [
 
 
 def start_worker(persist: Path, variables: dict[str, str], *, extra_args: tuple[str, ...] = (),
-                 config: Path | None = None, ready_path: str = "/nix-cache-info") -> tuple[subprocess.Popen, str]:
-    """Starts `wrangler dev` (workerd) on a free loopback port with R2 persisted in
-    `persist`; returns the process (its own process group) and the URL once it answers.
-    `config` picks another wrangler.toml (the benchmark baseline)."""
-    port, inspector = free_port(), free_port()
+                 config: Path | None = None, ready_path: str = "/nix-cache-info",
+                 port: int | None = None, extra_env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """Starts `wrangler dev` (workerd) on a free loopback port (or `port`) with R2
+    persisted in `persist`; returns the process (its own process group) and the URL once
+    it answers. `config` picks another wrangler.toml (the benchmark baseline);
+    `extra_env` is added to wrangler's environment (e.g. SSL_CERT_FILE)."""
+    port, inspector = port or free_port(), free_port()
     log = open(persist / "wrangler.log", "w")
     # wrangler.toml declares cache.nixos.org upstream, which this machine cannot reach:
     # a test names its upstreams, or has none (every closure whole in the cache).
@@ -306,7 +308,7 @@ def start_worker(persist: Path, variables: dict[str, str], *, extra_args: tuple[
          "--inspector-port", str(inspector), "--persist-to", str(persist),
          *var_args, "--show-interactive-dev-session=false", *extra_args,
          *(["--config", str(config)] if config else [])],
-        cwd=REPO, env=wrangler_env(), stdout=log, stderr=subprocess.STDOUT,
+        cwd=REPO, env={**wrangler_env(), **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, so stopping kills workerd too
     )
     log.close()

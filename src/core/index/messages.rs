@@ -5,11 +5,12 @@
 use serde::{Deserialize, Serialize};
 
 use crate::core::api::{GcPlan, GcRun, Pin, True};
+use crate::core::credential::Credential;
 use crate::core::gc::Retention;
 use crate::core::nix::narinfo::NarInfo;
 use crate::core::nix::store_path::{StorePathBaseName, StorePathHash};
 use crate::core::pin_name::PinName;
-use crate::core::token::{TokenId, VerifiedToken};
+use crate::core::token::TokenId;
 
 /// What the index records of a published path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,7 +38,7 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn of(narinfo: &NarInfo, published_at: u64, token: Option<&VerifiedToken>) -> Self {
+    pub fn of(narinfo: &NarInfo, published_at: u64, by: Option<&Credential>) -> Self {
         let hash = *narinfo.store_path.hash();
         let mut references: Vec<StorePathHash> = narinfo
             .references
@@ -57,8 +58,8 @@ impl Entry {
             references,
             deriver: narinfo.deriver.as_ref().map(ToString::to_string),
             published_at,
-            token_id: token.map(|t| t.id),
-            subject: token.map(|t| t.subject.clone()),
+            token_id: by.and_then(|c| c.token_id),
+            subject: by.map(|c| c.subject.clone()),
             signed: false,
         }
     }

@@ -100,6 +100,9 @@ struct Issuer {
     keys: Vec<Key>,
     fetched_at: Option<u64>,
     last_attempt: Option<u64>,
+    /// The last fetch failed: until the next one, a key not known is "unavailable",
+    /// not "unknown" (the client may try again rather than give up).
+    last_failed: bool,
 }
 
 /// What to do about a token's key.
@@ -111,6 +114,8 @@ pub enum Lookup {
     Fetch,
     /// Refuse: the key is unknown, and the keys were fetched less than a minute ago.
     Unknown,
+    /// Refuse for now: the last fetch, less than a minute ago, failed.
+    Unavailable,
 }
 
 /// What one isolate knows of each issuer's keys.
@@ -135,6 +140,8 @@ impl KeyCache {
             .is_none_or(|at| now.saturating_sub(at) >= MIN_REFRESH_MS);
         if may_fetch {
             Lookup::Fetch
+        } else if known.is_some_and(|i| i.last_failed) {
+            Lookup::Unavailable
         } else {
             Lookup::Unknown
         }
@@ -152,6 +159,16 @@ impl KeyCache {
         let entry = self.issuers.entry(issuer.to_owned()).or_default();
         entry.keys = keys;
         entry.fetched_at = Some(now);
+        entry.last_failed = false;
+    }
+
+    /// The fetch [`fetching`](Self::fetching) announced failed; keys already known and
+    /// fresh stay usable.
+    pub fn fetch_failed(&mut self, issuer: &str) {
+        self.issuers
+            .entry(issuer.to_owned())
+            .or_default()
+            .last_failed = true;
     }
 }
 
@@ -215,8 +232,23 @@ mod tests {
         // A failed fetch counts too.
         let mut failing = KeyCache::default();
         failing.fetching(issuer, 0);
-        assert_eq!(failing.lookup(issuer, "r1", 59_999), Lookup::Unknown);
+        failing.fetch_failed(issuer);
+        assert_eq!(failing.lookup(issuer, "r1", 59_999), Lookup::Unavailable);
         assert_eq!(failing.lookup(issuer, "r1", 60_000), Lookup::Fetch);
+        // A failed refresh keeps the fresh keys it had.
+        let mut refreshing = KeyCache::default();
+        refreshing.fetching(issuer, 0);
+        refreshing.fetched(issuer, keys.clone(), 0);
+        refreshing.fetching(issuer, 60_000);
+        refreshing.fetch_failed(issuer);
+        assert!(matches!(
+            refreshing.lookup(issuer, "r1", 61_000),
+            Lookup::Use(_)
+        ));
+        assert_eq!(
+            refreshing.lookup(issuer, "new", 61_000),
+            Lookup::Unavailable
+        );
         // An hour after the fetch, known keys are fetched again before use.
         let mut aged = KeyCache::default();
         aged.fetching(issuer, 0);

@@ -7,12 +7,136 @@
 //!   patterns to permissions and a subject;
 //! - [`jwks`]: the issuer's keys (discovery document, JWKS) and when to fetch them again.
 //!
-//! The signature itself is the edge's: the runtime's WebCrypto verifies it (RS256,
-//! ES256) with the key [`jwks`] names, so no RSA code enters the wasm.
+//! The order of the checks ([`screen`], then the key and signature, then [`admit`]) puts
+//! everything that needs no network first: a token from an issuer no rule trusts, for
+//! another audience, or out of its time never makes the worker fetch anything, so no
+//! request can point the worker at a URL the operator did not name.
 //!
-//! Status: the core only. The edge (WebCrypto, fetching JWKS, accepting a JWT where a
-//! token goes) and the CLI's ID-token requests are not wired yet.
+//! The signature itself is the edge's (`crate::edge::oidc`): the runtime's WebCrypto
+//! verifies it (RS256, ES256) with the key [`jwks`] names, so no RSA code enters the wasm.
 
 pub mod jwks;
 pub mod jwt;
 pub mod rules;
+
+use thiserror::Error;
+
+use crate::core::credential::Credential;
+use jwt::{Jwt, JwtError};
+use rules::Rule;
+
+/// Why an ID token is refused. 401, except [`OidcRefusal::NoRule`] (403: a genuine
+/// identity this cache does not admit) and [`OidcRefusal::KeysUnavailable`] (503: the
+/// issuer did not answer; try again).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum OidcRefusal {
+    #[error(transparent)]
+    Jwt(#[from] JwtError),
+    #[error("no OIDC rule trusts ID tokens from the issuer {0:?}")]
+    Issuer(String),
+    #[error("the ID token's audience is none an OIDC rule for its issuer names (request it with the cache's URL as audience)")]
+    Audience,
+    #[error("the ID token's key {0:?} is not among its issuer's keys")]
+    UnknownKey(String),
+    #[error("the ID token's key {0:?} is not for its algorithm")]
+    KeyAlgorithm(String),
+    #[error("the ID token's signature does not verify")]
+    Signature,
+    #[error("the issuer's keys could not be fetched: {0}")]
+    KeysUnavailable(String),
+    #[error("no OIDC rule admits {0}")]
+    NoRule(String),
+}
+
+/// The checks that need neither the issuer's keys nor the network: the token parses,
+/// some rule trusts its issuer for one of its audiences, and it is within its time
+/// (`now`: Unix seconds). What comes back still needs its signature checked.
+pub fn screen(rules: &[Rule], text: &str, now: u64) -> Result<Jwt, OidcRefusal> {
+    let token = jwt::parse(text.trim())?;
+    let claims = &token.claims;
+    let for_issuer = || rules.iter().filter(|rule| rule.issuer == claims.iss);
+    if for_issuer().next().is_none() {
+        return Err(OidcRefusal::Issuer(claims.iss.chars().take(100).collect()));
+    }
+    if !for_issuer().any(|rule| claims.aud.contains(&rule.audience)) {
+        return Err(OidcRefusal::Audience);
+    }
+    claims.check_times(now)?;
+    Ok(token)
+}
+
+/// Who a token whose signature verified is, under `rules`.
+pub fn admit(rules: &[Rule], token: &Jwt) -> Result<Credential, OidcRefusal> {
+    let identity = rules::admit(rules, &token.claims)
+        .ok_or_else(|| OidcRefusal::NoRule(rules::subject(&token.claims)))?;
+    Ok(Credential {
+        subject: identity.subject,
+        permissions: identity.permissions,
+        expires_at: token.claims.exp,
+        token_id: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jwt::tests::{token, CLAIMS};
+    use super::*;
+
+    const RULES: &str = r#"[{"issuer": "https://token.actions.githubusercontent.com",
+      "audience": "https://cache.example.org", "claims": {"repository": "owner/repo"},
+      "permissions": "read,write"}]"#;
+
+    fn jwt(claims: &str) -> String {
+        token(r#"{"alg":"RS256","kid":"k"}"#, claims, 256)
+    }
+
+    #[test]
+    fn screening_refuses_before_any_key_is_needed() {
+        let rules = rules::parse_rules(RULES).unwrap();
+        let good = screen(&rules, &jwt(CLAIMS), 1500).unwrap();
+        assert_eq!(good.kid, "k");
+        let cases = [
+            (
+                CLAIMS.replace("githubusercontent.com", "githubusercontent.com.evil"),
+                1500,
+                "issuer",
+            ),
+            (
+                CLAIMS.replace("https://cache.example.org", "https://other.example.org"),
+                1500,
+                "audience",
+            ),
+            (CLAIMS.to_owned(), 2000 + jwt::SKEW_SECONDS, "expired"),
+            (
+                CLAIMS.to_owned(),
+                1000 - jwt::SKEW_SECONDS - 1,
+                "not valid yet",
+            ),
+        ];
+        for (claims, now, why) in cases {
+            let refusal = screen(&rules, &jwt(&claims), now).unwrap_err();
+            assert!(refusal.to_string().contains(why), "{why}: {refusal}");
+        }
+        // No rules: nothing is trusted.
+        assert!(matches!(
+            screen(&[], &jwt(CLAIMS), 1500),
+            Err(OidcRefusal::Issuer(_))
+        ));
+    }
+
+    #[test]
+    fn admitted_tokens_carry_their_rules_permissions_and_expiry() {
+        let rules = rules::parse_rules(RULES).unwrap();
+        let admitted = admit(&rules, &screen(&rules, &jwt(CLAIMS), 1500).unwrap()).unwrap();
+        assert_eq!(admitted.subject, "github:owner/repo@refs/heads/main");
+        assert_eq!(admitted.permissions.to_string(), "read,write");
+        assert_eq!(admitted.expires_at, 2000);
+        assert_eq!(admitted.token_id, None);
+        let other = jwt(&CLAIMS.replace("owner/repo", "owner/other"));
+        let refused = admit(&rules, &screen(&rules, &other, 1500).unwrap()).unwrap_err();
+        assert_eq!(
+            refused,
+            OidcRefusal::NoRule("github:owner/other@refs/heads/main".into())
+        );
+    }
+}

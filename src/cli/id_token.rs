@@ -1,0 +1,119 @@
+//! A CI job's own identity as the credential: the OIDC ID token its provider issues, with
+//! the cache's URL as audience, so no long-lived token is stored as a CI secret.
+//!
+//! - GitHub Actions (a job with `permissions: id-token: write`): asked for at
+//!   `ACTIONS_ID_TOKEN_REQUEST_URL` with `ACTIONS_ID_TOKEN_REQUEST_TOKEN`, and asked for
+//!   again before it expires (GitHub's live about five minutes), so a push of any length
+//!   keeps going.
+//! - GitLab CI: the job declares `id_tokens: NIXFLARE_TOKEN: aud: CACHE_URL`, and the
+//!   token arrives as `NIXFLARE_TOKEN` like any other (it lives as long as the job).
+//!
+//! The token is sent as `Authorization: Bearer` and never printed.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use ureq::Agent;
+
+use crate::core::oidc::jwt;
+
+pub const REQUEST_URL_VAR: &str = "ACTIONS_ID_TOKEN_REQUEST_URL";
+pub const REQUEST_TOKEN_VAR: &str = "ACTIONS_ID_TOKEN_REQUEST_TOKEN";
+
+/// A token with less life left than this is replaced before it is sent: a request that
+/// starts with it must reach the worker in time.
+const RENEW_BEFORE_SECONDS: u64 = 120;
+
+/// Where ID tokens come from: GitHub Actions' token endpoint.
+pub struct IdTokens {
+    request_url: String,
+    request_token: String,
+    audience: String,
+    agent: Agent,
+    /// The current token and its `exp`.
+    current: Mutex<Option<(String, u64)>>,
+}
+
+impl IdTokens {
+    /// The job's ID-token endpoint, if it has one.
+    pub fn from_env(audience: &str) -> Option<Self> {
+        let request_url = std::env::var(REQUEST_URL_VAR).ok()?;
+        let request_token = std::env::var(REQUEST_TOKEN_VAR).ok()?;
+        Some(Self::new(&request_url, &request_token, audience))
+    }
+
+    pub fn new(request_url: &str, request_token: &str, audience: &str) -> Self {
+        let config = Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build();
+        Self {
+            request_url: request_url.to_owned(),
+            request_token: request_token.to_owned(),
+            audience: audience.trim_end_matches('/').to_owned(),
+            agent: Agent::new_with_config(config),
+            current: Mutex::new(None),
+        }
+    }
+
+    /// A token with at least [`RENEW_BEFORE_SECONDS`] to live, asked for if need be.
+    pub fn token(&self, now: u64) -> Result<String> {
+        let mut current = self
+            .current
+            .lock()
+            .map_err(|_| anyhow!("ID token lock poisoned"))?;
+        if let Some((token, exp)) = current.as_ref() {
+            if now.saturating_add(RENEW_BEFORE_SECONDS) < *exp {
+                return Ok(token.clone());
+            }
+        }
+        let (token, exp) = self
+            .request()
+            .context("asking the CI provider for an ID token")?;
+        *current = Some((token.clone(), exp));
+        Ok(token)
+    }
+
+    fn request(&self) -> Result<(String, u64)> {
+        let mut last = None;
+        for delay in [0, 1, 2, 4] {
+            std::thread::sleep(Duration::from_secs(delay));
+            match self.request_once() {
+                Ok(token) => return Ok(token),
+                Err(err) => last = Some(err),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("no attempt made")))
+    }
+
+    fn request_once(&self) -> Result<(String, u64)> {
+        let mut response = self
+            .agent
+            .get(&self.request_url)
+            .query("audience", &self.audience)
+            .header("Authorization", format!("bearer {}", self.request_token))
+            .header("Accept", "application/json")
+            .call()?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            bail!("the ID-token endpoint answered HTTP {status}");
+        }
+        let body: serde_json::Value = serde_json::from_str(
+            &response
+                .body_mut()
+                .with_config()
+                .limit(64 * 1024)
+                .read_to_string()?,
+        )?;
+        let token = body
+            .get("value")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| anyhow!("the ID-token endpoint's answer has no \"value\""))?;
+        let exp = jwt::parse(token)
+            .context("the CI provider's ID token does not parse")?
+            .claims
+            .exp;
+        Ok((token.to_owned(), exp))
+    }
+}
