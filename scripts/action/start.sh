@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The action's first step: install nixflare (unless it is on PATH), save the cache
-# (`nixflare login`, token from the environment, signing key written 0600 under
-# RUNNER_TEMP), and start pushing in the background:
+# (`nixflare login`; the token from the environment, or none to push with the job's
+# own ID token; the signing key written 0600 under RUNNER_TEMP), and start pushing in
+# the background:
 #   mode watch-store (default): `nixflare watch-store`, no Nix configuration touched;
 #   mode hook: Nix's post-build-hook queues each build's outputs, `nixflare watch` drains.
 # finish.sh stops it at the end of the job and drains what is left.
@@ -17,7 +18,12 @@ mode=${NIXFLARE_INPUT_MODE:-watch-store}
 token=${NIXFLARE_INPUT_TOKEN:-}
 signing_key=${NIXFLARE_INPUT_SIGNING_KEY:-}
 unset NIXFLARE_INPUT_TOKEN NIXFLARE_INPUT_SIGNING_KEY
-[[ -n "$token" ]] || { echo "::error::the token input is empty (a write token, from a secret)"; exit 1; }
+# No token: the job's own OIDC ID token (asked for with the cache's URL as audience and
+# renewed by nixflare), which GitHub offers only to a job with `permissions: id-token: write`.
+if [[ -z "$token" && -z "${ACTIONS_ID_TOKEN_REQUEST_URL:-}" ]]; then
+  echo "::error::no credential: give the job 'permissions: id-token: write' (and the cache an OIDC rule for this repository), or pass a write token in the token input"
+  exit 1
+fi
 [[ -n "$signing_key" ]] || { echo "::error::the signing-key input is empty (the narinfo signing key, from a secret)"; exit 1; }
 case "$mode" in watch-store|hook) ;; *) echo "::error::mode must be watch-store or hook, not '$mode'"; exit 1 ;; esac
 
@@ -40,7 +46,11 @@ printf '%s' "$signing_key" >"$key"
 export NIXFLARE_CONFIG="$state/config.toml" NIXFLARE_QUEUE="$state/queue"
 # Later steps of the job may run nixflare with the same settings (`nixflare push`, `pin`).
 { echo "NIXFLARE_CONFIG=$NIXFLARE_CONFIG"; echo "NIXFLARE_QUEUE=$NIXFLARE_QUEUE"; } >>"$GITHUB_ENV"
-printf '%s' "$token" | nixflare login ci "$url" --signing-key "$key" --default
+if [[ -n "$token" ]]; then
+  printf '%s' "$token" | nixflare login ci "$url" --signing-key "$key" --default
+else
+  nixflare login ci "$url" --signing-key "$key" --default --no-token
+fi
 unset token signing_key
 upstream_args
 

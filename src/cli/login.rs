@@ -7,12 +7,14 @@
 
 use std::io::{IsTerminal as _, Read as _};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 
 use super::auth::read_token_file;
-use super::client::Client;
+use super::client::{Client, Credential};
+use super::id_token::IdTokens;
 use super::keygen::read_secret_key;
 use super::settings::{self, SavedCache, Settings};
 use crate::core::token::Permissions;
@@ -63,7 +65,13 @@ pub fn run(args: LoginArgs) -> Result<()> {
     };
     let mut checked = String::new();
     if !args.no_verify {
-        let client = Client::new(&url, token.clone(), 2);
+        // Without a token to save, a CI job that may ask for an ID token checks with it
+        // (what its pushes will use).
+        let credential = token.clone().map(Credential::Token).or_else(|| {
+            IdTokens::from_env(&url).map(|tokens| Credential::IdTokens(Arc::new(tokens)))
+        });
+        let has_credential = credential.is_some();
+        let client = Client::with_credential(&url, credential, 2);
         let info = client.info()?;
         if let Some((key, _)) = &signing_key {
             if !info.public_keys.contains(&key.public_key()) {
@@ -79,7 +87,7 @@ pub fn run(args: LoginArgs) -> Result<()> {
                 );
             }
         }
-        if token.is_some() {
+        if has_credential {
             let whoami = client.whoami()?;
             if !whoami.permissions.contains(Permissions::WRITE) {
                 eprintln!(

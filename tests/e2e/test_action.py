@@ -96,12 +96,13 @@ def test_the_action_pushes_what_the_job_builds(
             os.kill(pid, 9)
 
 
-def test_the_action_fails_at_once_without_a_token(nix: Nix, worker: Worker, keys: Keys, tmp_path):
+def test_the_action_fails_at_once_without_a_token_or_an_id_token(nix: Nix, worker: Worker, keys: Keys, tmp_path):
     env = runner_env(nix, tmp_path, {"cache-url": worker.url, "token": "",
                                      "signing-key": keys.secret_file.read_text()})
+    env.pop("ACTIONS_ID_TOKEN_REQUEST_URL", None)
     main = run(["node", "scripts/action/main.js"], env=env, cwd=REPO, check=False)
     assert main.returncode != 0
-    assert "::error::the token input is empty" in main.stdout
+    assert "::error::no credential: give the job 'permissions: id-token: write'" in main.stdout
     assert (tmp_path / "github_state").read_text() == ""
 
 

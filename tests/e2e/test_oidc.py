@@ -13,9 +13,10 @@ import time
 
 import pytest
 
-from conftest import (CLI, Keys, Nix, Tokens, Worker, bearer, build_closure, free_port, host_env,
+from conftest import (CLI, REPO, Keys, Nix, Tokens, Worker, bearer, build_closure, free_port, host_env,
                       list_keys, nix32_sha256, request, run, running_worker)
 from oidc_issuer import Issuer, start_issuer
+from test_action import alive, lines_of, runner_env
 from test_push import nar_hashes, narinfo_of, push_cmd
 from test_upload import basic
 
@@ -102,6 +103,31 @@ def test_nixflare_push_asks_the_ci_for_id_tokens_and_renews_them(
     # A job that may not ask for a token (no id-token permission) gets no credential.
     bare = run(push_cmd(ci_worker, keys, tmp_path / "spool", closure.top), check=False)
     assert bare.returncode != 0 and "no upload token" in bare.stderr
+
+
+def test_the_action_pushes_with_the_jobs_id_token_when_given_no_token(
+        nix: Nix, ci_worker: Worker, issuer: Issuer, keys: Keys, tmp_path):
+    env = runner_env(nix, tmp_path, {"cache-url": ci_worker.url, "token": "",
+                                     "signing-key": keys.secret_file.read_text(), "mode": "watch-store",
+                                     "wait-timeout": "120", "upstream": ""})
+    env.update(ACTIONS_ID_TOKEN_REQUEST_URL=issuer.request_url, ACTIONS_ID_TOKEN_REQUEST_TOKEN=issuer.request_token)
+    before = len(issuer.token_requests)
+    pid = None
+    try:
+        main = run(["node", "scripts/action/main.js"], env=env, cwd=REPO)
+        pid = int(lines_of(tmp_path / "github_state")["pid"])
+        exported = lines_of(tmp_path / "github_env")
+        built = build_closure(Nix(dict(nix.env, **exported)), salt=f"-action-oidc-{os.urandom(4).hex()}")
+        saved = {f"STATE_{k}": v for k, v in lines_of(tmp_path / "github_state").items()}
+        post = run(["node", "scripts/action/post.js"], env=dict(env, **saved), cwd=REPO)
+        assert "the queue is empty" in post.stdout, post.stdout
+        for path in built.paths:
+            assert narinfo_of(ci_worker, path) is not None, f"{path} not pushed:\n{post.stdout}"
+        assert len(issuer.token_requests) > before
+        assert issuer.request_token not in main.stdout + main.stderr + post.stdout + post.stderr
+    finally:
+        if pid and alive(pid):
+            os.kill(pid, 9)
 
 
 def refused_token(issuer: Issuer, audience: str, case: str) -> str:
