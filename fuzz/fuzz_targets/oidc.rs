@@ -1,8 +1,13 @@
 #![no_main]
-//! JWTs, JWKS documents and OIDC rules: never a panic, and a parsed JWT's signing input
-//! is exactly its first two parts.
+//! JWTs, JWKS documents and OIDC rules: never a panic, a parsed JWT's signing input is
+//! exactly its first two parts, and a token the screening passes is one some rule names
+//! for its issuer and audience.
 use libfuzzer_sys::fuzz_target;
-use nixflare::core::oidc::{jwks, jwt, rules};
+use nixflare::core::oidc::{self, jwks, jwt, rules};
+
+const RULES: &str = r#"[{"issuer": "https://token.actions.githubusercontent.com",
+  "audience": "https://cache.example.org", "claims": {"repository": "owner/*"},
+  "permissions": "read,write"}]"#;
 
 fuzz_target!(|data: &[u8]| {
     let _ = jwks::parse_jwks(data);
@@ -15,5 +20,13 @@ fuzz_target!(|data: &[u8]| {
         assert!(text.starts_with(&token.signing_input));
         let _ = token.claims.check_times(u64::MAX);
         let _ = rules::subject(&token.claims);
+        let rules = rules::parse_rules(RULES).unwrap();
+        if let Ok(screened) = oidc::screen(&rules, text, token.claims.exp.saturating_sub(1)) {
+            assert_eq!(screened.claims.iss, rules[0].issuer);
+            assert!(screened.claims.aud.contains(&rules[0].audience));
+            if let Ok(admitted) = oidc::admit(&rules, &screened) {
+                assert!(admitted.subject.len() <= rules::MAX_SUBJECT && admitted.token_id.is_none());
+            }
+        }
     }
 });

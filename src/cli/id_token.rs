@@ -13,7 +13,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, Context as _, Result};
 use ureq::Agent;
 
 use crate::core::oidc::jwt;
@@ -51,7 +51,7 @@ impl IdTokens {
         Self {
             request_url: request_url.to_owned(),
             request_token: request_token.to_owned(),
-            audience: audience.trim_end_matches('/').to_owned(),
+            audience: audience_of(audience),
             agent: Agent::new_with_config(config),
             current: Mutex::new(None),
         }
@@ -75,37 +75,48 @@ impl IdTokens {
         Ok(token)
     }
 
+    /// Asks, retrying transport failures and 5xx (not a refusal: a 4xx will not change).
     fn request(&self) -> Result<(String, u64)> {
         let mut last = None;
         for delay in [0, 1, 2, 4] {
             std::thread::sleep(Duration::from_secs(delay));
             match self.request_once() {
                 Ok(token) => return Ok(token),
-                Err(err) => last = Some(err),
+                Err(Attempt::Refused(err)) => return Err(err),
+                Err(Attempt::Failed(err)) => last = Some(err),
             }
         }
         Err(last.unwrap_or_else(|| anyhow!("no attempt made")))
     }
 
-    fn request_once(&self) -> Result<(String, u64)> {
+    fn request_once(&self) -> Result<(String, u64), Attempt> {
         let mut response = self
             .agent
             .get(&self.request_url)
             .query("audience", &self.audience)
             .header("Authorization", format!("bearer {}", self.request_token))
             .header("Accept", "application/json")
-            .call()?;
+            .call()
+            .map_err(|err| Attempt::Failed(err.into()))?;
         let status = response.status().as_u16();
-        if status != 200 {
-            bail!("the ID-token endpoint answered HTTP {status}");
+        match status {
+            200 => {}
+            500..=599 => return Err(Attempt::Failed(anyhow!("the ID-token endpoint answered HTTP {status}"))),
+            _ => return Err(Attempt::Refused(anyhow!(
+                "the ID-token endpoint answered HTTP {status} (does the job have `permissions: id-token: write`?)"
+            ))),
         }
-        let body: serde_json::Value = serde_json::from_str(
-            &response
-                .body_mut()
-                .with_config()
-                .limit(64 * 1024)
-                .read_to_string()?,
-        )?;
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024)
+            .read_to_string()
+            .map_err(|err| Attempt::Failed(err.into()))?;
+        Self::token_of(&text).map_err(Attempt::Refused)
+    }
+
+    fn token_of(text: &str) -> Result<(String, u64)> {
+        let body: serde_json::Value = serde_json::from_str(text)?;
         let token = body
             .get("value")
             .and_then(serde_json::Value::as_str)
@@ -115,5 +126,47 @@ impl IdTokens {
             .claims
             .exp;
         Ok((token.to_owned(), exp))
+    }
+}
+
+enum Attempt {
+    /// Worth another try.
+    Failed(anyhow::Error),
+    /// Will not change by asking again.
+    Refused(anyhow::Error),
+}
+
+/// The cache's URL as the audience: without a `user:password@` (which would go to the CI
+/// provider and into the token) and a trailing `/`.
+fn audience_of(url: &str) -> String {
+    let url = url.trim_end_matches('/');
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let start = rest[..authority_end].rfind('@').map_or(0, |at| at + 1);
+            format!("{scheme}://{}", &rest[start..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_audience_is_the_cache_url_without_credentials() {
+        assert_eq!(
+            audience_of("https://cache.example.org/"),
+            "https://cache.example.org"
+        );
+        assert_eq!(
+            audience_of("https://user:pw@cache.example.org/sub"),
+            "https://cache.example.org/sub"
+        );
+        assert_eq!(
+            audience_of("http://127.0.0.1:8787"),
+            "http://127.0.0.1:8787"
+        );
     }
 }

@@ -262,8 +262,10 @@ impl Remote {
     /// A token from the places [`auth::find_token`] looks; failing that, in a GitHub
     /// Actions job allowed to ask for one, the job's own ID token.
     fn credential(&self, target: &Target) -> Result<client::Credential> {
+        let asked_for_a_token = self.token.is_some() || self.token_file.is_some();
         match self.token(target) {
             Ok(token) => Ok(client::Credential::Token(token)),
+            Err(err) if asked_for_a_token => Err(err),
             Err(err) => match id_token::IdTokens::from_env(&target.url) {
                 Some(tokens) => Ok(client::Credential::IdTokens(std::sync::Arc::new(tokens))),
                 None => Err(err),

@@ -147,7 +147,7 @@ pub async fn admit_reader(req: &Request, env: &Env) -> Result<(), EdgeError> {
 }
 
 fn refused(refusal: TokenRefusal) -> EdgeError {
-    if let TokenRefusal::Oidc(OidcRefusal::KeysUnavailable(_)) = &refusal {
+    if let TokenRefusal::Oidc(OidcRefusal::KeysUnavailable) = &refusal {
         return EdgeError::Busy(refusal.to_string());
     }
     if refusal.is_forbidden() {

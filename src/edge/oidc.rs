@@ -45,11 +45,7 @@ async fn key_for(token: &Jwt, now_ms: u64) -> Result<Key, OidcRefusal> {
     match lookup {
         Lookup::Use(key) => return Ok(key),
         Lookup::Unknown => return Err(OidcRefusal::UnknownKey(token.kid.clone())),
-        Lookup::Unavailable => {
-            return Err(OidcRefusal::KeysUnavailable(
-                "the last attempt failed less than a minute ago".into(),
-            ))
-        }
+        Lookup::Unavailable => return Err(OidcRefusal::KeysUnavailable),
         Lookup::Fetch => {}
     }
     KEYS.with(|keys| keys.borrow_mut().fetching(issuer, now_ms));
@@ -58,7 +54,7 @@ async fn key_for(token: &Jwt, now_ms: u64) -> Result<Key, OidcRefusal> {
         Err(why) => {
             worker::console_error!("fetching the keys of {issuer} failed: {why}");
             KEYS.with(|keys| keys.borrow_mut().fetch_failed(issuer));
-            return Err(OidcRefusal::KeysUnavailable(why));
+            return Err(OidcRefusal::KeysUnavailable);
         }
     }
     match KEYS.with(|keys| keys.borrow().lookup(issuer, &token.kid, now_ms)) {
@@ -88,6 +84,10 @@ async fn get(url: &str) -> Result<Vec<u8>, String> {
     let status = response.status_code();
     if status != 200 {
         return Err(format!("{url} answered HTTP {status}"));
+    }
+    let declared = response.headers().get("Content-Length").ok().flatten();
+    if declared.and_then(|n| n.parse::<usize>().ok()).unwrap_or(0) > MAX_DOCUMENT_BYTES {
+        return Err(format!("{url} is larger than {MAX_DOCUMENT_BYTES} bytes"));
     }
     let body = response.bytes().await.map_err(|e| format!("{url}: {e}"))?;
     if body.len() > MAX_DOCUMENT_BYTES {

@@ -136,6 +136,10 @@ def refused_token(issuer: Issuer, audience: str, case: str) -> str:
     match case:
         case "wrong audience":
             return issuer.mint(issuer.claims("https://other-cache.example.org"))
+        case "an audience list naming another service":
+            return issuer.mint(issuer.claims([audience, "https://other-service.example.org"]))
+        case "lives longer than a day":
+            return issuer.mint(issuer.claims(audience, exp=now + 2 * 86400))
         case "wrong issuer":
             return issuer.mint(issuer.claims(audience, iss="https://issuer.invalid"))
         case "expired":
@@ -165,6 +169,8 @@ def refused_token(issuer: Issuer, audience: str, case: str) -> str:
 
 @pytest.mark.parametrize("case, status, reason", [
     ("wrong audience", 401, "audience"),
+    ("an audience list naming another service", 401, "audience"),
+    ("lives longer than a day", 401, "lives longer"),
     ("wrong issuer", 401, "issuer"),
     ("expired", 401, "expired"),
     ("not yet valid", 401, "not valid yet"),

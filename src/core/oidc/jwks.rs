@@ -95,11 +95,19 @@ fn key(jwk: &Value) -> Option<Key> {
     Some(Key { kid, alg, members })
 }
 
+/// Longest keys are still used after [`MAX_AGE_MS`] while fetching them again is under
+/// way or failing (an issuer's outage does not stop its CI at once).
+pub const MAX_STALE_MS: u64 = 6 * 3_600_000;
+/// A fetch not finished after this long counts as failed (its request may have died).
+pub const FETCH_TIMEOUT_MS: u64 = 30_000;
+
 #[derive(Debug, Default)]
 struct Issuer {
     keys: Vec<Key>,
     fetched_at: Option<u64>,
     last_attempt: Option<u64>,
+    /// A fetch started at `last_attempt` has not finished yet.
+    in_flight: bool,
     /// The last fetch failed: until the next one, a key not known is "unavailable",
     /// not "unknown" (the client may try again rather than give up).
     last_failed: bool,
@@ -110,15 +118,17 @@ struct Issuer {
 pub enum Lookup {
     /// Verify with this key.
     Use(Key),
-    /// Fetch the issuer's keys (then look again).
+    /// Fetch the issuer's keys ([`KeyCache::fetching`], then look again).
     Fetch,
     /// Refuse: the key is unknown, and the keys were fetched less than a minute ago.
     Unknown,
-    /// Refuse for now: the last fetch, less than a minute ago, failed.
+    /// Refuse for now (the client may retry): the keys are being fetched, or the last
+    /// fetch, less than a minute ago, failed.
     Unavailable,
 }
 
-/// What one isolate knows of each issuer's keys.
+/// What one isolate knows of each issuer's keys. Only issuers a rule names get here
+/// (`super::screen` runs first), so it holds at most `MAX_RULES` issuers.
 #[derive(Debug, Default)]
 pub struct KeyCache {
     issuers: HashMap<String, Issuer>,
@@ -127,20 +137,25 @@ pub struct KeyCache {
 impl KeyCache {
     pub fn lookup(&self, issuer: &str, kid: &str, now: u64) -> Lookup {
         let known = self.issuers.get(issuer);
-        let fresh = known
+        let age = known
             .and_then(|i| i.fetched_at)
-            .is_some_and(|at| now.saturating_sub(at) < MAX_AGE_MS);
-        if fresh {
-            if let Some(key) = known.and_then(|i| i.keys.iter().find(|k| k.kid == kid)) {
-                return Lookup::Use(key.clone());
-            }
+            .map(|at| now.saturating_sub(at));
+        let key = known.and_then(|i| i.keys.iter().find(|k| k.kid == kid));
+        if let (Some(key), true) = (key, age.is_some_and(|age| age < MAX_AGE_MS)) {
+            return Lookup::Use(key.clone());
         }
-        let may_fetch = known
+        let since_attempt = known
             .and_then(|i| i.last_attempt)
-            .is_none_or(|at| now.saturating_sub(at) >= MIN_REFRESH_MS);
-        if may_fetch {
-            Lookup::Fetch
-        } else if known.is_some_and(|i| i.last_failed) {
+            .map(|at| now.saturating_sub(at));
+        if since_attempt.is_none_or(|since| since >= MIN_REFRESH_MS) {
+            return Lookup::Fetch;
+        }
+        if let (Some(key), true) = (key, age.is_some_and(|age| age < MAX_STALE_MS)) {
+            return Lookup::Use(key.clone());
+        }
+        let fetching = known.is_some_and(|i| i.in_flight)
+            && since_attempt.is_some_and(|since| since < FETCH_TIMEOUT_MS);
+        if fetching || known.is_some_and(|i| i.last_failed) {
             Lookup::Unavailable
         } else {
             Lookup::Unknown
@@ -149,26 +164,25 @@ impl KeyCache {
 
     /// A fetch is starting (counted whatever its outcome, so failures are bounded too).
     pub fn fetching(&mut self, issuer: &str, now: u64) {
-        self.issuers
-            .entry(issuer.to_owned())
-            .or_default()
-            .last_attempt = Some(now);
+        let entry = self.issuers.entry(issuer.to_owned()).or_default();
+        entry.last_attempt = Some(now);
+        entry.in_flight = true;
     }
 
     pub fn fetched(&mut self, issuer: &str, keys: Vec<Key>, now: u64) {
         let entry = self.issuers.entry(issuer.to_owned()).or_default();
         entry.keys = keys;
         entry.fetched_at = Some(now);
+        entry.in_flight = false;
         entry.last_failed = false;
     }
 
-    /// The fetch [`fetching`](Self::fetching) announced failed; keys already known and
-    /// fresh stay usable.
+    /// The fetch [`fetching`](Self::fetching) announced failed; keys already known stay
+    /// usable within [`MAX_STALE_MS`].
     pub fn fetch_failed(&mut self, issuer: &str) {
-        self.issuers
-            .entry(issuer.to_owned())
-            .or_default()
-            .last_failed = true;
+        let entry = self.issuers.entry(issuer.to_owned()).or_default();
+        entry.in_flight = false;
+        entry.last_failed = true;
     }
 }
 
@@ -249,10 +263,46 @@ mod tests {
             refreshing.lookup(issuer, "new", 61_000),
             Lookup::Unavailable
         );
-        // An hour after the fetch, known keys are fetched again before use.
+        // An hour after the fetch, known keys are fetched again before use; while that
+        // fetch runs (or after it failed) the old keys serve, for a while.
         let mut aged = KeyCache::default();
         aged.fetching(issuer, 0);
-        aged.fetched(issuer, keys, 0);
+        aged.fetched(issuer, keys.clone(), 0);
         assert_eq!(aged.lookup(issuer, "r1", MAX_AGE_MS), Lookup::Fetch);
+        aged.fetching(issuer, MAX_AGE_MS);
+        assert!(matches!(
+            aged.lookup(issuer, "r1", MAX_AGE_MS + 1),
+            Lookup::Use(_)
+        ));
+        aged.fetch_failed(issuer);
+        assert!(matches!(
+            aged.lookup(issuer, "r1", MAX_AGE_MS + 2),
+            Lookup::Use(_)
+        ));
+        let mut outage = KeyCache::default();
+        outage.fetching(issuer, 0);
+        outage.fetched(issuer, keys, 0);
+        outage.fetching(issuer, MAX_STALE_MS);
+        outage.fetch_failed(issuer);
+        assert_eq!(
+            outage.lookup(issuer, "r1", MAX_STALE_MS + 1),
+            Lookup::Unavailable
+        );
+    }
+
+    /// Requests that arrive while the first fetch runs are told to try again, not that
+    /// their key is unknown; a fetch that never finished stops counting as one.
+    #[test]
+    fn a_fetch_under_way_makes_others_wait_not_fail() {
+        let issuer = "https://i";
+        let mut cache = KeyCache::default();
+        assert_eq!(cache.lookup(issuer, "r1", 0), Lookup::Fetch);
+        cache.fetching(issuer, 0);
+        assert_eq!(cache.lookup(issuer, "r1", 10), Lookup::Unavailable);
+        assert_eq!(
+            cache.lookup(issuer, "r1", FETCH_TIMEOUT_MS),
+            Lookup::Unknown
+        );
+        assert_eq!(cache.lookup(issuer, "r1", MIN_REFRESH_MS), Lookup::Fetch);
     }
 }

@@ -14,6 +14,10 @@ use crate::core::json_read::{self, Value};
 pub const MAX_JWT_BYTES: usize = 16 * 1024;
 /// Clock skew allowed on `exp`, `nbf` and `iat`, in seconds.
 pub const SKEW_SECONDS: u64 = 60;
+/// Longest life (`exp - iat`) an ID token may claim: it cannot be revoked one by one, so
+/// one that lives longer than any CI job would is refused. GitHub's live minutes,
+/// GitLab's as long as their job's timeout.
+pub const MAX_LIFETIME_SECONDS: u64 = 24 * 3600;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Alg {
@@ -66,6 +70,8 @@ pub enum JwtError {
     NotYetValid,
     #[error("JWT was issued in the future (iat)")]
     IssuedInFuture,
+    #[error("JWT lives longer than {MAX_LIFETIME_SECONDS} s (exp - iat)")]
+    TooLongLived,
 }
 
 /// The claims the checks and rules read.
@@ -77,7 +83,7 @@ pub struct Claims {
     pub sub: String,
     pub exp: u64,
     pub nbf: Option<u64>,
-    pub iat: Option<u64>,
+    pub iat: u64,
     /// Every other claim whose value is a string, a boolean or a whole number, as text
     /// (GitLab writes some booleans as strings): what rule patterns match.
     pub other: Vec<(String, String)>,
@@ -108,11 +114,11 @@ impl Claims {
         {
             return Err(JwtError::NotYetValid);
         }
-        if self
-            .iat
-            .is_some_and(|iat| iat > now.saturating_add(SKEW_SECONDS))
-        {
+        if self.iat > now.saturating_add(SKEW_SECONDS) {
             return Err(JwtError::IssuedInFuture);
+        }
+        if self.exp.saturating_sub(self.iat) > MAX_LIFETIME_SECONDS {
+            return Err(JwtError::TooLongLived);
         }
         Ok(())
     }
@@ -223,10 +229,13 @@ pub fn parse(text: &str) -> Result<Jwt, JwtError> {
     let claims = Claims {
         iss: text_of("iss")?,
         aud,
-        sub: text_of("sub")?,
+        sub: text_of("sub")
+            .ok()
+            .filter(|sub| !sub.is_empty())
+            .ok_or(JwtError::Claim("sub"))?,
         exp: whole(claims_json.get("exp").ok_or(JwtError::Claim("exp"))?, "exp")?,
         nbf: optional("nbf")?,
-        iat: optional("iat")?,
+        iat: whole(claims_json.get("iat").ok_or(JwtError::Claim("iat"))?, "iat")?,
         other,
     };
     Ok(Jwt {
@@ -359,9 +368,29 @@ pub(crate) mod tests {
         );
         let future_iat = Claims {
             nbf: None,
-            iat: Some(5000),
-            ..claims
+            iat: 5000,
+            ..claims.clone()
         };
         assert_eq!(future_iat.check_times(1500), Err(JwtError::IssuedInFuture));
+        let for_ever = Claims {
+            exp: 1000 + MAX_LIFETIME_SECONDS + 1,
+            ..claims
+        };
+        assert_eq!(for_ever.check_times(1500), Err(JwtError::TooLongLived));
+    }
+
+    #[test]
+    fn iat_and_a_subject_are_required() {
+        let header = r#"{"alg":"RS256","kid":"k"}"#;
+        let no_iat = CLAIMS.replace(r#""iat":1000,"#, "");
+        assert_eq!(
+            parse(&token(header, &no_iat, 256)),
+            Err(JwtError::Claim("iat"))
+        );
+        let empty_sub = CLAIMS.replace("repo:owner/repo:ref:refs/heads/main", "");
+        assert_eq!(
+            parse(&token(header, &empty_sub, 256)),
+            Err(JwtError::Claim("sub"))
+        );
     }
 }

@@ -34,7 +34,7 @@ pub enum OidcRefusal {
     Jwt(#[from] JwtError),
     #[error("no OIDC rule trusts ID tokens from the issuer {0:?}")]
     Issuer(String),
-    #[error("the ID token's audience is none an OIDC rule for its issuer names (request it with the cache's URL as audience)")]
+    #[error("the ID token's audience is not one an OIDC rule for its issuer names (request it with the cache's URL as its only audience)")]
     Audience,
     #[error("the ID token's key {0:?} is not among its issuer's keys")]
     UnknownKey(String),
@@ -42,8 +42,9 @@ pub enum OidcRefusal {
     KeyAlgorithm(String),
     #[error("the ID token's signature does not verify")]
     Signature,
-    #[error("the issuer's keys could not be fetched: {0}")]
-    KeysUnavailable(String),
+    /// The details (URL, status) stay in the worker's log.
+    #[error("the issuer's keys are being fetched or could not be: try again")]
+    KeysUnavailable,
     #[error("no OIDC rule admits {0}")]
     NoRule(String),
 }
@@ -58,7 +59,10 @@ pub fn screen(rules: &[Rule], text: &str, now: u64) -> Result<Jwt, OidcRefusal> 
     if for_issuer().next().is_none() {
         return Err(OidcRefusal::Issuer(claims.iss.chars().take(100).collect()));
     }
-    if !for_issuer().any(|rule| claims.aud.contains(&rule.audience)) {
+    // Every audience the token names must be one this cache answers to (OIDC Core
+    // 3.1.3.7): a token also meant for another service could be replayed by it.
+    let trusted = |aud: &String| for_issuer().any(|rule| &rule.audience == aud);
+    if !claims.aud.iter().all(trusted) {
         return Err(OidcRefusal::Audience);
     }
     claims.check_times(now)?;
@@ -103,6 +107,14 @@ mod tests {
             ),
             (
                 CLAIMS.replace("https://cache.example.org", "https://other.example.org"),
+                1500,
+                "audience",
+            ),
+            (
+                CLAIMS.replace(
+                    r#""aud":"https://cache.example.org""#,
+                    r#""aud":["https://cache.example.org","https://other.example.org"]"#,
+                ),
                 1500,
                 "audience",
             ),

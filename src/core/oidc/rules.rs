@@ -10,8 +10,8 @@
 //! A token is admitted by every rule whose issuer is its `iss` exactly, whose audience is
 //! one of its `aud`, and whose every claim pattern matches (`*` stands for any run of
 //! characters, nothing else is special). It gets the union of their permissions. A rule
-//! must name at least one claim with a literal start (`owner/*` is fine, `*` alone is
-//! not): a rule for "any repository on GitHub" is refused, not deployed.
+//! must pin the owner (`pins_owner`: `owner/*` is fine, `owner*`, `*` or a rule on `ref`
+//! alone are not): a rule for "any repository on GitHub" is refused, not deployed.
 
 use thiserror::Error;
 
@@ -88,10 +88,17 @@ fn rule(item: &Value) -> Result<Rule, &'static str> {
                 .ok_or("each claim pattern must be a non-empty string")
         })
         .collect::<Result<_, _>>()?;
-    if !claims.iter().any(|(_, pattern)| !pattern.starts_with('*')) {
-        return Err(
-            "claims must pin down the identity: at least one pattern not starting with '*'",
-        );
+    if claims
+        .iter()
+        .any(|(name, _)| ["iss", "aud", "exp", "nbf", "iat"].contains(&name.as_str()))
+    {
+        return Err("claims may not name iss, aud, exp, nbf or iat (the rule's issuer and audience, and the time checks, cover them)");
+    }
+    if !claims
+        .iter()
+        .any(|(name, pattern)| pins_owner(name, pattern))
+    {
+        return Err(PIN_THE_OWNER);
     }
     let permissions = item
         .get("permissions")
@@ -108,6 +115,29 @@ fn rule(item: &Value) -> Result<Rule, &'static str> {
         claims,
         permissions,
     })
+}
+
+const PIN_THE_OWNER: &str = "claims must pin down whose jobs these are: repository, project_path, job_workflow_ref or sub with a literal owner (e.g. \"owner/*\", \"repo:owner/repo:*\"), or repository_owner(_id), repository_id, namespace_path/_id, project_id without '*'";
+
+/// Whether a claim pattern names one owner (a GitHub user or organisation, a GitLab
+/// group): every workflow can ask for a token with any audience, so the claims are all
+/// that tell this cache's CI from anyone else's. Ids and owner names must be exact;
+/// paths (`owner/repo`, GitHub's `sub` `repo:owner/repo:...`, GitLab's
+/// `project_path:group/project:...`) may have `*` only after the owner's `/`, so
+/// `owner*` (which `owner-evil` matches) does not count.
+fn pins_owner(claim: &str, pattern: &str) -> bool {
+    match claim {
+        "repository_id"
+        | "repository_owner"
+        | "repository_owner_id"
+        | "namespace_path"
+        | "namespace_id"
+        | "project_id" => !pattern.contains('*'),
+        "repository" | "project_path" | "job_workflow_ref" | "sub" => pattern
+            .split_once('/')
+            .is_some_and(|(owner, _)| !owner.contains('*') && owner.contains(|c| c != ':')),
+        _ => false,
+    }
 }
 
 fn valid_issuer(issuer: &str) -> bool {
@@ -168,10 +198,17 @@ pub fn admit(rules: &[Rule], claims: &Claims) -> Option<Identity> {
     })
 }
 
-/// `github:REPOSITORY@REF`, `gitlab:PROJECT_PATH@REF`, else `ISSUER_HOST:SUB`: printable
-/// ASCII only (a token subject's rule), at most 128 characters.
+/// `github:REPOSITORY@REF`, `gitlab:PROJECT_PATH@REF` (GitLab's short ref made full by
+/// its `ref_type`, so branch `v1` and tag `v1` differ, as on GitHub), else
+/// `ISSUER_HOST:SUB`. Printable ASCII only (a token subject's rule): anything else, and
+/// `%`, percent-encoded; at most [`MAX_SUBJECT`] characters.
 pub fn subject(claims: &Claims) -> String {
     let host = claims.iss.trim_start_matches("https://");
+    let gitlab_ref = |short: &str| match claims.get("ref_type") {
+        Some("branch") => format!("refs/heads/{short}"),
+        Some("tag") => format!("refs/tags/{short}"),
+        _ => short.to_owned(),
+    };
     let text = match (
         host,
         claims.get("repository"),
@@ -181,14 +218,25 @@ pub fn subject(claims: &Claims) -> String {
         ("token.actions.githubusercontent.com", Some(repo), _, Some(r)) => {
             format!("github:{repo}@{r}")
         }
-        ("gitlab.com", _, Some(project), Some(r)) => format!("gitlab:{project}@{r}"),
+        ("gitlab.com", _, Some(project), Some(r)) => {
+            format!("gitlab:{project}@{}", gitlab_ref(r))
+        }
         _ => format!("{host}:{}", claims.sub),
     };
-    text.chars()
-        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
-        .take(128)
-        .collect()
+    let mut subject = String::new();
+    for byte in text.bytes() {
+        if byte.is_ascii_graphic() && byte != b'%' {
+            subject.push(char::from(byte));
+        } else {
+            subject.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    subject.truncate(MAX_SUBJECT);
+    subject
 }
+
+/// Longest subject recorded (the index and logs show it).
+pub const MAX_SUBJECT: usize = 160;
 
 #[cfg(test)]
 mod tests {
@@ -234,15 +282,15 @@ mod tests {
         for (bad, why) in [
             (r#"{"issuer": "x"}"#, "not a list"),
             (
-                r#"[{"issuer": "http://gh", "audience": "a", "claims": {"r": "x"}, "permissions": "write"}]"#,
+                r#"[{"issuer": "http://gh", "audience": "a", "claims": {"repository": "o/r"}, "permissions": "write"}]"#,
                 "http",
             ),
             (
-                r#"[{"issuer": "https://gh/", "audience": "a", "claims": {"r": "x"}, "permissions": "write"}]"#,
+                r#"[{"issuer": "https://gh/", "audience": "a", "claims": {"repository": "o/r"}, "permissions": "write"}]"#,
                 "slash",
             ),
             (
-                r#"[{"issuer": "https://gh", "audience": "", "claims": {"r": "x"}, "permissions": "write"}]"#,
+                r#"[{"issuer": "https://gh", "audience": "", "claims": {"repository": "o/r"}, "permissions": "write"}]"#,
                 "aud",
             ),
             (
@@ -250,23 +298,61 @@ mod tests {
                 "no claims",
             ),
             (
-                r#"[{"issuer": "https://gh", "audience": "a", "claims": {"r": "*"}, "permissions": "write"}]"#,
+                r#"[{"issuer": "https://gh", "audience": "a", "claims": {"repository": "*"}, "permissions": "write"}]"#,
                 "any",
             ),
             (
-                r#"[{"issuer": "https://gh", "audience": "a", "claims": {"r": "x"}, "permissions": "fly"}]"#,
+                r#"[{"issuer": "https://gh", "audience": "a", "claims": {"repository": "o/r"}, "permissions": "fly"}]"#,
                 "perm",
             ),
             (
-                r#"[{"issuer": "https://gh", "audience": "a", "claims": {"r": "x"}, "permissions": "revoke"}]"#,
+                r#"[{"issuer": "https://gh", "audience": "a", "claims": {"repository": "o/r"}, "permissions": "revoke"}]"#,
                 "revoke",
             ),
             (
-                r#"[{"issuer": "https://gh", "audience": "a", "claims": {"r": "x"}, "permissions": "read", "x": 1}]"#,
+                r#"[{"issuer": "https://gh", "audience": "a", "claims": {"repository": "o/r"}, "permissions": "read", "x": 1}]"#,
                 "field",
             ),
         ] {
             assert!(parse_rules(bad).is_err(), "{why}: {bad}");
+        }
+    }
+
+    /// Any workflow on GitHub can get a token for any audience: a rule must name whose
+    /// jobs it admits, with the owner exact.
+    #[test]
+    fn a_rule_must_pin_the_owner() {
+        let parses = |claims: &str| {
+            parse_rules(&format!(
+                r#"[{{"issuer": "https://gh", "audience": "a", "claims": {claims}, "permissions": "write"}}]"#
+            ))
+            .is_ok()
+        };
+        for admits_anyone in [
+            r#"{"ref": "refs/heads/main"}"#,
+            r#"{"event_name": "push", "ref": "refs/heads/main"}"#,
+            r#"{"repository_visibility": "public"}"#,
+            r#"{"sub": "repo:*"}"#,
+            r#"{"sub": "repo:owner*/x"}"#,
+            r#"{"repository": "owner*"}"#,
+            r#"{"repository": "*/repo"}"#,
+            r#"{"repository_owner": "own*"}"#,
+            r#"{"repository_owner_id": "*"}"#,
+            r#"{"iss": "https://gh", "repository": "o/r"}"#,
+            r#"{"aud": "a", "repository": "o/r"}"#,
+        ] {
+            assert!(!parses(admits_anyone), "{admits_anyone}");
+        }
+        for pinned in [
+            r#"{"repository": "owner/repo"}"#,
+            r#"{"repository": "owner/*", "ref": "refs/heads/*"}"#,
+            r#"{"repository_owner_id": "12345"}"#,
+            r#"{"sub": "repo:owner/repo:ref:refs/heads/main"}"#,
+            r#"{"project_path": "group/sub/project"}"#,
+            r#"{"namespace_id": "42", "ref_protected": "true"}"#,
+            r#"{"job_workflow_ref": "owner/workflows/.github/workflows/push.yml@refs/heads/main"}"#,
+        ] {
+            assert!(parses(pinned), "{pinned}");
         }
     }
 
@@ -296,13 +382,30 @@ mod tests {
                 ),
         );
         assert_eq!(subject(&gitlab), "gitlab:group/proj@refs/heads/main");
+        let tag = claims(
+            &CLAIMS
+                .replace(
+                    "https://token.actions.githubusercontent.com",
+                    "https://gitlab.com",
+                )
+                .replace(
+                    r#""repository":"owner/repo","#,
+                    r#""project_path":"group/proj","ref_type":"tag","#,
+                )
+                .replace("refs/heads/main", "v1"),
+        );
+        assert_eq!(subject(&tag), "gitlab:group/proj@refs/tags/v1");
         let other =
             claims(&CLAIMS.replace("token.actions.githubusercontent.com", "ci.example.org"));
         assert_eq!(
             subject(&other),
             "ci.example.org:repo:owner/repo:ref:refs/heads/main"
         );
-        let odd = claims(&CLAIMS.replace("refs/heads/main", "refs/heads/ma\u{e9}n x"));
-        assert!(subject(&odd).ends_with("ma?n?x"));
+        let odd = claims(&CLAIMS.replace("refs/heads/main", "refs/heads/ma\u{e9}n x%"));
+        assert!(
+            subject(&odd).ends_with("ma%C3%A9n%20x%25"),
+            "{}",
+            subject(&odd)
+        );
     }
 }
