@@ -370,30 +370,21 @@ mod tests {
 
     #[test]
     fn subjects_are_printable_and_bounded() {
-        let gitlab = claims(
-            &CLAIMS
-                .replace(
-                    "https://token.actions.githubusercontent.com",
-                    "https://gitlab.com",
-                )
-                .replace(
-                    r#""repository":"owner/repo","#,
-                    r#""project_path":"group/proj","#,
-                ),
-        );
-        assert_eq!(subject(&gitlab), "gitlab:group/proj@refs/heads/main");
-        let tag = claims(
-            &CLAIMS
-                .replace(
-                    "https://token.actions.githubusercontent.com",
-                    "https://gitlab.com",
-                )
-                .replace(
-                    r#""repository":"owner/repo","#,
-                    r#""project_path":"group/proj","ref_type":"tag","#,
-                )
-                .replace("refs/heads/main", "v1"),
-        );
+        // GitLab's claims: its issuer, project_path for repository, short refs.
+        let gitlab = |project_and_ref: &str, git_ref: &str| {
+            claims(
+                &CLAIMS
+                    .replace(
+                        "https://token.actions.githubusercontent.com",
+                        "https://gitlab.com",
+                    )
+                    .replace(r#""repository":"owner/repo","#, project_and_ref)
+                    .replace("refs/heads/main", git_ref),
+            )
+        };
+        let branch = gitlab(r#""project_path":"group/proj","#, "refs/heads/main");
+        assert_eq!(subject(&branch), "gitlab:group/proj@refs/heads/main");
+        let tag = gitlab(r#""project_path":"group/proj","ref_type":"tag","#, "v1");
         assert_eq!(subject(&tag), "gitlab:group/proj@refs/tags/v1");
         let other =
             claims(&CLAIMS.replace("token.actions.githubusercontent.com", "ci.example.org"));
