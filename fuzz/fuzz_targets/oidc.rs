@@ -6,8 +6,7 @@ use libfuzzer_sys::fuzz_target;
 use nixflare::core::oidc::{self, jwks, jwt, rules};
 
 const RULES: &str = r#"[{"issuer": "https://token.actions.githubusercontent.com",
-  "audience": "https://cache.example.org", "claims": {"repository": "owner/*"},
-  "permissions": "read,write"}]"#;
+  "claims": {"repository": "owner/*"}, "permissions": "read,write"}]"#;
 
 fuzz_target!(|data: &[u8]| {
     let _ = jwks::parse_jwks(data);
@@ -21,10 +20,11 @@ fuzz_target!(|data: &[u8]| {
         let _ = token.claims.check_times(u64::MAX);
         let _ = rules::subject(&token.claims);
         let rules = rules::parse_rules(RULES).unwrap();
-        if let Ok(screened) = oidc::screen(&rules, text, token.claims.exp.saturating_sub(1)) {
+        let origin = "https://cache.example.org";
+        if let Ok(screened) = oidc::screen(&rules, text, token.claims.exp.saturating_sub(1), origin) {
             assert_eq!(screened.claims.iss, rules[0].issuer);
-            assert!(screened.claims.aud.contains(&rules[0].audience));
-            if let Ok(admitted) = oidc::admit(&rules, &screened) {
+            assert!(screened.claims.aud.iter().all(|aud| aud == rules[0].audience_for(origin)));
+            if let Ok(admitted) = oidc::admit(&rules, &screened, origin) {
                 assert!(admitted.subject.len() <= rules::MAX_SUBJECT && admitted.token_id.is_none());
             }
         }

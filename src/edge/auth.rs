@@ -73,7 +73,7 @@ async fn authorize(
     let text = reader::token_text(header.as_deref()).map_err(refused)?;
     let now_ms = worker::Date::now().as_millis();
     if looks_like_jwt(text.trim()) {
-        return ci_identity(config, &text, now_ms, needs).await;
+        return ci_identity(config, req, &text, now_ms, needs).await;
     }
     let token = reader::check(&text, &config.token_keys, now_ms, needs).map_err(refused)?;
     let revocation = Route::Revocation(token.id).to_string();
@@ -86,11 +86,15 @@ async fn authorize(
 /// An ID token's identity, if it carries `needs`.
 async fn ci_identity(
     config: &CacheConfig,
+    req: &Request,
     text: &str,
     now_ms: u64,
     needs: Permissions,
 ) -> Result<Credential, EdgeError> {
-    let credential = super::oidc::verify(&config.oidc_rules, text, now_ms)
+    // Not `req.url()`: the url crate's IDNA tables would add ~85 KB gzip of wasm.
+    let url = req.inner().url();
+    let origin = crate::core::http::origin(&url).unwrap_or_default();
+    let credential = super::oidc::verify(&config.oidc_rules, text, now_ms, origin)
         .await
         .map_err(|refusal| refused(refusal.into()))?;
     if !credential.permissions.contains(needs) {
@@ -119,7 +123,7 @@ pub async fn admit_reader(req: &Request, env: &Env) -> Result<(), EdgeError> {
     if looks_like_jwt(text.trim()) {
         // Checked whole each time (a WebCrypto verify; keys are kept per isolate).
         let config = super::config(env)?;
-        return ci_identity(&config, &text, now_ms, Permissions::READ)
+        return ci_identity(&config, req, &text, now_ms, Permissions::READ)
             .await
             .map(drop);
     }

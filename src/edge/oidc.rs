@@ -27,8 +27,14 @@ thread_local! {
 
 /// Checks an ID token completely: screened by the core (issuer, audience, times), its
 /// key found in the issuer's JWKS, its signature verified, its claims admitted by a rule.
-pub async fn verify(rules: &[Rule], text: &str, now_ms: u64) -> Result<Credential, OidcRefusal> {
-    let token = oidc::screen(rules, text, now_ms / 1000)?;
+/// `origin` is the request's `scheme://host[:port]` (the audience of a rule naming none).
+pub async fn verify(
+    rules: &[Rule],
+    text: &str,
+    now_ms: u64,
+    origin: &str,
+) -> Result<Credential, OidcRefusal> {
+    let token = oidc::screen(rules, text, now_ms / 1000, origin)?;
     let key = key_for(&token, now_ms).await?;
     if key.alg != token.alg {
         return Err(OidcRefusal::KeyAlgorithm(token.kid.clone()));
@@ -36,7 +42,7 @@ pub async fn verify(rules: &[Rule], text: &str, now_ms: u64) -> Result<Credentia
     if !signature_verifies(&key, &token).await {
         return Err(OidcRefusal::Signature);
     }
-    oidc::admit(rules, &token)
+    oidc::admit(rules, &token, origin)
 }
 
 async fn key_for(token: &Jwt, now_ms: u64) -> Result<Key, OidcRefusal> {

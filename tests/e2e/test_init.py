@@ -16,6 +16,7 @@ import re
 import signal
 import stat
 import subprocess
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,6 +175,13 @@ def test_bad_answers_are_refused_with_the_field_named(site: Site, flag, value):
     assert site.calls()[calls:] == []
 
 
+def test_a_ci_rule_that_would_admit_other_owners_is_refused(site: Site):
+    calls = len(site.calls())
+    proc = site.cli("init", "--worker", "ci-cache", "--ci", "github:owner/*", "--yes", check=False)
+    assert proc.returncode != 0 and proc.stderr.startswith("error: --ci: "), proc.stderr
+    assert not (site.dir.parent / "ci-cache").exists() and site.calls()[calls:] == []
+
+
 def test_a_deployment_directory_inside_the_checkout_is_refused(site: Site):
     for inside in [REPO / "keys", REPO / "target" / ".." / "keys"]:
         proc = site.cli("init", "--worker", "inside", *ANSWERS[2:], "--dir", str(inside), check=False)
@@ -294,8 +302,14 @@ def test_init_asks_on_a_terminal_until_an_answer_parses(site: Site):
 def test_a_private_cache_and_a_settings_change_through_deploy(site: Site, tmp_path):
     worker = "priv-cache"
     proc = site.cli("init", "--worker", worker, "--cache-name", "priv.example.org", "--bucket", "priv-bucket",
-                    "--access", "private", "--upstream", "none", "--yes", "--wait", "60")
+                    "--access", "private", "--upstream", "none", "--ci", "github:owner/repo", "--yes", "--wait", "60")
     d = site.dir.parent / worker
+    # The CI's own identity: a rule for the repository (read too: the cache is private),
+    # its audience the cache's own URL; the worker took it (the check passed).
+    rules = json.loads(tomllib.loads((d / "deployment.toml").read_text())["vars"]["OIDC_RULES"])
+    assert rules == [{"issuer": "https://token.actions.githubusercontent.com",
+                      "claims": {"repository": "owner/repo"}, "permissions": "read,write"}]
+    assert "id-token: write" in proc.stdout
     url = site.url(worker)
     read_token = (d / "read.token").read_text().strip()
     # The netrc line names the token's file: the output may land in a CI log.

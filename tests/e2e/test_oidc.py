@@ -32,8 +32,8 @@ def rules(issuer: Issuer, audience: str) -> str:
     return json.dumps([
         {"issuer": issuer.url, "audience": audience,
          "claims": {"repository": "owner/repo", "ref": "refs/heads/*"}, "permissions": "read,write"},
-        {"issuer": issuer.url, "audience": audience,
-         "claims": {"repository": "owner/readonly"}, "permissions": "read"},
+        # No audience: the cache's own URL (what nixflare asks for).
+        {"issuer": issuer.url, "claims": {"repository": "owner/readonly"}, "permissions": "read"},
     ])
 
 

@@ -122,6 +122,53 @@ pub fn upstreams(text: &str) -> Result<String> {
         .join(" "))
 }
 
+/// `--ci`: `github:OWNER/REPO` and `gitlab:GROUP/PROJECT` entries as `OIDC_RULES`, each
+/// admitting every job of that repository (not a fork's: it is another repository) to
+/// push, and to read where the cache is private. The audience is left out: the cache's
+/// own URL, which `nixflare` asks for. Narrower rules (a branch, an event) are edited
+/// into deployment.toml.
+pub fn ci_rules(text: &str, private: bool) -> Result<String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(String::new());
+    }
+    let permissions = if private { "read,write" } else { "write" };
+    let mut rules = Vec::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (issuer, claim, path) = match entry.split_once(':') {
+            Some(("github", path)) => (
+                "https://token.actions.githubusercontent.com",
+                "repository",
+                path,
+            ),
+            Some(("gitlab", path)) => ("https://gitlab.com", "project_path", path),
+            _ => bail!("{entry:?} is not github:OWNER/REPO or gitlab:GROUP/PROJECT (or none)"),
+        };
+        let parts: Vec<&str> = path.split('/').collect();
+        let plain = |part: &&str| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        };
+        if parts.len() < 2
+            || !parts.iter().all(plain)
+            || (claim == "repository" && parts.len() != 2)
+        {
+            bail!("{entry:?}: the repository must be named exactly, as OWNER/REPO (GitLab: GROUP/.../PROJECT)");
+        }
+        rules.push(serde_json::json!({
+            "issuer": issuer,
+            "claims": {claim: path},
+            "permissions": permissions,
+        }));
+    }
+    if rules.is_empty() {
+        bail!("name at least one repository (or answer none)");
+    }
+    Ok(serde_json::Value::Array(rules).to_string())
+}
+
 /// Asks the questions whose answers no flag gave: on a terminal, each with its default
 /// and asked again until it parses; otherwise (CI, scripts) the default is taken.
 pub struct Asker {
@@ -171,6 +218,34 @@ impl Asker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ci_repositories_become_rules_the_worker_accepts() {
+        use crate::core::config::{var, CacheConfig};
+        let rules = ci_rules("github:owner/repo, gitlab:group/sub/project", true).unwrap();
+        let config =
+            CacheConfig::from_vars(|name| (name == var::OIDC_RULES).then(|| rules.clone()))
+                .unwrap();
+        assert_eq!(config.oidc_rules.len(), 2);
+        assert_eq!(config.oidc_rules[0].audience, None);
+        assert_eq!(config.oidc_rules[0].permissions.to_string(), "read,write");
+        assert_eq!(
+            config.oidc_rules[1].claims,
+            [("project_path".to_owned(), "group/sub/project".to_owned())]
+        );
+        assert_eq!(ci_rules("none", false).unwrap(), "");
+        for bad in [
+            "owner/repo",
+            "github:owner",
+            "github:owner/*",
+            "github:o/r/x",
+            "bitbucket:o/r",
+            "github:o w/r",
+            ",",
+        ] {
+            assert!(ci_rules(bad, false).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn names_follow_cloudflare_and_nix() {

@@ -76,6 +76,11 @@ pub struct InitArgs {
     /// Caches your closures lean on, whose paths need not be pushed (URLs), or none.
     #[arg(long, value_name = "URLS|none")]
     upstream: Option<String>,
+    /// CI jobs that push with their own OIDC identity, no stored token: github:OWNER/REPO
+    /// or gitlab:GROUP/PROJECT, comma-separated, or none (written to OIDC_RULES; left
+    /// out: the deployment's rules are kept).
+    #[arg(long, value_name = "github:OWNER/REPO,...|none")]
+    ci: Option<String>,
     /// Sign with this existing Nix secret key file instead of making one.
     #[arg(long, value_name = "FILE")]
     signing_key: Option<PathBuf>,
@@ -282,6 +287,10 @@ pub fn init(args: InitArgs) -> Result<()> {
     vars.insert(var::RETAIN_DAYS.into(), retain_days);
     vars.insert(var::MAX_CACHE_BYTES.into(), max_cache_bytes);
     vars.insert(var::UPSTREAM_CACHES.into(), upstreams);
+    if let Some(ci) = &args.ci {
+        let rules = answers::ci_rules(ci, access == "token").map_err(|e| anyhow!("--ci: {e:#}"))?;
+        vars.insert(var::OIDC_RULES.into(), rules);
+    }
     let mut wanted = Deployment {
         cache_name,
         worker: worker.clone(),
@@ -424,6 +433,16 @@ pub fn init(args: InitArgs) -> Result<()> {
     }
     eprintln!();
     super::use_cache::run(&url, read_token, 3, Some(&dir.join(READ_TOKEN)))?;
+    if !config.oidc_rules.is_empty() {
+        println!();
+        println!(
+            "# CI jobs its OIDC_RULES admit push with their own identity, no token: on GitHub,"
+        );
+        println!(
+            "# `permissions: id-token: write` and the action without `token` (README, \"Pushing"
+        );
+        println!("# from CI without a stored token\"); the signing key is still a CI secret.");
+    }
     println!();
     println!("# push a closure (the saved login {worker:?} holds the URL, token and key)");
     let default = Settings::load(&settings::path()?)?.default == Some(worker.clone());

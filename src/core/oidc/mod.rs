@@ -50,9 +50,10 @@ pub enum OidcRefusal {
 }
 
 /// The checks that need neither the issuer's keys nor the network: the token parses,
-/// some rule trusts its issuer for one of its audiences, and it is within its time
-/// (`now`: Unix seconds). What comes back still needs its signature checked.
-pub fn screen(rules: &[Rule], text: &str, now: u64) -> Result<Jwt, OidcRefusal> {
+/// some rule trusts its issuer for each of its audiences, and it is within its time
+/// (`now`: Unix seconds; `origin`: the request's `scheme://host[:port]`, the audience of
+/// a rule that names none). What comes back still needs its signature checked.
+pub fn screen(rules: &[Rule], text: &str, now: u64, origin: &str) -> Result<Jwt, OidcRefusal> {
     let token = jwt::parse(text.trim())?;
     let claims = &token.claims;
     let for_issuer = || rules.iter().filter(|rule| rule.issuer == claims.iss);
@@ -61,7 +62,7 @@ pub fn screen(rules: &[Rule], text: &str, now: u64) -> Result<Jwt, OidcRefusal> 
     }
     // Every audience the token names must be one this cache answers to (OIDC Core
     // 3.1.3.7): a token also meant for another service could be replayed by it.
-    let trusted = |aud: &String| for_issuer().any(|rule| &rule.audience == aud);
+    let trusted = |aud: &String| for_issuer().any(|rule| rule.audience_for(origin) == aud);
     if !claims.aud.iter().all(trusted) {
         return Err(OidcRefusal::Audience);
     }
@@ -70,8 +71,8 @@ pub fn screen(rules: &[Rule], text: &str, now: u64) -> Result<Jwt, OidcRefusal> 
 }
 
 /// Who a token whose signature verified is, under `rules`.
-pub fn admit(rules: &[Rule], token: &Jwt) -> Result<Credential, OidcRefusal> {
-    let identity = rules::admit(rules, &token.claims)
+pub fn admit(rules: &[Rule], token: &Jwt, origin: &str) -> Result<Credential, OidcRefusal> {
+    let identity = rules::admit(rules, &token.claims, origin)
         .ok_or_else(|| OidcRefusal::NoRule(rules::subject(&token.claims)))?;
     Ok(Credential {
         subject: identity.subject,
@@ -90,6 +91,9 @@ mod tests {
       "audience": "https://cache.example.org", "claims": {"repository": "owner/repo"},
       "permissions": "read,write"}]"#;
 
+    /// Where the requests of these tests reach the cache.
+    const ORIGIN: &str = "https://cache.example.org";
+
     fn jwt(claims: &str) -> String {
         token(r#"{"alg":"RS256","kid":"k"}"#, claims, 256)
     }
@@ -97,7 +101,7 @@ mod tests {
     #[test]
     fn screening_refuses_before_any_key_is_needed() {
         let rules = rules::parse_rules(RULES).unwrap();
-        let good = screen(&rules, &jwt(CLAIMS), 1500).unwrap();
+        let good = screen(&rules, &jwt(CLAIMS), 1500, ORIGIN).unwrap();
         assert_eq!(good.kid, "k");
         let cases = [
             (
@@ -126,12 +130,12 @@ mod tests {
             ),
         ];
         for (claims, now, why) in cases {
-            let refusal = screen(&rules, &jwt(&claims), now).unwrap_err();
+            let refusal = screen(&rules, &jwt(&claims), now, ORIGIN).unwrap_err();
             assert!(refusal.to_string().contains(why), "{why}: {refusal}");
         }
         // No rules: nothing is trusted.
         assert!(matches!(
-            screen(&[], &jwt(CLAIMS), 1500),
+            screen(&[], &jwt(CLAIMS), 1500, ORIGIN),
             Err(OidcRefusal::Issuer(_))
         ));
     }
@@ -139,16 +143,50 @@ mod tests {
     #[test]
     fn admitted_tokens_carry_their_rules_permissions_and_expiry() {
         let rules = rules::parse_rules(RULES).unwrap();
-        let admitted = admit(&rules, &screen(&rules, &jwt(CLAIMS), 1500).unwrap()).unwrap();
+        let admitted = admit(
+            &rules,
+            &screen(&rules, &jwt(CLAIMS), 1500, ORIGIN).unwrap(),
+            ORIGIN,
+        )
+        .unwrap();
         assert_eq!(admitted.subject, "github:owner/repo@refs/heads/main");
         assert_eq!(admitted.permissions.to_string(), "read,write");
         assert_eq!(admitted.expires_at, 2000);
         assert_eq!(admitted.token_id, None);
         let other = jwt(&CLAIMS.replace("owner/repo", "owner/other"));
-        let refused = admit(&rules, &screen(&rules, &other, 1500).unwrap()).unwrap_err();
+        let refused = admit(
+            &rules,
+            &screen(&rules, &other, 1500, ORIGIN).unwrap(),
+            ORIGIN,
+        )
+        .unwrap_err();
         assert_eq!(
             refused,
             OidcRefusal::NoRule("github:owner/other@refs/heads/main".into())
         );
+    }
+
+    /// A rule without an audience wants the URL the request reached the cache at.
+    #[test]
+    fn a_rule_without_an_audience_wants_the_caches_own_url() {
+        let rules = rules::parse_rules(
+            r#"[{"issuer": "https://token.actions.githubusercontent.com",
+                 "claims": {"repository": "owner/repo"}, "permissions": "write"}]"#,
+        )
+        .unwrap();
+        let token = jwt(CLAIMS);
+        let here = screen(&rules, &token, 1500, ORIGIN).unwrap();
+        assert_eq!(
+            admit(&rules, &here, ORIGIN)
+                .unwrap()
+                .permissions
+                .to_string(),
+            "write"
+        );
+        assert_eq!(
+            screen(&rules, &token, 1500, "https://other-cache.example.org").unwrap_err(),
+            OidcRefusal::Audience
+        );
+        assert!(admit(&rules, &here, "https://other-cache.example.org").is_err());
     }
 }

@@ -8,7 +8,9 @@
 //! ```
 //!
 //! A token is admitted by every rule whose issuer is its `iss` exactly, whose audience is
-//! one of its `aud`, and whose every claim pattern matches (`*` stands for any run of
+//! one of its `aud` (a rule without one: the URL the request reached the cache at, which
+//! is what `nixflare` asks for, so a rule holds on workers.dev and a custom domain
+//! alike), and whose every claim pattern matches (`*` stands for any run of
 //! characters, nothing else is special). It gets the union of their permissions. A rule
 //! must pin the owner (`pins_owner`: `owner/*` is fine, `owner*`, `*` or a rule on `ref`
 //! alone are not): a rule for "any repository on GitHub" is refused, not deployed.
@@ -25,7 +27,8 @@ pub const MAX_RULES: usize = 64;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     pub issuer: String,
-    pub audience: String,
+    /// `None`: the cache's own URL, as the request reached it.
+    pub audience: Option<String>,
     pub claims: Vec<(String, String)>,
     pub permissions: Permissions,
 }
@@ -72,9 +75,12 @@ fn rule(item: &Value) -> Result<Rule, &'static str> {
         .ok_or("issuer must be an https URL without query, fragment or trailing '/'")?;
     let audience = item
         .get("audience")
-        .and_then(Value::as_str)
-        .filter(|a| !a.is_empty())
-        .ok_or("audience must be a non-empty string (the cache's URL)")?;
+        .map(|a| {
+            a.as_str()
+                .filter(|a| !a.is_empty())
+                .ok_or("audience must be a non-empty string (the cache's URL), or left out")
+        })
+        .transpose()?;
     let claims: Vec<(String, String)> = item
         .get("claims")
         .and_then(Value::as_object)
@@ -111,7 +117,7 @@ fn rule(item: &Value) -> Result<Rule, &'static str> {
     }
     Ok(Rule {
         issuer: issuer.to_owned(),
-        audience: audience.to_owned(),
+        audience: audience.map(str::to_owned),
         claims,
         permissions,
     })
@@ -178,14 +184,25 @@ pub struct Identity {
     pub permissions: Permissions,
 }
 
+impl Rule {
+    /// The audience this rule wants, `origin` (`scheme://host[:port]` of the request)
+    /// when it names none.
+    pub fn audience_for<'a>(&'a self, origin: &'a str) -> &'a str {
+        self.audience.as_deref().unwrap_or(origin)
+    }
+}
+
 /// The identity `claims` (already verified and in time) have under `rules`, if any rule
-/// admits them.
-pub fn admit(rules: &[Rule], claims: &Claims) -> Option<Identity> {
+/// admits them; `origin` is the request's.
+pub fn admit(rules: &[Rule], claims: &Claims, origin: &str) -> Option<Identity> {
     let permissions = rules
         .iter()
         .filter(|rule| {
             rule.issuer == claims.iss
-                && claims.aud.contains(&rule.audience)
+                && claims
+                    .aud
+                    .iter()
+                    .any(|aud| aud == rule.audience_for(origin))
                 && rule
                     .claims
                     .iter()
@@ -262,17 +279,27 @@ mod tests {
     #[test]
     fn matching_rules_add_up_and_name_the_ci_identity() {
         let rules = parse_rules(RULES).unwrap();
-        let identity = admit(&rules, &claims(CLAIMS)).unwrap();
+        let identity = admit(&rules, &claims(CLAIMS), "https://elsewhere").unwrap();
         assert_eq!(identity.permissions.to_string(), "read,write,pin");
         assert_eq!(identity.subject, "github:owner/repo@refs/heads/main");
         let tag = claims(&CLAIMS.replace("refs/heads/main", "refs/tags/v1"));
-        assert_eq!(admit(&rules, &tag).unwrap().permissions.to_string(), "pin");
+        assert_eq!(
+            admit(&rules, &tag, "https://elsewhere")
+                .unwrap()
+                .permissions
+                .to_string(),
+            "pin"
+        );
         for other in [
             CLAIMS.replace("owner/repo", "evil/repo"),
             CLAIMS.replace("https://cache.example.org", "https://other.example.org"),
             CLAIMS.replace("githubusercontent.com", "githubusercontent.com.evil.org"),
         ] {
-            assert_eq!(admit(&rules, &claims(&other)), None, "{other}");
+            assert_eq!(
+                admit(&rules, &claims(&other), "https://elsewhere"),
+                None,
+                "{other}"
+            );
         }
     }
 
