@@ -14,6 +14,7 @@ from pathlib import Path
 
 import retention
 import index
+import oidc
 import page
 import private
 import push
@@ -39,7 +40,7 @@ def machine() -> str:
 
 BENCHES = {"worker": worker_vs_baseline.bench, "push": push.bench, "index": index.bench, "gc": retention.bench,
            "watch": watch.bench, "wan": wan.bench, "private": private.bench,
-           "page": page.bench}
+           "page": page.bench, "oidc": oidc.bench}
 
 
 def earlier_sections(path: Path, titles: set[str]) -> list[str]:
