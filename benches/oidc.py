@@ -16,10 +16,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from common import CLI_RELEASE, Section, run, start_worker, stop_worker
+from common import Section, start_worker, stop_worker
 from conftest import free_port
 from oidc_issuer import start_issuer
-from worker_vs_baseline import BASELINE_CONFIG, Figures, cpu_seconds, curl, load_data, workerd_pid, wrk
+from private import read_token_and_data
+from worker_vs_baseline import Figures, cpu_seconds, curl, workerd_pid, wrk
 
 ROUNDS = 3
 VARIANTS = ("nixflare token", "ID token RS256", "ID token ES256")
@@ -51,16 +52,7 @@ def bench() -> Section:
     issuer = start_issuer(work)
     results = {name: Figures() for name in VARIANTS}
     try:
-        run(["cargo", "build", "--quiet", "--release", "--bin", "nixflare"])
-        admin = work / "admin.sec"
-        token_public = run([str(CLI_RELEASE), "keygen", "bench-tokens-1", "--out", str(admin)]).stdout.strip()
-        token = run([str(CLI_RELEASE), "token", "mint", "--key", str(admin), "--subject", "bench-reader",
-                     "--permissions", "read", "--expires-in", "1d"]).stdout.strip()
-        proc, url = start_worker(persist, {}, config=BASELINE_CONFIG, ready_path="/")
-        try:
-            data = load_data(url, work, nar_sizes=())
-        finally:
-            stop_worker(proc)
+        token_public, token, data = read_token_and_data(work, persist, ())
         rules = json.dumps([{"issuer": issuer.url, "claims": {"repository": "owner/repo"},
                              "permissions": "read"}])
         variables = {"TOKEN_PUBLIC_KEYS": token_public, "READ_ACCESS": "token", "OIDC_RULES": rules}

@@ -54,22 +54,28 @@ def measure(proc, url: str, data: dict, headers: tuple[str, ...], figures: Figur
     figures.keep("NAR download 100 MiB", moved / seconds / 1e6)
 
 
+def read_token_and_data(work: Path, persist: Path, nar_sizes) -> tuple[str, str, dict]:
+    """A token key's public half, a day's read token of it, and the read-side objects
+    (`load_data`) put in `persist` through the baseline."""
+    run(["cargo", "build", "--quiet", "--release", "--bin", "nixflare"])
+    admin = work / "admin.sec"
+    token_public = run([str(CLI_RELEASE), "keygen", "bench-tokens-1", "--out", str(admin)]).stdout.strip()
+    token = run([str(CLI_RELEASE), "token", "mint", "--key", str(admin), "--subject", "bench-reader",
+                 "--permissions", "read", "--expires-in", "1d"]).stdout.strip()
+    proc, url = start_worker(persist, {}, config=BASELINE_CONFIG, ready_path="/")
+    try:
+        return token_public, token, load_data(url, work, nar_sizes=nar_sizes)
+    finally:
+        stop_worker(proc)
+
+
 def bench() -> Section:
     work = Path(tempfile.mkdtemp(prefix="nixflare-bench-private-"))
     persist = work / "r2"
     persist.mkdir()
     results = {name: Figures() for name in VARIANTS}
     try:
-        run(["cargo", "build", "--quiet", "--release", "--bin", "nixflare"])
-        admin = work / "admin.sec"
-        token_public = run([str(CLI_RELEASE), "keygen", "bench-tokens-1", "--out", str(admin)]).stdout.strip()
-        token = run([str(CLI_RELEASE), "token", "mint", "--key", str(admin), "--subject", "bench-reader",
-                     "--permissions", "read", "--expires-in", "1d"]).stdout.strip()
-        proc, url = start_worker(persist, {}, config=BASELINE_CONFIG, ready_path="/")
-        try:
-            data = load_data(url, work, nar_sizes=(("1MiB", MIB), ("100MiB", 100 * MIB)))
-        finally:
-            stop_worker(proc)
+        token_public, token, data = read_token_and_data(work, persist, (("1MiB", MIB), ("100MiB", 100 * MIB)))
         variables = {
             "public": {"READ_ACCESS": "public"},
             "private": {"READ_ACCESS": "token"},

@@ -13,7 +13,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use ureq::Agent;
 
 use crate::core::oidc::jwt;
@@ -36,25 +36,25 @@ pub struct IdTokens {
 }
 
 impl IdTokens {
-    /// The job's ID-token endpoint, if it has one.
-    pub fn from_env(audience: &str) -> Option<Self> {
-        let request_url = std::env::var(REQUEST_URL_VAR).ok()?;
-        let request_token = std::env::var(REQUEST_TOKEN_VAR).ok()?;
-        Some(Self::new(&request_url, &request_token, audience))
-    }
-
-    pub fn new(request_url: &str, request_token: &str, audience: &str) -> Self {
+    /// The job's ID-token endpoint, if it has one, for tokens naming `cache_url`.
+    pub fn from_env(cache_url: &str) -> Result<Option<Self>> {
+        let (Ok(request_url), Ok(request_token)) = (
+            std::env::var(REQUEST_URL_VAR),
+            std::env::var(REQUEST_TOKEN_VAR),
+        ) else {
+            return Ok(None);
+        };
         let config = Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
             .build();
-        Self {
-            request_url: request_url.to_owned(),
-            request_token: request_token.to_owned(),
-            audience: audience_of(audience),
+        Ok(Some(Self {
+            request_url,
+            request_token,
+            audience: audience_of(cache_url)?,
             agent: Agent::new_with_config(config),
             current: Mutex::new(None),
-        }
+        }))
     }
 
     /// A token with at least [`RENEW_BEFORE_SECONDS`] to live, asked for if need be.
@@ -136,18 +136,22 @@ enum Attempt {
     Refused(anyhow::Error),
 }
 
-/// The cache's URL as the audience: without a `user:password@` (which would go to the CI
-/// provider and into the token) and a trailing `/`.
-fn audience_of(url: &str) -> String {
-    let url = url.trim_end_matches('/');
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let authority_end = rest.find('/').unwrap_or(rest.len());
-            let start = rest[..authority_end].rfind('@').map_or(0, |at| at + 1);
-            format!("{scheme}://{}", &rest[start..])
-        }
-        None => url.to_owned(),
-    }
+/// The cache's URL as the audience: `scheme://host[:port]` as the worker sees its own
+/// origin (host lowercased, a default port dropped), read by the same parser the HTTP
+/// client uses, so the token names the host it is sent to; a `user:password@` is not
+/// passed on to the CI provider.
+fn audience_of(url: &str) -> Result<String> {
+    let uri: ureq::http::Uri = url
+        .parse()
+        .with_context(|| format!("the cache URL {url:?} does not parse"))?;
+    let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
+        bail!("the cache URL {url:?} has no scheme or host");
+    };
+    let port = match (scheme, uri.port_u16()) {
+        ("https", Some(443)) | ("http", Some(80)) | (_, None) => String::new(),
+        (_, Some(port)) => format!(":{port}"),
+    };
+    Ok(format!("{scheme}://{}{port}", host.to_ascii_lowercase()))
 }
 
 #[cfg(test)]
@@ -155,18 +159,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_audience_is_the_cache_url_without_credentials() {
+    fn the_audience_is_the_origin_requests_go_to() {
+        let audience = |url| audience_of(url).unwrap();
         assert_eq!(
-            audience_of("https://cache.example.org/"),
+            audience("https://cache.example.org/"),
             "https://cache.example.org"
         );
         assert_eq!(
-            audience_of("https://user:pw@cache.example.org/sub"),
-            "https://cache.example.org/sub"
+            audience("https://user:pw@Cache.Example.org:443/"),
+            "https://cache.example.org"
         );
+        assert_eq!(audience("http://127.0.0.1:8787"), "http://127.0.0.1:8787");
+        // Where the request goes, not what a naive split reads after '@'.
         assert_eq!(
-            audience_of("http://127.0.0.1:8787"),
-            "http://127.0.0.1:8787"
+            audience("https://evil.example?@cache.example.org"),
+            "https://evil.example"
         );
+        assert!(audience_of("cache.example.org").is_err());
     }
 }

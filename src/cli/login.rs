@@ -67,9 +67,10 @@ pub fn run(args: LoginArgs) -> Result<()> {
     if !args.no_verify {
         // Without a token to save, a CI job that may ask for an ID token checks with it
         // (what its pushes will use).
-        let credential = token.clone().map(Credential::Token).or_else(|| {
-            IdTokens::from_env(&url).map(|tokens| Credential::IdTokens(Arc::new(tokens)))
-        });
+        let credential = match &token {
+            Some(token) => Some(Credential::Token(token.clone())),
+            None => IdTokens::from_env(&url)?.map(|tokens| Credential::IdTokens(Arc::new(tokens))),
+        };
         let has_credential = credential.is_some();
         let client = Client::with_credential(&url, credential, 2);
         let info = client.info()?;

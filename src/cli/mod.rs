@@ -266,7 +266,7 @@ impl Remote {
         match self.token(target) {
             Ok(token) => Ok(client::Credential::Token(token)),
             Err(err) if asked_for_a_token => Err(err),
-            Err(err) => match id_token::IdTokens::from_env(&target.url) {
+            Err(err) => match id_token::IdTokens::from_env(&target.url)? {
                 Some(tokens) => Ok(client::Credential::IdTokens(std::sync::Arc::new(tokens))),
                 None => Err(err),
             },

@@ -59,13 +59,14 @@ async fn key_for(token: &Jwt, now_ms: u64) -> Result<Key, OidcRefusal> {
         Ok(fetched) => KEYS.with(|keys| keys.borrow_mut().fetched(issuer, fetched, now_ms)),
         Err(why) => {
             worker::console_error!("fetching the keys of {issuer} failed: {why}");
-            KEYS.with(|keys| keys.borrow_mut().fetch_failed(issuer));
-            return Err(OidcRefusal::KeysUnavailable);
+            KEYS.with(|keys| keys.borrow_mut().fetch_failed(issuer, now_ms));
         }
     }
+    // Again: the new keys, or (the fetch failed) the old ones while they may serve.
     match KEYS.with(|keys| keys.borrow().lookup(issuer, &token.kid, now_ms)) {
         Lookup::Use(key) => Ok(key),
-        _ => Err(OidcRefusal::UnknownKey(token.kid.clone())),
+        Lookup::Unknown => Err(OidcRefusal::UnknownKey(token.kid.clone())),
+        Lookup::Fetch | Lookup::Unavailable => Err(OidcRefusal::KeysUnavailable),
     }
 }
 

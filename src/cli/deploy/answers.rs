@@ -122,9 +122,10 @@ pub fn upstreams(text: &str) -> Result<String> {
         .join(" "))
 }
 
-/// `--ci`: `github:OWNER/REPO` and `gitlab:GROUP/PROJECT` entries as `OIDC_RULES`, each
-/// admitting every job of that repository (not a fork's: it is another repository) to
-/// push, and to read where the cache is private. The audience is left out: the cache's
+/// `--ci`: `github:OWNER/REPO[@REF]` and `gitlab:GROUP/PROJECT[@REF]` entries as
+/// `OIDC_RULES`, each admitting the jobs of that repository (not a fork's: it is another
+/// repository), on refs matching REF if given, to push, and to read where the cache is
+/// private. The audience is left out: the cache's
 /// own URL, which `nixflare` asks for. Narrower rules (a branch, an event) are edited
 /// into deployment.toml.
 pub fn ci_rules(text: &str, private: bool) -> Result<String> {
@@ -135,7 +136,11 @@ pub fn ci_rules(text: &str, private: bool) -> Result<String> {
     let permissions = if private { "read,write" } else { "write" };
     let mut rules = Vec::new();
     for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let (issuer, claim, path) = match entry.split_once(':') {
+        let (repository, git_ref) = match entry.split_once('@') {
+            Some((repository, git_ref)) => (repository, Some(git_ref)),
+            None => (entry, None),
+        };
+        let (issuer, claim, path) = match repository.split_once(':') {
             Some(("github", path)) => (
                 "https://token.actions.githubusercontent.com",
                 "repository",
@@ -157,9 +162,20 @@ pub fn ci_rules(text: &str, private: bool) -> Result<String> {
         {
             bail!("{entry:?}: the repository must be named exactly, as OWNER/REPO (GitLab: GROUP/.../PROJECT)");
         }
+        let mut claims = serde_json::json!({ claim: path });
+        if let Some(git_ref) = git_ref {
+            let valid = !git_ref.is_empty()
+                && git_ref
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._/*-".contains(c));
+            if !valid {
+                bail!("{entry:?}: the ref after '@' is a branch or tag pattern such as refs/heads/main (GitLab: main)");
+            }
+            claims["ref"] = git_ref.into();
+        }
         rules.push(serde_json::json!({
             "issuer": issuer,
-            "claims": {claim: path},
+            "claims": claims,
             "permissions": permissions,
         }));
     }
@@ -234,6 +250,10 @@ mod tests {
             [("project_path".to_owned(), "group/sub/project".to_owned())]
         );
         assert_eq!(ci_rules("none", false).unwrap(), "");
+        assert_eq!(
+            ci_rules("github:owner/repo@refs/heads/*", false).unwrap(),
+            r#"[{"claims":{"ref":"refs/heads/*","repository":"owner/repo"},"issuer":"https://token.actions.githubusercontent.com","permissions":"write"}]"#
+        );
         for bad in [
             "owner/repo",
             "github:owner",

@@ -76,10 +76,11 @@ pub struct InitArgs {
     /// Caches your closures lean on, whose paths need not be pushed (URLs), or none.
     #[arg(long, value_name = "URLS|none")]
     upstream: Option<String>,
-    /// CI jobs that push with their own OIDC identity, no stored token: github:OWNER/REPO
-    /// or gitlab:GROUP/PROJECT, comma-separated, or none (written to OIDC_RULES; left
-    /// out: the deployment's rules are kept).
-    #[arg(long, value_name = "github:OWNER/REPO,...|none")]
+    /// CI jobs that push with their own OIDC identity, no stored token:
+    /// github:OWNER/REPO[@REF] or gitlab:GROUP/PROJECT[@REF] (e.g. @refs/heads/main;
+    /// GitLab: @main), comma-separated, or none (written to OIDC_RULES; left out: the
+    /// deployment's rules are kept).
+    #[arg(long, value_name = "github:OWNER/REPO[@REF],...|none")]
     ci: Option<String>,
     /// Sign with this existing Nix secret key file instead of making one.
     #[arg(long, value_name = "FILE")]

@@ -96,14 +96,15 @@ fn key(jwk: &Value) -> Option<Key> {
 }
 
 /// Longest keys are still used after [`MAX_AGE_MS`] while fetching them again is under
-/// way or failing (an issuer's outage does not stop its CI at once).
-pub const MAX_STALE_MS: u64 = 6 * 3_600_000;
-/// A fetch not finished after this long counts as failed (its request may have died).
-pub const FETCH_TIMEOUT_MS: u64 = 30_000;
+/// way or failing (an issuer's outage does not stop its CI at once). Also how long a key
+/// the issuer retired can outlive its retirement if every refresh fails (or is cut
+/// short by a client that hangs up): an hour more than otherwise.
+pub const MAX_STALE_MS: u64 = 2 * 3_600_000;
 
 #[derive(Debug, Default)]
 struct Issuer {
     keys: Vec<Key>,
+    /// When the fetch whose keys these are started.
     fetched_at: Option<u64>,
     last_attempt: Option<u64>,
     /// A fetch started at `last_attempt` has not finished yet.
@@ -153,9 +154,9 @@ impl KeyCache {
         if let (Some(key), true) = (key, age.is_some_and(|age| age < MAX_STALE_MS)) {
             return Lookup::Use(key.clone());
         }
-        let fetching = known.is_some_and(|i| i.in_flight)
-            && since_attempt.is_some_and(|since| since < FETCH_TIMEOUT_MS);
-        if fetching || known.is_some_and(|i| i.last_failed) {
+        // "Unknown" only on the word of a fetch that finished: one under way, one that
+        // failed, and one that never finished (its request died) say nothing.
+        if known.is_some_and(|i| i.in_flight || i.last_failed) {
             Lookup::Unavailable
         } else {
             Lookup::Unknown
@@ -169,20 +170,29 @@ impl KeyCache {
         entry.in_flight = true;
     }
 
-    pub fn fetched(&mut self, issuer: &str, keys: Vec<Key>, now: u64) {
+    /// The keys a fetch started at `started` found. A slower, older fetch finishing
+    /// after a newer one changes nothing.
+    pub fn fetched(&mut self, issuer: &str, keys: Vec<Key>, started: u64) {
         let entry = self.issuers.entry(issuer.to_owned()).or_default();
+        if entry.fetched_at.is_some_and(|at| at > started) {
+            return;
+        }
         entry.keys = keys;
-        entry.fetched_at = Some(now);
-        entry.in_flight = false;
-        entry.last_failed = false;
+        entry.fetched_at = Some(started);
+        if entry.last_attempt.is_none_or(|at| at <= started) {
+            entry.in_flight = false;
+            entry.last_failed = false;
+        }
     }
 
-    /// The fetch [`fetching`](Self::fetching) announced failed; keys already known stay
-    /// usable within [`MAX_STALE_MS`].
-    pub fn fetch_failed(&mut self, issuer: &str) {
+    /// The fetch [`fetching`](Self::fetching) announced at `started` failed; keys
+    /// already known stay usable within [`MAX_STALE_MS`].
+    pub fn fetch_failed(&mut self, issuer: &str, started: u64) {
         let entry = self.issuers.entry(issuer.to_owned()).or_default();
-        entry.in_flight = false;
-        entry.last_failed = true;
+        if entry.last_attempt.is_none_or(|at| at <= started) {
+            entry.in_flight = false;
+            entry.last_failed = true;
+        }
     }
 }
 
@@ -246,7 +256,7 @@ mod tests {
         // A failed fetch counts too.
         let mut failing = KeyCache::default();
         failing.fetching(issuer, 0);
-        failing.fetch_failed(issuer);
+        failing.fetch_failed(issuer, 0);
         assert_eq!(failing.lookup(issuer, "r1", 59_999), Lookup::Unavailable);
         assert_eq!(failing.lookup(issuer, "r1", 60_000), Lookup::Fetch);
         // A failed refresh keeps the fresh keys it had.
@@ -254,7 +264,7 @@ mod tests {
         refreshing.fetching(issuer, 0);
         refreshing.fetched(issuer, keys.clone(), 0);
         refreshing.fetching(issuer, 60_000);
-        refreshing.fetch_failed(issuer);
+        refreshing.fetch_failed(issuer, 60_000);
         assert!(matches!(
             refreshing.lookup(issuer, "r1", 61_000),
             Lookup::Use(_)
@@ -274,7 +284,7 @@ mod tests {
             aged.lookup(issuer, "r1", MAX_AGE_MS + 1),
             Lookup::Use(_)
         ));
-        aged.fetch_failed(issuer);
+        aged.fetch_failed(issuer, MAX_AGE_MS);
         assert!(matches!(
             aged.lookup(issuer, "r1", MAX_AGE_MS + 2),
             Lookup::Use(_)
@@ -283,7 +293,7 @@ mod tests {
         outage.fetching(issuer, 0);
         outage.fetched(issuer, keys, 0);
         outage.fetching(issuer, MAX_STALE_MS);
-        outage.fetch_failed(issuer);
+        outage.fetch_failed(issuer, MAX_STALE_MS);
         assert_eq!(
             outage.lookup(issuer, "r1", MAX_STALE_MS + 1),
             Lookup::Unavailable
@@ -291,7 +301,7 @@ mod tests {
     }
 
     /// Requests that arrive while the first fetch runs are told to try again, not that
-    /// their key is unknown; a fetch that never finished stops counting as one.
+    /// their key is unknown, and so are those after a fetch that never finished.
     #[test]
     fn a_fetch_under_way_makes_others_wait_not_fail() {
         let issuer = "https://i";
@@ -299,10 +309,28 @@ mod tests {
         assert_eq!(cache.lookup(issuer, "r1", 0), Lookup::Fetch);
         cache.fetching(issuer, 0);
         assert_eq!(cache.lookup(issuer, "r1", 10), Lookup::Unavailable);
+        assert_eq!(cache.lookup(issuer, "r1", 50_000), Lookup::Unavailable);
+        assert_eq!(cache.lookup(issuer, "r1", MIN_REFRESH_MS), Lookup::Fetch);
+    }
+
+    /// Two fetches overlap: the older one's keys, arriving last, do not replace the newer.
+    #[test]
+    fn an_older_fetch_never_replaces_a_newer_one() {
+        let issuer = "https://i";
+        let keys = parse_jwks(JWKS.as_bytes()).unwrap();
+        let mut cache = KeyCache::default();
+        cache.fetching(issuer, 0);
+        cache.fetching(issuer, MIN_REFRESH_MS);
+        cache.fetched(issuer, keys[..1].to_vec(), MIN_REFRESH_MS);
+        cache.fetched(issuer, Vec::new(), 0);
+        cache.fetch_failed(issuer, 0);
+        assert!(matches!(
+            cache.lookup(issuer, "r1", MIN_REFRESH_MS + 1),
+            Lookup::Use(_)
+        ));
         assert_eq!(
-            cache.lookup(issuer, "r1", FETCH_TIMEOUT_MS),
+            cache.lookup(issuer, "e1", MIN_REFRESH_MS + 1),
             Lookup::Unknown
         );
-        assert_eq!(cache.lookup(issuer, "r1", MIN_REFRESH_MS), Lookup::Fetch);
     }
 }

@@ -32,6 +32,8 @@ use rules::Rule;
 pub enum OidcRefusal {
     #[error(transparent)]
     Jwt(#[from] JwtError),
+    #[error("ID tokens are taken over https only (one sent in clear could be replayed until it expires)")]
+    Insecure,
     #[error("no OIDC rule trusts ID tokens from the issuer {0:?}")]
     Issuer(String),
     #[error("the ID token's audience is not one an OIDC rule for its issuer names (request it with the cache's URL as its only audience)")]
@@ -54,6 +56,9 @@ pub enum OidcRefusal {
 /// (`now`: Unix seconds; `origin`: the request's `scheme://host[:port]`, the audience of
 /// a rule that names none). What comes back still needs its signature checked.
 pub fn screen(rules: &[Rule], text: &str, now: u64, origin: &str) -> Result<Jwt, OidcRefusal> {
+    if !secure(origin) {
+        return Err(OidcRefusal::Insecure);
+    }
     let token = jwt::parse(text.trim())?;
     let claims = &token.claims;
     let for_issuer = || rules.iter().filter(|rule| rule.issuer == claims.iss);
@@ -68,6 +73,22 @@ pub fn screen(rules: &[Rule], text: &str, now: u64, origin: &str) -> Result<Jwt,
     }
     claims.check_times(now)?;
     Ok(token)
+}
+
+/// Whether a request from `origin` kept its credential private: https, or plain http to
+/// this machine (`wrangler dev`).
+fn secure(origin: &str) -> bool {
+    if origin.starts_with("https://") {
+        return true;
+    }
+    let Some(authority) = origin.strip_prefix("http://") else {
+        return false;
+    };
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
 }
 
 /// Who a token whose signature verified is, under `rules`.
@@ -133,6 +154,25 @@ mod tests {
             let refusal = screen(&rules, &jwt(&claims), now, ORIGIN).unwrap_err();
             assert!(refusal.to_string().contains(why), "{why}: {refusal}");
         }
+        // Over plain http to anywhere but this machine: refused before anything else.
+        for insecure in [
+            "http://cache.example.org",
+            "http://127.0.0.1.evil.org:80",
+            "",
+        ] {
+            assert_eq!(
+                screen(&rules, &jwt(CLAIMS), 1500, insecure).unwrap_err(),
+                OidcRefusal::Insecure,
+                "{insecure}"
+            );
+        }
+        let local = rules::parse_rules(
+            &RULES.replace("https://cache.example.org", "http://127.0.0.1:8787"),
+        )
+        .unwrap();
+        let local_token =
+            jwt(&CLAIMS.replace("https://cache.example.org", "http://127.0.0.1:8787"));
+        assert!(screen(&local, &local_token, 1500, "http://127.0.0.1:8787").is_ok());
         // No rules: nothing is trusted.
         assert!(matches!(
             screen(&[], &jwt(CLAIMS), 1500, ORIGIN),

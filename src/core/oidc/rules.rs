@@ -123,15 +123,21 @@ fn rule(item: &Value) -> Result<Rule, &'static str> {
     })
 }
 
-const PIN_THE_OWNER: &str = "claims must pin down whose jobs these are: repository, project_path, job_workflow_ref or sub with a literal owner (e.g. \"owner/*\", \"repo:owner/repo:*\"), or repository_owner(_id), repository_id, namespace_path/_id, project_id without '*'";
+const PIN_THE_OWNER: &str = "claims must pin down whose jobs these are: repository or project_path with a literal owner (e.g. \"owner/*\"), sub starting repo:OWNER/ or project_path:GROUP/, or repository_owner(_id), repository_id, namespace_path/_id, project_id without '*'";
 
 /// Whether a claim pattern names one owner (a GitHub user or organisation, a GitLab
 /// group): every workflow can ask for a token with any audience, so the claims are all
 /// that tell this cache's CI from anyone else's. Ids and owner names must be exact;
-/// paths (`owner/repo`, GitHub's `sub` `repo:owner/repo:...`, GitLab's
-/// `project_path:group/project:...`) may have `*` only after the owner's `/`, so
-/// `owner*` (which `owner-evil` matches) does not count.
+/// paths (`owner/repo`) may have `*` only after the owner's `/`, so `owner*` (which
+/// `owner-evil` matches) does not count. `sub` counts only in the forms whose first part
+/// the provider fixes (GitHub's `repo:OWNER/...`, GitLab's `project_path:GROUP/...`): a
+/// repository's admin may customise the rest of it. `job_workflow_ref` never counts: it
+/// names the reusable workflow's repository, which any other repository may call.
 fn pins_owner(claim: &str, pattern: &str) -> bool {
+    let literal_owner = |path: &str| {
+        path.split_once('/')
+            .is_some_and(|(owner, _)| !owner.is_empty() && !owner.contains('*'))
+    };
     match claim {
         "repository_id"
         | "repository_owner"
@@ -139,9 +145,11 @@ fn pins_owner(claim: &str, pattern: &str) -> bool {
         | "namespace_path"
         | "namespace_id"
         | "project_id" => !pattern.contains('*'),
-        "repository" | "project_path" | "job_workflow_ref" | "sub" => pattern
-            .split_once('/')
-            .is_some_and(|(owner, _)| !owner.contains('*') && owner.contains(|c| c != ':')),
+        "repository" | "project_path" => literal_owner(pattern),
+        "sub" => pattern
+            .strip_prefix("repo:")
+            .or_else(|| pattern.strip_prefix("project_path:"))
+            .is_some_and(literal_owner),
         _ => false,
     }
 }
@@ -367,6 +375,12 @@ mod tests {
             r#"{"repository_owner_id": "*"}"#,
             r#"{"iss": "https://gh", "repository": "o/r"}"#,
             r#"{"aud": "a", "repository": "o/r"}"#,
+            // The reusable workflow's repository, not the caller's.
+            r#"{"job_workflow_ref": "owner/workflows/.github/workflows/push.yml@refs/heads/main"}"#,
+            // A customised subject: its first part is the repository admin's choice.
+            r#"{"sub": "ref:refs/heads/main"}"#,
+            r#"{"sub": "job_workflow_ref:owner/workflows/x.yml@refs/heads/main"}"#,
+            r#"{"sub": "repo:/x"}"#,
         ] {
             assert!(!parses(admits_anyone), "{admits_anyone}");
         }
@@ -377,7 +391,7 @@ mod tests {
             r#"{"sub": "repo:owner/repo:ref:refs/heads/main"}"#,
             r#"{"project_path": "group/sub/project"}"#,
             r#"{"namespace_id": "42", "ref_protected": "true"}"#,
-            r#"{"job_workflow_ref": "owner/workflows/.github/workflows/push.yml@refs/heads/main"}"#,
+            r#"{"sub": "project_path:group/project:ref_type:branch:ref:main"}"#,
         ] {
             assert!(parses(pinned), "{pinned}");
         }
