@@ -205,7 +205,9 @@ struct Remote {
     /// https://cache.example.org). Default: the saved default cache.
     #[arg(long, env = "NIXFLARE_CACHE", value_name = "NAME|URL")]
     cache: Option<String>,
-    /// The token (prefer NIXFLARE_TOKEN or --token-file: arguments show up in `ps`).
+    /// The token (prefer NIXFLARE_TOKEN or --token-file: arguments show up in `ps`). A
+    /// CI provider's ID token works too. With no token anywhere, a GitHub Actions job
+    /// with `permissions: id-token: write` asks for its own, the cache's URL as audience.
     #[arg(long, env = "NIXFLARE_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Read the token from FILE.
