@@ -156,7 +156,8 @@ enum TokenCommand {
         #[arg(long, value_name = "UNIX_SECONDS")]
         expires_at: Option<u64>,
     },
-    /// Show what a token says, without checking its signature.
+    /// Show what a token, or a CI provider's ID token, says, without checking its
+    /// signature (for an ID token: the claims OIDC_RULES match and the subject).
     Inspect {
         /// The token, or - to read it from stdin.
         token: String,

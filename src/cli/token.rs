@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use super::client::Client;
 use super::keygen::read_secret_key;
 use crate::core::nix::keys::SecretKey;
+use crate::core::oidc::{jwt, rules};
 use crate::core::token::{self, Claims, Permissions, TokenId};
 
 pub fn now_unix() -> Result<u64> {
@@ -73,6 +74,9 @@ fn read_token_arg(token: &str) -> Result<String> {
 
 pub fn inspect(token: &str) -> Result<()> {
     let text = read_token_arg(token)?;
+    if jwt::looks_like_jwt(text.trim()) {
+        return inspect_id_token(text.trim());
+    }
     let claims = token::decode_unverified(&text).context("not a nixflare token")?;
     println!("id: {}", claims.id);
     println!("subject: {}", claims.subject);
@@ -81,6 +85,31 @@ pub fn inspect(token: &str) -> Result<()> {
     let state = match now_unix()? >= claims.expires_at {
         true => "expired",
         false => "not expired",
+    };
+    eprintln!("({state}; the signature is checked only by the cache)");
+    Ok(())
+}
+
+/// A CI provider's ID token as `OIDC_RULES` sees it: what its rules match against, and
+/// the subject the cache records (say, to write a rule for a job: print the token in
+/// the job, never in a public log, and inspect it).
+fn inspect_id_token(text: &str) -> Result<()> {
+    let token = jwt::parse(text).context("not an ID token the cache would take")?;
+    let claims = &token.claims;
+    println!("issuer: {}", claims.iss);
+    println!("audience: {}", claims.aud.join(" "));
+    println!("subject (the cache records): {}", rules::subject(claims));
+    println!("algorithm: {} (key {:?})", token.alg.name(), token.kid);
+    println!("issued_at: {}", claims.iat);
+    println!("expires_at: {}", claims.exp);
+    println!("claims rules may match:");
+    println!("  sub: {}", claims.sub);
+    for (name, value) in &claims.other {
+        println!("  {name}: {value}");
+    }
+    let state = match claims.check_times(now_unix()?) {
+        Ok(()) => "in its time".to_owned(),
+        Err(why) => why.to_string(),
     };
     eprintln!("({state}; the signature is checked only by the cache)");
     Ok(())

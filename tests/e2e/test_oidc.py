@@ -72,6 +72,10 @@ def test_stock_nix_copy_pushes_with_an_id_token_as_netrc_password(
     # NIXFLARE_TOKEN, as a GitLab job's id_tokens would).
     info = run([str(CLI), "info", "--cache", ci_worker.url], env=dict(host_env(), NIXFLARE_TOKEN=jwt))
     assert f"by {subject_of(issuer)}" in info.stdout, info.stdout
+    # What a rule would match, and the subject, read off the token itself.
+    inspected = run([str(CLI), "token", "inspect", "-"], input=jwt).stdout
+    assert f"subject (the cache records): {subject_of(issuer)}" in inspected, inspected
+    assert "  repository: owner/repo\n" in inspected
     status, _, body = request(ci_worker, "GET", "/_nixflare/whoami", bearer(jwt))
     assert status == 200, body
     whoami = json.loads(body)
