@@ -20,7 +20,7 @@ signing_key=${NIXFLARE_INPUT_SIGNING_KEY:-}
 unset NIXFLARE_INPUT_TOKEN NIXFLARE_INPUT_SIGNING_KEY
 # No token: the job's own OIDC ID token (asked for with the cache's URL as audience and
 # renewed by nixflare), which GitHub offers only to a job with `permissions: id-token: write`.
-if [[ -z "$token" && -z "${ACTIONS_ID_TOKEN_REQUEST_URL:-}" ]]; then
+if [[ -z "$token" && ( -z "${ACTIONS_ID_TOKEN_REQUEST_URL:-}" || -z "${ACTIONS_ID_TOKEN_REQUEST_TOKEN:-}" ) ]]; then
   echo "::error::no credential: give the job 'permissions: id-token: write' (and the cache an OIDC rule for this repository), or pass a write token in the token input"
   exit 1
 fi

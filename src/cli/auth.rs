@@ -49,7 +49,8 @@ pub fn find_token(sources: TokenSources<'_>, cache_url: &str) -> Result<String> 
     bail!(
         "no upload token for {host}: pass --token-file FILE, set NIXFLARE_TOKEN, save one \
          with `nixflare login NAME URL`, or add `machine {host} password TOKEN` to a netrc \
-         file (looked in: {})",
+         file (looked in: {}); in a GitHub Actions job, `permissions: id-token: write` lets \
+         it use the job's ID token",
         candidates
             .iter()
             .map(|p| p.display().to_string())

@@ -79,18 +79,18 @@ impl Body<'_> {
 
 /// What the client proves who it is with, sent as `Authorization: Bearer`; never printed.
 #[derive(Clone)]
-pub enum Credential {
+pub enum Auth {
     /// A nixflare token (or an ID token the CI put in the environment, as GitLab does).
     Token(String),
     /// The CI job's own ID tokens, asked for again as they age (GitHub Actions).
     IdTokens(Arc<IdTokens>),
 }
 
-impl Credential {
+impl Auth {
     fn text(&self) -> Result<String> {
         match self {
-            Credential::Token(token) => Ok(token.clone()),
-            Credential::IdTokens(tokens) => tokens.token(crate::cli::token::now_unix()?),
+            Auth::Token(token) => Ok(token.clone()),
+            Auth::IdTokens(tokens) => tokens.token(crate::cli::token::now_unix()?),
         }
     }
 }
@@ -98,7 +98,7 @@ impl Credential {
 pub struct Client {
     base: String,
     agent: Agent,
-    credential: Option<Credential>,
+    auth: Option<Auth>,
     attempts: u32,
     limiter: Option<Arc<RateLimiter>>,
     /// Called with each chunk of file (NAR) bytes sent, for progress.
@@ -110,9 +110,9 @@ impl Client {
         Self::with_timeout(base, token, attempts, None)
     }
 
-    pub fn with_credential(base: &str, credential: Option<Credential>, attempts: u32) -> Self {
+    pub fn with_auth(base: &str, auth: Option<Auth>, attempts: u32) -> Self {
         let mut client = Self::new(base, None, attempts);
-        client.credential = credential;
+        client.auth = auth;
         client
     }
 
@@ -135,7 +135,7 @@ impl Client {
         Self {
             base: base.trim_end_matches('/').to_owned(),
             agent: Agent::new_with_config(config),
-            credential: token.map(Credential::Token),
+            auth: token.map(Auth::Token),
             attempts: attempts.max(1),
             limiter: None,
             on_sent: None,
@@ -169,7 +169,7 @@ impl Client {
         for attempt in 1..=self.attempts {
             let last = attempt == self.attempts;
             // Per attempt: an ID token is renewed when it ages.
-            let authorization = self.credential.as_ref().map(Credential::text).transpose()?;
+            let authorization = self.auth.as_ref().map(Auth::text).transpose()?;
             match self.attempt(method, &url, authorization.as_deref(), content_type, &body) {
                 Ok(reply) if retryable_status(reply.status) && !last => {}
                 Ok(reply) => return Ok(reply),

@@ -64,7 +64,7 @@ impl IdTokens {
             .lock()
             .map_err(|_| anyhow!("ID token lock poisoned"))?;
         if let Some((token, exp)) = current.as_ref() {
-            if now.saturating_add(RENEW_BEFORE_SECONDS) < *exp {
+            if !needs_renewal(*exp, now) {
                 return Ok(token.clone());
             }
         }
@@ -136,6 +136,11 @@ enum Attempt {
     Refused(anyhow::Error),
 }
 
+/// Whether a token expiring at `exp` is to be replaced before a request at `now`.
+fn needs_renewal(exp: u64, now: u64) -> bool {
+    now.saturating_add(RENEW_BEFORE_SECONDS) >= exp
+}
+
 /// The cache's URL as the audience: `scheme://host[:port]` as the worker sees its own
 /// origin (host lowercased, a default port dropped), read by the same parser the HTTP
 /// client uses, so the token names the host it is sent to; a `user:password@` is not
@@ -157,6 +162,16 @@ fn audience_of(url: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Kept while it has more than two minutes to live (tests/e2e/test_oidc.py issues
+    /// 100-second tokens so that every request of its push renews).
+    #[test]
+    fn a_token_is_renewed_two_minutes_before_it_expires() {
+        assert!(!needs_renewal(1_000, 1_000 - RENEW_BEFORE_SECONDS - 1));
+        assert!(needs_renewal(1_000, 1_000 - RENEW_BEFORE_SECONDS));
+        assert!(needs_renewal(1_000, 2_000));
+        assert!(needs_renewal(100, 0), "a 100 s token is renewed at once");
+    }
 
     #[test]
     fn the_audience_is_the_origin_requests_go_to() {

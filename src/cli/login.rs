@@ -13,7 +13,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::Args;
 
 use super::auth::read_token_file;
-use super::client::{Client, Credential};
+use super::client::{Auth, Client};
 use super::id_token::IdTokens;
 use super::keygen::read_secret_key;
 use super::settings::{self, SavedCache, Settings};
@@ -28,7 +28,8 @@ pub struct LoginArgs {
     /// Read the upload token from FILE (`-`, or leaving this out: from stdin).
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
-    /// Save no token (commands then look in netrc, or take --token-file).
+    /// Save no token (commands then look in netrc, take --token-file, or in a GitHub job
+    /// with `id-token: write` use the job's ID token).
     #[arg(long, conflicts_with = "token_file")]
     no_token: bool,
     /// The narinfo signing key pushes use (its path is saved, not the key).
@@ -68,11 +69,11 @@ pub fn run(args: LoginArgs) -> Result<()> {
         // Without a token to save, a CI job that may ask for an ID token checks with it
         // (what its pushes will use).
         let credential = match &token {
-            Some(token) => Some(Credential::Token(token.clone())),
-            None => IdTokens::from_env(&url)?.map(|tokens| Credential::IdTokens(Arc::new(tokens))),
+            Some(token) => Some(Auth::Token(token.clone())),
+            None => IdTokens::from_env(&url)?.map(|tokens| Auth::IdTokens(Arc::new(tokens))),
         };
         let has_credential = credential.is_some();
-        let client = Client::with_credential(&url, credential, 2);
+        let client = Client::with_auth(&url, credential, 2);
         let info = client.info()?;
         if let Some((key, _)) = &signing_key {
             if !info.public_keys.contains(&key.public_key()) {

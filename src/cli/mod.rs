@@ -255,22 +255,22 @@ impl Remote {
 
     fn client(&self) -> Result<client::Client> {
         let target = self.target()?;
-        Ok(client::Client::with_credential(
+        Ok(client::Client::with_auth(
             &target.url,
-            Some(self.credential(&target)?),
+            Some(self.auth(&target)?),
             self.attempts,
         ))
     }
 
     /// A token from the places [`auth::find_token`] looks; failing that, in a GitHub
     /// Actions job allowed to ask for one, the job's own ID token.
-    fn credential(&self, target: &Target) -> Result<client::Credential> {
+    fn auth(&self, target: &Target) -> Result<client::Auth> {
         let asked_for_a_token = self.token.is_some() || self.token_file.is_some();
         match self.token(target) {
-            Ok(token) => Ok(client::Credential::Token(token)),
+            Ok(token) => Ok(client::Auth::Token(token)),
             Err(err) if asked_for_a_token => Err(err),
             Err(err) => match id_token::IdTokens::from_env(&target.url)? {
-                Some(tokens) => Ok(client::Credential::IdTokens(std::sync::Arc::new(tokens))),
+                Some(tokens) => Ok(client::Auth::IdTokens(std::sync::Arc::new(tokens))),
                 None => Err(err),
             },
         }
@@ -368,7 +368,7 @@ impl PushFlags {
             .compression_threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
         Ok(push::PushOptions {
-            credential: remote.credential(&target)?,
+            auth: remote.auth(&target)?,
             cache: target.url,
             key: keygen::read_secret_key(&key_file)?,
             paths,

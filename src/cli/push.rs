@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _, Result};
 use indicatif::HumanBytes;
 
-use super::client::{parse_rate, retryable_status, Client, Credential};
+use super::client::{parse_rate, retryable_status, Auth, Client};
 use super::endpoints::NarinfoOutcome;
 use super::nar::{self, Codec, Prepared};
 use super::nix_tool;
@@ -47,7 +47,7 @@ use crate::core::token::Permissions;
 pub struct PushOptions {
     pub cache: String,
     pub key: SecretKey,
-    pub credential: Credential,
+    pub auth: Auth,
     pub paths: Vec<String>,
     pub jobs: usize,
     pub codec: Codec,
@@ -88,11 +88,8 @@ impl std::fmt::Display for Preflight {
 pub fn run(options: PushOptions) -> Result<PushReport> {
     let started = Instant::now();
     let reporter = Arc::new(Reporter::new(options.quiet));
-    let mut client = Client::with_credential(
-        &options.cache,
-        Some(options.credential.clone()),
-        options.attempts,
-    );
+    let mut client =
+        Client::with_auth(&options.cache, Some(options.auth.clone()), options.attempts);
     if let Some(rate) = &options.limit_rate {
         client.limit_rate(parse_rate(rate)?);
     }

@@ -414,7 +414,7 @@ mod tests {
         PushOptions {
             cache: "http://cache.invalid".into(),
             key: KEY.parse().unwrap(),
-            credential: crate::cli::client::Credential::Token("t".into()),
+            auth: crate::cli::client::Auth::Token("t".into()),
             paths: Vec::new(),
             jobs: 1,
             codec: super::super::nar::Codec {

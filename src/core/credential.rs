@@ -3,6 +3,7 @@
 //! Everything after the credential check (permissions, what the index records, logs)
 //! works with this alone.
 
+use crate::core::reader::TokenRefusal;
 use crate::core::token::{Permissions, TokenId, VerifiedToken};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +16,20 @@ pub struct Credential {
     /// The token's id (what a revocation names); none for an ID token, which is revoked
     /// by changing the rules that admit it.
     pub token_id: Option<TokenId>,
+}
+
+impl Credential {
+    /// This credential, if it carries `needs`.
+    pub fn require(self, needs: Permissions) -> Result<Self, TokenRefusal> {
+        if self.permissions.contains(needs) {
+            Ok(self)
+        } else {
+            Err(TokenRefusal::Lacks {
+                subject: self.subject,
+                needs,
+            })
+        }
+    }
 }
 
 impl From<&VerifiedToken> for Credential {

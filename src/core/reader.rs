@@ -61,12 +61,14 @@ pub enum TokenRefusal {
 }
 
 impl TokenRefusal {
-    /// 403 rather than 401: the token is valid, it may just not do this.
-    pub fn is_forbidden(&self) -> bool {
-        matches!(
-            self,
-            TokenRefusal::Lacks { .. } | TokenRefusal::Oidc(OidcRefusal::NoRule(_))
-        )
+    /// The refusal's HTTP status: 403 for a valid credential that may not do this, 503
+    /// while an issuer's keys cannot be had (clients retry), 401 otherwise.
+    pub fn status(&self) -> u16 {
+        match self {
+            TokenRefusal::Lacks { .. } | TokenRefusal::Oidc(OidcRefusal::NoRule(_)) => 403,
+            TokenRefusal::Oidc(OidcRefusal::KeysUnavailable) => 503,
+            _ => 401,
+        }
     }
 }
 

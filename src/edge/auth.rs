@@ -15,7 +15,6 @@ use super::index_client::IndexClient;
 use crate::core::config::CacheConfig;
 use crate::core::credential::Credential;
 use crate::core::oidc::jwt::looks_like_jwt;
-use crate::core::oidc::OidcRefusal;
 use crate::core::reader::{self, Lookup, ReadTokens, TokenRefusal};
 use crate::core::route::Route;
 use crate::core::token::Permissions;
@@ -25,7 +24,7 @@ use crate::core::token::Permissions;
 pub struct Guarded {
     pub config: CacheConfig,
     pub bucket: Bucket,
-    pub token: Credential,
+    pub credential: Credential,
     env: Env,
 }
 
@@ -33,11 +32,11 @@ impl Guarded {
     pub async fn open(req: &Request, env: &Env, needs: Permissions) -> Result<Guarded, EdgeError> {
         let config = super::config(env)?;
         let bucket = super::bucket(env)?;
-        let token = authorize(req, &config, &bucket, needs).await?;
+        let credential = authorize(req, &config, &bucket, needs).await?;
         Ok(Guarded {
             config,
             bucket,
-            token,
+            credential,
             env: env.clone(),
         })
     }
@@ -50,7 +49,7 @@ impl Guarded {
     /// Whether the token may learn who published or pinned what (subjects, token ids):
     /// tokens that may write; a read-only token sees what an anonymous reader sees.
     pub fn may_see_who(&self) -> bool {
-        self.token.permissions.contains(Permissions::WRITE)
+        self.credential.permissions.contains(Permissions::WRITE)
     }
 
     /// Now, in Unix milliseconds, as the index records it (`TEST_CLOCK_OFFSET_SECONDS`
@@ -94,16 +93,11 @@ async fn ci_identity(
     // Not `req.url()`: the url crate's IDNA tables would add ~85 KB gzip of wasm.
     let url = req.inner().url();
     let origin = crate::core::http::origin(&url).unwrap_or_default();
-    let credential = super::oidc::verify(&config.oidc_rules, text, now_ms, origin)
+    super::oidc::verify(&config.oidc_rules, text, now_ms, origin)
         .await
-        .map_err(|refusal| refused(refusal.into()))?;
-    if !credential.permissions.contains(needs) {
-        return Err(refused(TokenRefusal::Lacks {
-            subject: credential.subject,
-            needs,
-        }));
-    }
-    Ok(credential)
+        .map_err(TokenRefusal::from)
+        .and_then(|credential| credential.require(needs))
+        .map_err(refused)
 }
 
 thread_local! {
@@ -115,6 +109,7 @@ thread_local! {
 /// Admits a read of a private cache: a token with `read`, unexpired, unrevoked at a
 /// lookup within `REVOCATION_CHECK_SECONDS`. A remembered token costs no R2 operation
 /// and no signature check; the configuration is parsed only for a token not yet seen.
+/// Or a CI's ID token with `read`, checked whole each time (configuration included).
 /// Nothing here reads what the request names.
 pub async fn admit_reader(req: &Request, env: &Env) -> Result<(), EdgeError> {
     let header = req.headers().get("Authorization")?;
@@ -151,12 +146,10 @@ pub async fn admit_reader(req: &Request, env: &Env) -> Result<(), EdgeError> {
 }
 
 fn refused(refusal: TokenRefusal) -> EdgeError {
-    if let TokenRefusal::Oidc(OidcRefusal::KeysUnavailable) = &refusal {
-        return EdgeError::Busy(refusal.to_string());
-    }
-    if refusal.is_forbidden() {
-        EdgeError::Forbidden(refusal.to_string())
-    } else {
-        EdgeError::Unauthorized(refusal.to_string())
+    let why = refusal.to_string();
+    match refusal.status() {
+        403 => EdgeError::Forbidden(why),
+        503 => EdgeError::Busy(why),
+        _ => EdgeError::Unauthorized(why),
     }
 }

@@ -42,7 +42,8 @@ pub enum EdgeError {
     Unconfigured(String),
     /// A narinfo references paths neither in the cache nor upstream.
     MissingReferences(String),
-    /// Work is left for another request (more upstream checks than one may make).
+    /// Work is left for another request (more upstream checks than one may make), or
+    /// what it needs is not at hand yet (an issuer's keys): retried.
     Busy(String),
     /// An upstream cache could not say whether it has a path.
     Upstream(String),

@@ -94,7 +94,7 @@ pub async fn run(
         worker::console_log!(
             "gc pass {} by {}: {} paths removed",
             progress.run.run,
-            cache.token.subject,
+            cache.credential.subject,
             progress.run.removed_paths
         );
     }
@@ -140,7 +140,7 @@ pub async fn set_pin(
             name: name.clone(),
             store_path: request.store_path.clone(),
             expires_at,
-            subject: cache.token.subject.clone(),
+            subject: cache.credential.subject.clone(),
             now,
         })
         .await?;
@@ -149,7 +149,7 @@ pub async fn set_pin(
             worker::console_log!(
                 "pin {name} -> {} by {}",
                 pin.store_path,
-                cache.token.subject
+                cache.credential.subject
             );
             response::json(200, api::render(&pin), false)
         }
@@ -169,7 +169,7 @@ pub async fn remove_pin(name: &PinName, cache: &Guarded) -> Result<Response, Edg
     if !removed.removed {
         return Err(EdgeError::Absent(format!("no pin named {name}")));
     }
-    worker::console_log!("pin {name} removed by {}", cache.token.subject);
+    worker::console_log!("pin {name} removed by {}", cache.credential.subject);
     Ok(Response::empty()?.with_status(204))
 }
 

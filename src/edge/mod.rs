@@ -109,9 +109,11 @@ async fn handle(
     let edge_cache = || EdgeCache::of(ctx, access, &req, env);
     let cache = Guarded::open(&req, env, needs).await?;
     match operation {
-        Operation::Whoami => {
-            response::json(200, api::render(&api::Whoami::of(&cache.token)), head_only)
-        }
+        Operation::Whoami => response::json(
+            200,
+            api::render(&api::Whoami::of(&cache.credential)),
+            head_only,
+        ),
         Operation::KeepCacheInfo => write::keep_cache_info(&route, &cache),
         Operation::Store => {
             let edge_cache = edge_cache();

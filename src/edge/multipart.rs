@@ -62,7 +62,10 @@ async fn create(nar: &NarFile, cache: &Guarded) -> Result<Response, EdgeError> {
         .put(pending_key(nar, &id), Data::Empty)
         .execute()
         .await?;
-    console_log!("multipart /{nar_key} started by {}", cache.token.subject);
+    console_log!(
+        "multipart /{nar_key} started by {}",
+        cache.credential.subject
+    );
     let started = UploadCreated::Started {
         upload_id: id,
         max_request_bytes: cache.config.max_request_bytes,
@@ -139,7 +142,10 @@ async fn complete(
     upload.complete(receipts).await.map_err(refused)?;
     bucket.delete(pending_key(nar, id)).await?;
     publish(bucket, &staging, &nar_key, &nar.file_hash).await?;
-    console_log!("multipart /{nar_key} completed by {}", cache.token.subject);
+    console_log!(
+        "multipart /{nar_key} completed by {}",
+        cache.credential.subject
+    );
     json(201, render(&UploadCompleted { created: true }), false)
 }
 

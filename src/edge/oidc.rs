@@ -9,7 +9,7 @@ use js_sys::{Array, Object, Reflect, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{CryptoKey, SubtleCrypto};
-use worker::{Fetch, Method, Request, RequestInit, RequestRedirect};
+use worker::{AbortSignal, Fetch, Method, Request, RequestInit, RequestRedirect};
 
 use crate::core::credential::Credential;
 use crate::core::oidc::jwks::{self, Key, KeyCache, Lookup};
@@ -17,8 +17,12 @@ use crate::core::oidc::jwt::{Alg, Jwt};
 use crate::core::oidc::rules::Rule;
 use crate::core::oidc::{self, OidcRefusal};
 
-/// Largest discovery document or JWKS read (GitHub's are about 2 KB).
+/// Largest discovery document or JWKS taken (GitHub's are about 2 KB). Checked against
+/// Content-Length before reading; a chunked answer is read whole first: the issuer is
+/// one the operator named.
 const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
+/// A fetch of the issuer's keys gives up after this long: requests meanwhile get 503.
+const FETCH_TIMEOUT_MS: u32 = 5_000;
 
 thread_local! {
     /// The issuers' keys this isolate fetched. No borrow is held across an await.
@@ -84,8 +88,9 @@ async fn get(url: &str) -> Result<Vec<u8>, String> {
     init.with_method(Method::Get)
         .with_redirect(RequestRedirect::Manual);
     let request = Request::new_with_init(url, &init).map_err(|e| format!("{url}: {e}"))?;
+    let deadline = AbortSignal::from(web_sys::AbortSignal::timeout_with_u32(FETCH_TIMEOUT_MS));
     let mut response = Fetch::Request(request)
-        .send()
+        .send_with_signal(&deadline)
         .await
         .map_err(|e| format!("{url}: {e}"))?;
     let status = response.status_code();

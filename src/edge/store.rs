@@ -51,7 +51,7 @@ pub async fn put_small(
     bucket: &Bucket,
     key: &str,
     bytes: Vec<u8>,
-    token: &Credential,
+    by: &Credential,
     supersedes: impl Fn(&[u8]) -> bool,
 ) -> Result<Stored, EdgeError> {
     let created = bucket
@@ -73,7 +73,7 @@ pub async fn put_small(
         .ok_or(EdgeError::MissingBody)?
         .bytes()
         .await?;
-    let may_overwrite = token.permissions.contains(Permissions::OVERWRITE) || supersedes(&old);
+    let may_overwrite = by.permissions.contains(Permissions::OVERWRITE) || supersedes(&old);
     match OnExisting::decide(old == bytes, may_overwrite) {
         OnExisting::Unchanged => Ok(Stored::Unchanged),
         OnExisting::Conflict => Err(conflict(key)),
@@ -96,7 +96,7 @@ pub async fn put_stream(
     bucket: &Bucket,
     key: &str,
     body: web_sys::ReadableStream,
-    token: &Credential,
+    by: &Credential,
 ) -> Result<Stored, EdgeError> {
     let Some(existing) = bucket.head(key).await? else {
         let created = bucket
@@ -107,7 +107,7 @@ pub async fn put_stream(
         // Lost a race to another upload: the next attempt compares with what won.
         return created.map(|_| Stored::Created).ok_or_else(|| changed(key));
     };
-    if token.permissions.contains(Permissions::OVERWRITE) {
+    if by.permissions.contains(Permissions::OVERWRITE) {
         // Replacing needs no comparison: the same bytes replaced are still the same.
         let replaced = bucket
             .put(key, Data::ReadableStream(body))

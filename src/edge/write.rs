@@ -43,7 +43,7 @@ pub async fn store(
             None => return Err(EdgeError::NotFound),
         },
     };
-    log_write("PUT", route, &cache.token, &outcome);
+    log_write("PUT", route, &cache.credential, &outcome);
     match outcome {
         Stored::Replaced => {
             edge.purge(&[route.to_string()]).await;
@@ -232,7 +232,7 @@ pub async fn publish_batch(
         .collect();
     console_log!(
         "POST /_nixflare/narinfos by {}: {} created, {} unchanged, {} replaced, {} refused; {} index calls",
-        cache.token.subject,
+        cache.credential.subject,
         counts[NarinfoOutcome::Created as usize],
         counts[NarinfoOutcome::Unchanged as usize],
         counts[NarinfoOutcome::Replaced as usize],
@@ -268,7 +268,7 @@ async fn nar_is_stored(checked: &CheckedNarinfo, cache: &Guarded) -> Result<(), 
 fn entry_of(checked: &CheckedNarinfo, now: u64, cache: &Guarded) -> Entry {
     Entry {
         signed: checked.signed,
-        ..Entry::of(&checked.info, now, Some(&cache.token))
+        ..Entry::of(&checked.info, now, Some(&cache.credential))
     }
 }
 
@@ -290,7 +290,7 @@ async fn put_narinfo(
     cache: &Guarded,
 ) -> Result<(Stored, bool), EdgeError> {
     let supersedes = |old: &[u8]| publish::signed_replaces_unsigned(old, checked, &cache.config);
-    let stored = store::put_small(&cache.bucket, key, bytes, &cache.token, supersedes).await?;
+    let stored = store::put_small(&cache.bucket, key, bytes, &cache.credential, supersedes).await?;
     let unchanged = matches!(stored, Stored::Unchanged);
     Ok((stored, unchanged))
 }
@@ -300,7 +300,8 @@ async fn put_narinfo(
 async fn store_log(req: &Request, route: &Route, cache: &Guarded) -> Result<Stored, EdgeError> {
     reject_content_encoding(req)?;
     let body = stream_body(req, cache.config.max_request_bytes, BodyKind::Log)?;
-    let stored = store::put_stream(&cache.bucket, &route.to_string(), body, &cache.token).await?;
+    let stored =
+        store::put_stream(&cache.bucket, &route.to_string(), body, &cache.credential).await?;
     if let Route::Log(_) = route {
         let drv = route.to_string().trim_start_matches("log/").to_owned();
         // Best effort: a log the index did not hear of is kept, which is safe.
@@ -326,7 +327,7 @@ async fn store_side_file(
         &cache.bucket,
         &route.to_string(),
         bytes,
-        &cache.token,
+        &cache.credential,
         |_| false,
     )
     .await
@@ -334,7 +335,7 @@ async fn store_side_file(
 
 /// PUT `nix-cache-info`: Nix sends one when it finds none; the worker's is configuration.
 pub fn keep_cache_info(route: &Route, cache: &Guarded) -> Result<Response, EdgeError> {
-    log_write("PUT", route, &cache.token, &Stored::Unchanged);
+    log_write("PUT", route, &cache.credential, &Stored::Unchanged);
     Stored::Unchanged.into_response()
 }
 
@@ -346,7 +347,7 @@ pub async fn revoke(id: TokenId, cache: &Guarded) -> Result<Response, EdgeError>
         .put(route.to_string(), Data::Empty)
         .execute()
         .await?;
-    log_write("PUT", &route, &cache.token, &Stored::Created);
+    log_write("PUT", &route, &cache.credential, &Stored::Created);
     Stored::Created.into_response()
 }
 
@@ -375,11 +376,11 @@ pub async fn delete(
             edge.purge(&[route.to_string()]).await;
         }
     }
-    log_write("DELETE", route, &cache.token, &Stored::Deleted);
+    log_write("DELETE", route, &cache.credential, &Stored::Deleted);
     Stored::Deleted.into_response()
 }
 
 /// Subject and path only: the token itself never reaches a log.
-fn log_write(method: &str, route: &Route, token: &Credential, outcome: &Stored) {
-    console_log!("{method} /{route} by {}: {outcome:?}", token.subject);
+fn log_write(method: &str, route: &Route, by: &Credential, outcome: &Stored) {
+    console_log!("{method} /{route} by {}: {outcome:?}", by.subject);
 }

@@ -64,10 +64,13 @@ NIX_CONF_DIR = REPO / "tests" / "nix"
 
 def host_env(base: dict | None = None) -> dict:
     """`base` (default: this process's environment) without anything that configures Nix
-    or nixflare on the host: NIX_CONFIG, NIX_CONF_DIR, NIX_REMOTE, NIX_PATH, NIXFLARE_TOKEN…
+    or nixflare on the host: NIX_CONFIG, NIX_CONF_DIR, NIX_REMOTE, NIX_PATH, NIXFLARE_TOKEN,
+    a GitHub job's ACTIONS_ID_TOKEN_REQUEST_URL…
     A test sets what it relies on itself."""
     base = os.environ if base is None else base
-    return {k: v for k, v in base.items() if not k.startswith(("NIX_", "NIXFLARE_"))}
+    # ACTIONS_ID_TOKEN_REQUEST_*: in a GitHub job allowed an ID token, nixflare would
+    # use it wherever a test gives no token.
+    return {k: v for k, v in base.items() if not k.startswith(("NIX_", "NIXFLARE_", "ACTIONS_ID_TOKEN_REQUEST_"))}
 
 
 def nix_env(home: Path, base: dict | None = None) -> dict:

@@ -13,6 +13,7 @@ import hmac
 import http.server
 import ipaddress
 import json
+import secrets
 import ssl
 import threading
 import time
@@ -26,7 +27,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
 def b64url(data: bytes) -> str:
@@ -68,7 +68,10 @@ def _tls_files(directory: Path) -> tuple[Path, Path, Path]:
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
-    bundle.write_bytes(SYSTEM_CA_BUNDLE.read_bytes() + ca.public_bytes(serialization.Encoding.PEM))
+    # The system's CAs too (where this system keeps them), so the worker can still reach
+    # public hosts; the tests need only the test CA.
+    system = Path(ssl.get_default_verify_paths().cafile or "/nonexistent")
+    bundle.write_bytes((system.read_bytes() if system.is_file() else b"") + ca.public_bytes(serialization.Encoding.PEM))
     return cert_file, key_file, bundle
 
 
@@ -148,7 +151,7 @@ class Issuer:
 
 def start_issuer(directory: Path) -> Issuer:
     cert, key, bundle = _tls_files(directory)
-    issuer = Issuer(url="", trust_bundle=bundle, request_token=b64url(hashlib.sha256(str(time.time()).encode()).digest()),
+    issuer = Issuer(url="", trust_bundle=bundle, request_token=secrets.token_urlsafe(32),
                     rsa_key=rsa.generate_private_key(public_exponent=65537, key_size=2048),
                     ec_key=ec.generate_private_key(ec.SECP256R1()))
 

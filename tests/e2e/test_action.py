@@ -99,7 +99,6 @@ def test_the_action_pushes_what_the_job_builds(
 def test_the_action_fails_at_once_without_a_token_or_an_id_token(nix: Nix, worker: Worker, keys: Keys, tmp_path):
     env = runner_env(nix, tmp_path, {"cache-url": worker.url, "token": "",
                                      "signing-key": keys.secret_file.read_text()})
-    env.pop("ACTIONS_ID_TOKEN_REQUEST_URL", None)
     main = run(["node", "scripts/action/main.js"], env=env, cwd=REPO, check=False)
     assert main.returncode != 0
     assert "::error::no credential: give the job 'permissions: id-token: write'" in main.stdout

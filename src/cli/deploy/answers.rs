@@ -6,6 +6,8 @@ use std::io::{BufRead as _, IsTerminal as _, Write as _};
 
 use anyhow::{anyhow, bail, Result};
 
+use crate::core::oidc::rules::{GITHUB_ISSUER, GITLAB_ISSUER};
+
 /// A Cloudflare Worker name: it becomes the workers.dev host label, so 1 to 63 of
 /// a-z, 0-9 and '-', not starting or ending with '-'.
 pub fn worker_name(text: &str) -> Result<String> {
@@ -125,9 +127,8 @@ pub fn upstreams(text: &str) -> Result<String> {
 /// `--ci`: `github:OWNER/REPO[@REF]` and `gitlab:GROUP/PROJECT[@REF]` entries as
 /// `OIDC_RULES`, each admitting the jobs of that repository (not a fork's: it is another
 /// repository), on refs matching REF if given, to push, and to read where the cache is
-/// private. The audience is left out: the cache's
-/// own URL, which `nixflare` asks for. Narrower rules (a branch, an event) are edited
-/// into deployment.toml.
+/// private. The audience is left out: the cache's own URL, which `nixflare` asks for.
+/// Other rules (an event, ids) are edited into deployment.toml.
 pub fn ci_rules(text: &str, private: bool) -> Result<String> {
     let text = text.trim();
     if text.eq_ignore_ascii_case("none") {
@@ -141,12 +142,8 @@ pub fn ci_rules(text: &str, private: bool) -> Result<String> {
             None => (entry, None),
         };
         let (issuer, claim, path) = match repository.split_once(':') {
-            Some(("github", path)) => (
-                "https://token.actions.githubusercontent.com",
-                "repository",
-                path,
-            ),
-            Some(("gitlab", path)) => ("https://gitlab.com", "project_path", path),
+            Some(("github", path)) => (GITHUB_ISSUER, "repository", path),
+            Some(("gitlab", path)) => (GITLAB_ISSUER, "project_path", path),
             _ => bail!("{entry:?} is not github:OWNER/REPO or gitlab:GROUP/PROJECT (or none)"),
         };
         let parts: Vec<&str> = path.split('/').collect();

@@ -1,7 +1,8 @@
 //! The issuer's signing keys: its discovery document (`ISSUER/.well-known/openid-
 //! configuration`, whose `issuer` must be the issuer exactly and whose `jwks_uri` must be
-//! https), its JWKS, and when to fetch them again ([`KeyCache`]). Keys are kept at most
-//! [`MAX_AGE_MS`]; a `kid` the cache lacks fetches the JWKS again, at most once per
+//! https), its JWKS, and when to fetch them again ([`KeyCache`]). Keys are fetched again
+//! after [`MAX_AGE_MS`] (and serve up to [`MAX_STALE_MS`] while that fails); a `kid` the
+//! cache lacks fetches the JWKS again, at most once per
 //! [`MIN_REFRESH_MS`] per issuer, so tokens naming made-up keys cannot make the worker
 //! hammer the issuer.
 

@@ -23,6 +23,10 @@ use crate::core::token::Permissions;
 
 /// Most rules a cache may hold (each token is matched against all).
 pub const MAX_RULES: usize = 64;
+/// GitHub Actions' issuer (its subjects read `github:REPOSITORY@REF`).
+pub const GITHUB_ISSUER: &str = "https://token.actions.githubusercontent.com";
+/// GitLab.com's issuer (its subjects read `gitlab:PROJECT_PATH@REF`).
+pub const GITLAB_ISSUER: &str = "https://gitlab.com";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
@@ -76,9 +80,9 @@ fn rule(item: &Value) -> Result<Rule, &'static str> {
     let audience = item
         .get("audience")
         .map(|a| {
-            a.as_str()
-                .filter(|a| !a.is_empty())
-                .ok_or("audience must be a non-empty string (the cache's URL), or left out")
+            a.as_str().filter(|a| valid_audience(a)).ok_or(
+                "audience must be the cache's URL as clients use it (https://host[:port], no path or trailing '/'), or left out",
+            )
         })
         .transpose()?;
     let claims: Vec<(String, String)> = item
@@ -152,6 +156,18 @@ fn pins_owner(claim: &str, pattern: &str) -> bool {
             .is_some_and(literal_owner),
         _ => false,
     }
+}
+
+/// What `nixflare` asks for and the worker's origin reads: `scheme://host[:port]`.
+fn valid_audience(audience: &str) -> bool {
+    let rest = audience
+        .strip_prefix("https://")
+        .or_else(|| audience.strip_prefix("http://"));
+    rest.is_some_and(|host| {
+        !host.is_empty()
+            && !host.contains(['/', '?', '#', '@', ' '])
+            && !host.contains(char::is_control)
+    })
 }
 
 fn valid_issuer(issuer: &str) -> bool {
@@ -229,21 +245,20 @@ pub fn admit(rules: &[Rule], claims: &Claims, origin: &str) -> Option<Identity> 
 /// `%`, percent-encoded; at most [`MAX_SUBJECT`] characters.
 pub fn subject(claims: &Claims) -> String {
     let host = claims.iss.trim_start_matches("https://");
+    let issuer = claims.iss.as_str();
     let gitlab_ref = |short: &str| match claims.get("ref_type") {
         Some("branch") => format!("refs/heads/{short}"),
         Some("tag") => format!("refs/tags/{short}"),
         _ => short.to_owned(),
     };
     let text = match (
-        host,
+        issuer,
         claims.get("repository"),
         claims.get("project_path"),
         claims.get("ref"),
     ) {
-        ("token.actions.githubusercontent.com", Some(repo), _, Some(r)) => {
-            format!("github:{repo}@{r}")
-        }
-        ("gitlab.com", _, Some(project), Some(r)) => {
+        (GITHUB_ISSUER, Some(repo), _, Some(r)) => format!("github:{repo}@{r}"),
+        (GITLAB_ISSUER, _, Some(project), Some(r)) => {
             format!("gitlab:{project}@{}", gitlab_ref(r))
         }
         _ => format!("{host}:{}", claims.sub),
@@ -317,11 +332,11 @@ mod tests {
         for (bad, why) in [
             (r#"{"issuer": "x"}"#, "not a list"),
             (
-                r#"[{"issuer": "http://gh", "audience": "a", "claims": {"repository": "o/r"}, "permissions": "write"}]"#,
+                r#"[{"issuer": "http://gh", "audience": "https://c", "claims": {"repository": "o/r"}, "permissions": "write"}]"#,
                 "http",
             ),
             (
-                r#"[{"issuer": "https://gh/", "audience": "a", "claims": {"repository": "o/r"}, "permissions": "write"}]"#,
+                r#"[{"issuer": "https://gh/", "audience": "https://c", "claims": {"repository": "o/r"}, "permissions": "write"}]"#,
                 "slash",
             ),
             (
@@ -329,23 +344,31 @@ mod tests {
                 "aud",
             ),
             (
-                r#"[{"issuer": "https://gh", "audience": "a", "claims": {}, "permissions": "write"}]"#,
+                r#"[{"issuer": "https://gh", "audience": "https://cache.example.org/", "claims": {"repository": "o/r"}, "permissions": "write"}]"#,
+                "aud with a trailing slash: never what a client asks for",
+            ),
+            (
+                r#"[{"issuer": "https://gh", "audience": "cache.example.org", "claims": {"repository": "o/r"}, "permissions": "write"}]"#,
+                "aud not a URL",
+            ),
+            (
+                r#"[{"issuer": "https://gh", "audience": "https://c", "claims": {}, "permissions": "write"}]"#,
                 "no claims",
             ),
             (
-                r#"[{"issuer": "https://gh", "audience": "a", "claims": {"repository": "*"}, "permissions": "write"}]"#,
+                r#"[{"issuer": "https://gh", "audience": "https://c", "claims": {"repository": "*"}, "permissions": "write"}]"#,
                 "any",
             ),
             (
-                r#"[{"issuer": "https://gh", "audience": "a", "claims": {"repository": "o/r"}, "permissions": "fly"}]"#,
+                r#"[{"issuer": "https://gh", "audience": "https://c", "claims": {"repository": "o/r"}, "permissions": "fly"}]"#,
                 "perm",
             ),
             (
-                r#"[{"issuer": "https://gh", "audience": "a", "claims": {"repository": "o/r"}, "permissions": "revoke"}]"#,
+                r#"[{"issuer": "https://gh", "audience": "https://c", "claims": {"repository": "o/r"}, "permissions": "revoke"}]"#,
                 "revoke",
             ),
             (
-                r#"[{"issuer": "https://gh", "audience": "a", "claims": {"repository": "o/r"}, "permissions": "read", "x": 1}]"#,
+                r#"[{"issuer": "https://gh", "audience": "https://c", "claims": {"repository": "o/r"}, "permissions": "read", "x": 1}]"#,
                 "field",
             ),
         ] {
@@ -359,7 +382,7 @@ mod tests {
     fn a_rule_must_pin_the_owner() {
         let parses = |claims: &str| {
             parse_rules(&format!(
-                r#"[{{"issuer": "https://gh", "audience": "a", "claims": {claims}, "permissions": "write"}}]"#
+                r#"[{{"issuer": "https://gh", "audience": "https://c", "claims": {claims}, "permissions": "write"}}]"#
             ))
             .is_ok()
         };
