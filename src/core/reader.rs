@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 
+use crate::core::credential::Credential;
 use crate::core::nix::keys::PublicKey;
 use crate::core::oidc::OidcRefusal;
 use crate::core::token::{self, Permissions, TokenError, TokenId, VerifiedToken};
@@ -88,12 +89,7 @@ pub fn check(
     needs: Permissions,
 ) -> Result<VerifiedToken, TokenRefusal> {
     let token = token::verify(token_text, keys, now_ms / 1000)?;
-    if !token.permissions.contains(needs) {
-        return Err(TokenRefusal::Lacks {
-            subject: token.subject.clone(),
-            needs,
-        });
-    }
+    Credential::from(&token).require(needs)?;
     Ok(token)
 }
 

@@ -88,6 +88,8 @@ class Issuer:
     # Claims every token the request endpoint issues carries, and its lifetime.
     ci_claims: dict = field(default_factory=dict)
     ci_lifetime: int = 300
+    # Seconds the JWKS endpoint waits before answering (a slow issuer).
+    jwks_delay: float = 0
     servers: list = field(default_factory=list)
     # GitHub's ID-token request endpoint, served over plain http: nixflare's HTTP client
     # trusts the public roots only, and the runner names this URL (https on GitHub).
@@ -166,6 +168,7 @@ def start_issuer(directory: Path) -> Issuer:
             if path == "/.well-known/openid-configuration":
                 return self.reply(200, {"issuer": issuer.url, "jwks_uri": f"{issuer.url}/jwks"})
             if path == "/jwks":
+                time.sleep(issuer.jwks_delay)
                 return self.reply(200, issuer.jwks())
             if path == "/token":
                 if self.headers.get("Authorization") != f"bearer {issuer.request_token}":
@@ -182,11 +185,14 @@ def start_issuer(directory: Path) -> Issuer:
 
         def reply(self, status: int, body: dict) -> None:
             data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except (ConnectionError, ssl.SSLError):
+                pass  # the worker gave up waiting (a slow-issuer test)
 
         def log_message(self, *args):
             pass

@@ -7,9 +7,11 @@ refused with 401 or 403 and stores nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -37,15 +39,22 @@ def rules(issuer: Issuer, audience: str) -> str:
     ])
 
 
+@contextlib.contextmanager
+def oidc_worker(issuer: Issuer, persist: Path, variables: dict[str, str]):
+    """A worker whose OIDC_RULES are `rules(issuer, its URL)`, trusting the issuer's CA."""
+    persist.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    variables = {**variables, "OIDC_RULES": rules(issuer, f"http://127.0.0.1:{port}")}
+    with running_worker(persist, variables, port=port,
+                        extra_env={"SSL_CERT_FILE": str(issuer.trust_bundle)}) as worker:
+        yield worker
+
+
 @pytest.fixture(scope="module")
 def ci_worker(issuer: Issuer, keys: Keys, tokens: Tokens, tmp_path_factory) -> Worker:
     """A public cache whose rules admit owner/repo's branches to push, owner/readonly to read."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    variables = {"PUBLIC_KEYS": keys.public, "TOKEN_PUBLIC_KEYS": tokens.public,
-                 "OIDC_RULES": rules(issuer, url)}
-    with running_worker(tmp_path_factory.mktemp("r2-oidc"), variables, port=port,
-                        extra_env={"SSL_CERT_FILE": str(issuer.trust_bundle)}) as worker:
+    variables = {"PUBLIC_KEYS": keys.public, "TOKEN_PUBLIC_KEYS": tokens.public}
+    with oidc_worker(issuer, tmp_path_factory.mktemp("r2-oidc"), variables) as worker:
         yield worker
 
 
@@ -208,11 +217,9 @@ def test_id_tokens_the_specs_refuse_are_refused_and_store_nothing(
 def test_unknown_key_ids_fetch_the_jwks_at_most_once_a_minute(issuer: Issuer, keys: Keys, tmp_path):
     """On a worker of its own, so the isolate has fetched nothing yet and the whole test
     runs within one refresh interval (a minute)."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    (tmp_path / "r2").mkdir()
-    with running_worker(tmp_path / "r2", {"PUBLIC_KEYS": keys.public, "OIDC_RULES": rules(issuer, url)},
-                        port=port, extra_env={"SSL_CERT_FILE": str(issuer.trust_bundle)}) as worker:
+    with oidc_worker(issuer, tmp_path / "r2", {"PUBLIC_KEYS": keys.public}) as worker:
+        url = worker.url
+
         def whoami(token: str) -> int:
             return request(worker, "GET", "/_nixflare/whoami", bearer(token))[0]
 
@@ -234,12 +241,8 @@ def test_unknown_key_ids_fetch_the_jwks_at_most_once_a_minute(issuer: Issuer, ke
 
 
 def test_a_private_cache_admits_readers_by_their_ci_identity(issuer: Issuer, keys: Keys, tmp_path):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    variables = {"PUBLIC_KEYS": keys.public, "READ_ACCESS": "token", "OIDC_RULES": rules(issuer, url)}
-    (tmp_path / "r2").mkdir()
-    with running_worker(tmp_path / "r2", variables, port=port,
-                        extra_env={"SSL_CERT_FILE": str(issuer.trust_bundle)}) as worker:
+    with oidc_worker(issuer, tmp_path / "r2", {"PUBLIC_KEYS": keys.public, "READ_ACCESS": "token"}) as worker:
+        url = worker.url
         missing = "/" + "0" * 32 + ".narinfo"
         reader = issuer.mint(issuer.claims(url, repository="owner/readonly"))
         assert request(worker, "GET", "/nix-cache-info", bearer(reader))[0] == 200
@@ -249,3 +252,25 @@ def test_a_private_cache_admits_readers_by_their_ci_identity(issuer: Issuer, key
         assert request(worker, "GET", "/nix-cache-info", bearer(stranger))[0] == 403
         expired = issuer.mint(issuer.claims(url, exp=int(time.time()) - 120))
         assert request(worker, "GET", "/nix-cache-info", bearer(expired))[0] == 401
+
+
+def test_a_slow_issuer_gets_a_retryable_503_not_a_hang(issuer: Issuer, keys: Keys, tmp_path):
+    """The issuer's JWKS answers after 8 s: the worker gives up on it at 5 s and answers
+    503 with Retry-After (clients retry), not 200 after the wait; within the minute that
+    follows it answers 503 at once, fetching nothing."""
+    with oidc_worker(issuer, tmp_path / "r2", {"PUBLIC_KEYS": keys.public}) as worker:
+        token = issuer.mint(issuer.claims(worker.url))
+        issuer.jwks_delay = 8
+        try:
+            started = time.monotonic()
+            status, headers, body = request(worker, "GET", "/_nixflare/whoami", bearer(token))
+            waited = time.monotonic() - started
+        finally:
+            issuer.jwks_delay = 0
+        assert (status, "try again" in body.decode()) == (503, True), body
+        assert "retry-after" in headers
+        assert waited < 7.5, f"waited {waited:.1f} s for the issuer"
+        fetches = len(issuer.fetches)
+        started = time.monotonic()
+        assert request(worker, "GET", "/_nixflare/whoami", bearer(token))[0] == 503
+        assert time.monotonic() - started < 2 and len(issuer.fetches) == fetches
